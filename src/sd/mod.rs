@@ -1,0 +1,7 @@
+//! The Stable Diffusion 1.5 ONNX pipeline: tokenizer, noise, schedulers, ONNX Runtime sessions.
+//!
+//! Nothing in here knows about baselines, alerts or history, so it can be reused and tested alone.
+
+pub mod noise;
+pub mod scheduler;
+pub mod tokenizer;
