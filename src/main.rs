@@ -1,1 +1,5 @@
-fn main() {}
+//! `monitor` binary: a thin shell around the library's CLI.
+
+fn main() -> std::process::ExitCode {
+    std::process::ExitCode::from(monitor::cli::main())
+}

@@ -2,6 +2,10 @@
 //!
 //! Nothing in here knows about baselines, alerts or history, so it can be reused and tested alone.
 
+pub mod image;
+pub mod model;
 pub mod noise;
+pub mod pipeline;
+pub mod runtime;
 pub mod scheduler;
 pub mod tokenizer;

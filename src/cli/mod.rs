@@ -1,0 +1,99 @@
+//! The command line: clap definitions, one module per command, exit codes.
+//!
+//! Exit codes (stable, scripts rely on them): 0 success, 1 drift or model change (check), 2 error.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::sd::runtime::{ConvAlgoSearch, ExecutionProvider, RuntimeSettings};
+
+mod bench;
+mod generate;
+mod progress;
+mod tokenize;
+
+/// Exit code for "could not do it".
+pub const EXIT_ERROR: u8 = 2;
+
+/// Reproducibility watchdog for Stable Diffusion 1.5 ONNX exports.
+#[derive(Debug, Parser)]
+#[command(name = "monitor", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one txt2img generation and write latents.npy, image.png and metadata.json.
+    Generate(generate::GenerateArgs),
+    /// Print the 77 CLIP token ids the model would be fed for TEXT.
+    Tokenize(tokenize::TokenizeArgs),
+    /// Time each pipeline stage on a model and report the share spent outside ONNX Runtime.
+    Bench(bench::BenchArgs),
+}
+
+/// ONNX Runtime location and every setting that can change output bits.
+#[derive(Debug, Clone, Args)]
+pub struct RuntimeArgs {
+    /// ONNX Runtime shared library (or the wheel's capi/ folder); else ORT_DYLIB_PATH, else an
+    /// installed `onnxruntime` Python package.
+    #[arg(long, value_name = "PATH")]
+    pub ort_lib: Option<PathBuf>,
+    /// Execution provider.
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda")]
+    pub ep: ExecutionProvider,
+    /// CUDA device ordinal.
+    #[arg(long, default_value_t = 0)]
+    pub device_id: i32,
+    /// cuDNN convolution algorithm search (CUDA).
+    #[arg(long, default_value = "heuristic", value_name = "exhaustive|heuristic|default")]
+    pub conv_algo_search: ConvAlgoSearch,
+    /// Allow TF32 tensor-core math (CUDA); off by default because it changes bits across GPUs.
+    #[arg(long)]
+    pub tf32: bool,
+    /// Prefer NHWC convolution kernels (CUDA).
+    #[arg(long)]
+    pub prefer_nhwc: bool,
+    /// Turn off ONNX Runtime's deterministic-compute option (on by default).
+    #[arg(long)]
+    pub no_deterministic_compute: bool,
+    /// Intra-op threads (default: ONNX Runtime's choice, one per physical core).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+impl RuntimeArgs {
+    /// The runtime settings these flags describe.
+    pub fn settings(&self) -> RuntimeSettings {
+        RuntimeSettings {
+            execution_provider: self.ep,
+            device_id: self.device_id,
+            conv_algo_search: self.conv_algo_search,
+            use_tf32: self.tf32,
+            prefer_nhwc: self.prefer_nhwc,
+            deterministic_compute: !self.no_deterministic_compute,
+            intra_op_threads: self.threads,
+        }
+    }
+}
+
+/// Parses the command line and runs the command; returns the process exit code.
+pub fn main() -> u8 {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Tokenize(a) => tokenize::run(a),
+        Command::Bench(a) => bench::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the outermost context first, then each cause.
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("monitor: error: {}", chain.join(": "));
+            EXIT_ERROR
+        }
+    }
+}

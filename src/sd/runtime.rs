@@ -1,0 +1,384 @@
+//! ONNX Runtime: finding the shared library, choosing the execution provider, determinism options.
+//!
+//! The library is loaded at run time (`ort`'s `load-dynamic`) from the PyPI wheel, because GPU hosts
+//! rarely allow build-time binary downloads and the wheel is what operators already install.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ort::environment::Environment;
+use ort::ep;
+use ort::session::Session;
+use serde::Serialize;
+
+/// The release the install hint names; any release ort's API level accepts will load.
+pub const RECOMMENDED_ORT: &str = "1.31.1";
+
+/// Where the library path came from, recorded so a surprising pick can be explained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LibrarySource {
+    /// `--ort-lib` or the config file.
+    Explicit,
+    /// The `ORT_DYLIB_PATH` environment variable.
+    EnvVar,
+    /// An installed `onnxruntime` Python package.
+    PythonPackage,
+}
+
+/// Errors from loading ONNX Runtime or creating sessions.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// No library anywhere we looked.
+    #[error("ONNX Runtime library not found (looked in {looked}); install it with `pip install onnxruntime=={RECOMMENDED_ORT}` (or `onnxruntime-gpu=={RECOMMENDED_ORT}` on GPU hosts), or pass --ort-lib / set ORT_DYLIB_PATH")]
+    NotFound {
+        /// Human-readable list of places searched.
+        looked: String,
+    },
+    /// A path was given but there is no file.
+    #[error("ONNX Runtime library {path} (from {source_name}) does not exist; install it with `pip install onnxruntime=={RECOMMENDED_ORT}`")]
+    Missing {
+        /// The path that was given.
+        path: PathBuf,
+        /// Which setting named it.
+        source_name: &'static str,
+    },
+    /// The library is there but is not usable (wrong file, too old).
+    #[error("cannot use ONNX Runtime at {path}: {reason}; install a current one with `pip install onnxruntime=={RECOMMENDED_ORT}` (or `onnxruntime-gpu=={RECOMMENDED_ORT}` on GPU hosts)")]
+    Unusable {
+        /// The library file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// CUDA was asked for but the CPU-only package is installed.
+    #[error("--ep cuda needs the CUDA provider, but {dir} has no libonnxruntime_providers_cuda.so; install `onnxruntime-gpu=={RECOMMENDED_ORT}` (CUDA 13, cuDNN 9) and point --ort-lib at its capi/ folder")]
+    NoCudaProvider {
+        /// The folder holding the loaded library.
+        dir: PathBuf,
+    },
+    /// Environment creation failed.
+    #[error("creating the ONNX Runtime environment failed: {0}")]
+    Environment(String),
+    /// Building a session failed (bad model, EP registration failure, ...).
+    #[error("loading {path} with {ep}: {reason}")]
+    Session {
+        /// The model file.
+        path: PathBuf,
+        /// Execution provider name.
+        ep: &'static str,
+        /// ORT's message.
+        reason: String,
+    },
+}
+
+/// Which execution provider runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProvider {
+    /// ONNX Runtime's default CPU provider.
+    #[default]
+    Cpu,
+    /// NVIDIA CUDA; registration failure is an error, never a silent CPU fallback.
+    Cuda,
+}
+
+impl std::str::FromStr for ExecutionProvider {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda),
+            other => Err(format!("unknown execution provider '{other}' (expected cpu or cuda)")),
+        }
+    }
+}
+
+impl ExecutionProvider {
+    /// Short name used in CLI, config and metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+        }
+    }
+}
+
+/// cuDNN convolution algorithm search; a drift source, so it is always recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvAlgoSearch {
+    /// Benchmarks every algorithm on first run; measured bitwise-stable on H100 and equal to heuristic.
+    Exhaustive,
+    /// cuDNN's heuristic pick: stable and cheap to start, the default here.
+    #[default]
+    Heuristic,
+    /// Implicit-precomp GEMM only; measured to give different bits and run 4× slower.
+    Default,
+}
+
+impl std::str::FromStr for ConvAlgoSearch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "exhaustive" => Ok(Self::Exhaustive),
+            "heuristic" => Ok(Self::Heuristic),
+            "default" => Ok(Self::Default),
+            other => Err(format!("unknown conv algorithm search '{other}' (expected exhaustive, heuristic or default)")),
+        }
+    }
+}
+
+/// Every runtime setting that can change output bits; all of it goes into result metadata.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuntimeSettings {
+    /// Execution provider.
+    pub execution_provider: ExecutionProvider,
+    /// CUDA device ordinal.
+    pub device_id: i32,
+    /// cuDNN conv algorithm search (CUDA only).
+    pub conv_algo_search: ConvAlgoSearch,
+    /// TF32 tensor-core math (CUDA only). Off by default: it changes results across GPU generations.
+    pub use_tf32: bool,
+    /// NHWC convolution kernels (CUDA only); these ignore `use_tf32`, hence NVIDIA_TF32_OVERRIDE below.
+    pub prefer_nhwc: bool,
+    /// ORT's `use_deterministic_compute` session option.
+    pub deterministic_compute: bool,
+    /// Intra-op threads; `None` lets ORT pick (one per physical core).
+    pub intra_op_threads: Option<usize>,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self {
+            execution_provider: ExecutionProvider::Cpu,
+            device_id: 0,
+            conv_algo_search: ConvAlgoSearch::Heuristic,
+            use_tf32: false,
+            prefer_nhwc: false,
+            deterministic_compute: true,
+            intra_op_threads: None,
+        }
+    }
+}
+
+/// What was loaded, for metadata and `monitor env`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuntimeInfo {
+    /// The shared library file.
+    pub library: PathBuf,
+    /// How the library was found.
+    pub library_source: LibrarySource,
+    /// ORT's version string, e.g. "1.31.1".
+    pub version: String,
+    /// Value of NVIDIA_TF32_OVERRIDE in this process, if any (set by us when TF32 is off on CUDA).
+    pub nvidia_tf32_override: Option<String>,
+}
+
+/// A loaded ONNX Runtime with one environment (ort allows one per process) and fixed settings.
+pub struct Runtime {
+    env: Environment,
+    info: RuntimeInfo,
+    settings: RuntimeSettings,
+}
+
+impl Runtime {
+    /// Finds and loads the library, checks it can serve `settings`, and creates the environment.
+    pub fn init(explicit_library: Option<&Path>, settings: RuntimeSettings) -> Result<Self, RuntimeError> {
+        let (library, library_source) = locate_library(explicit_library)?;
+        if settings.execution_provider == ExecutionProvider::Cuda {
+            let dir = library.parent().unwrap_or(Path::new(".")).to_path_buf();
+            if !dir.join("libonnxruntime_providers_cuda.so").exists() {
+                return Err(RuntimeError::NoCudaProvider { dir });
+            }
+            if !settings.use_tf32 && std::env::var_os("NVIDIA_TF32_OVERRIDE").is_none() {
+                // NHWC kernels ignore use_tf32; the driver-level override is the only switch that
+                // covers them. It must be set before CUDA initialises, i.e. before any session.
+                std::env::set_var("NVIDIA_TF32_OVERRIDE", "0");
+            }
+        }
+        let builder = ort::init_from(&library).map_err(|e| RuntimeError::Unusable {
+            path: library.clone(),
+            reason: load_error_reason(&e),
+        })?;
+        let version = ort_version();
+        let env = builder
+            .with_name("monitor")
+            .with_telemetry(false)
+            .build()
+            .map_err(|e| RuntimeError::Environment(e.to_string()))?;
+        let info = RuntimeInfo {
+            library,
+            library_source,
+            version,
+            nvidia_tf32_override: std::env::var("NVIDIA_TF32_OVERRIDE").ok(),
+        };
+        Ok(Self { env, info, settings })
+    }
+
+    /// What was loaded and from where.
+    pub fn info(&self) -> &RuntimeInfo {
+        &self.info
+    }
+
+    /// The settings every session of this runtime uses.
+    pub fn settings(&self) -> &RuntimeSettings {
+        &self.settings
+    }
+
+    /// Creates a session from a model file. External weights resolve relative to the file, so
+    /// models are always loaded from their path, never from memory.
+    pub fn session(&self, model_file: &Path) -> Result<Session, RuntimeError> {
+        let ep_name = self.settings.execution_provider.name();
+        let fail = |reason: String| RuntimeError::Session { path: model_file.to_path_buf(), ep: ep_name, reason };
+        let mut builder = Session::builder(&self.env).map_err(|e| fail(e.to_string()))?;
+        builder = builder
+            .with_deterministic_compute(self.settings.deterministic_compute)
+            .map_err(|e| fail(e.to_string()))?;
+        if let Some(n) = self.settings.intra_op_threads {
+            builder = builder.with_intra_threads(n).map_err(|e| fail(e.to_string()))?;
+        }
+        if self.settings.execution_provider == ExecutionProvider::Cuda {
+            let search = match self.settings.conv_algo_search {
+                ConvAlgoSearch::Exhaustive => ep::cuda::ConvAlgorithmSearch::Exhaustive,
+                ConvAlgoSearch::Heuristic => ep::cuda::ConvAlgorithmSearch::Heuristic,
+                ConvAlgoSearch::Default => ep::cuda::ConvAlgorithmSearch::Default,
+            };
+            let cuda = ep::CUDA::default()
+                .with_device_id(self.settings.device_id)
+                .with_conv_algorithm_search(search)
+                .with_tf32(self.settings.use_tf32)
+                .with_prefer_nhwc(self.settings.prefer_nhwc)
+                .build()
+                // A CUDA failure must surface: a silent CPU fallback would look like drift.
+                .error_on_failure();
+            builder = builder.with_execution_providers([cuda]).map_err(|e| fail(e.to_string()))?;
+        }
+        builder.commit_from_file(model_file).map_err(|e| fail(e.to_string()))
+    }
+}
+
+fn load_error_reason(e: &ort::LoadDynamicError) -> String {
+    match e {
+        ort::LoadDynamicError::BadVersion { version_str, .. } => format!(
+            "version {version_str} is older than 1.{} which this build of monitor needs",
+            ort::MINOR_VERSION
+        ),
+        other => other.to_string(),
+    }
+}
+
+fn ort_version() -> String {
+    // The build info string starts "ORT Build Info: git-branch=rel-1.31.1, ..."; fall back to the raw text.
+    let info = ort::info();
+    info.split(|c: char| c == ',' || c.is_whitespace())
+        .find_map(|part| part.strip_prefix("git-branch=rel-"))
+        .map(str::to_string)
+        .unwrap_or_else(|| info.to_string())
+}
+
+/// Finds the shared library: explicit path, then `ORT_DYLIB_PATH`, then an installed Python package.
+pub fn locate_library(explicit: Option<&Path>) -> Result<(PathBuf, LibrarySource), RuntimeError> {
+    if let Some(p) = explicit {
+        return existing(p, "--ort-lib/config").map(|p| (p, LibrarySource::Explicit));
+    }
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()) {
+        return existing(Path::new(&p), "ORT_DYLIB_PATH").map(|p| (p, LibrarySource::EnvVar));
+    }
+    let mut looked = vec!["--ort-lib".to_string(), "ORT_DYLIB_PATH".to_string()];
+    for dir in python_package_dirs() {
+        looked.push(dir.display().to_string());
+        if let Some(lib) = library_in_capi(&dir.join("capi")) {
+            return Ok((lib, LibrarySource::PythonPackage));
+        }
+    }
+    Err(RuntimeError::NotFound { looked: looked.join(", ") })
+}
+
+/// Accepts a library file or a folder holding one (e.g. the wheel's `capi/`).
+fn existing(p: &Path, source_name: &'static str) -> Result<PathBuf, RuntimeError> {
+    if p.is_dir() {
+        return library_in_capi(p).ok_or_else(|| RuntimeError::Missing { path: p.join("libonnxruntime.so.*"), source_name });
+    }
+    if p.exists() {
+        Ok(p.to_path_buf())
+    } else {
+        Err(RuntimeError::Missing { path: p.to_path_buf(), source_name })
+    }
+}
+
+/// The newest `libonnxruntime.so.1.X.Y` in a wheel's `capi/` folder.
+fn library_in_capi(capi: &Path) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(capi).ok()?;
+    let mut best: Option<(Vec<u32>, PathBuf)> = None;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(ver) = name.strip_prefix("libonnxruntime.so.") else { continue };
+        let key: Vec<u32> = ver.split('.').map(|p| p.parse().unwrap_or(0)).collect();
+        if best.as_ref().is_none_or(|(k, _)| key > *k) {
+            best = Some((key, entry.path()));
+        }
+    }
+    best.map(|(_, p)| p)
+}
+
+/// Candidate `onnxruntime` package folders, most specific first: the active virtualenv, a
+/// `.venv` in the working directory, then whatever `python3` would import.
+fn python_package_dirs() -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
+        roots.push(PathBuf::from(venv));
+    }
+    roots.push(PathBuf::from(".venv"));
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for root in roots {
+        for lib in ["lib", "lib64"] {
+            let Ok(entries) = std::fs::read_dir(root.join(lib)) else { continue };
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with("python") {
+                    dirs.push(e.path().join("site-packages/onnxruntime"));
+                }
+            }
+        }
+    }
+    let python = std::env::var("MONITOR_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    // find_spec locates the package without importing it (importing would load CUDA libraries).
+    let script = "import importlib.util as u\ns = u.find_spec('onnxruntime')\nprint(s.submodule_search_locations[0] if s and s.submodule_search_locations else '')";
+    if let Ok(out) = Command::new(&python).args(["-c", script]).output() {
+        let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !s.is_empty() {
+            dirs.push(PathBuf::from(s));
+        }
+    }
+    dirs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capi_picks_newest_version() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["libonnxruntime.so.1.9.0", "libonnxruntime.so.1.31.1", "libonnxruntime.so.1.24.4", "other.so"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let lib = library_in_capi(dir.path()).unwrap();
+        assert_eq!(lib.file_name().unwrap(), "libonnxruntime.so.1.31.1");
+    }
+
+    #[test]
+    fn explicit_missing_path_names_it() {
+        let err = locate_library(Some(Path::new("/nonexistent/libonnxruntime.so.1.31.1"))).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/nonexistent/libonnxruntime.so.1.31.1"), "{msg}");
+        assert!(msg.contains("pip install onnxruntime=="), "{msg}");
+    }
+
+    #[test]
+    fn parse_names() {
+        assert_eq!("cuda".parse::<ExecutionProvider>().unwrap(), ExecutionProvider::Cuda);
+        assert!("gpu".parse::<ExecutionProvider>().unwrap_err().contains("'gpu'"));
+        assert_eq!("exhaustive".parse::<ConvAlgoSearch>().unwrap(), ConvAlgoSearch::Exhaustive);
+    }
+}
