@@ -36,9 +36,10 @@ pub const EOS_ID: u32 = 49407;
 /// The pre-tokenizer regex of transformers 5's `CLIPTokenizer` (= `CLIPTokenizerFast`).
 ///
 /// transformers 4's `CLIPConverter` used the same pattern without the two special-token
-/// alternatives. They only matter for text that becomes a special token after lowercasing (e.g.
-/// `<|ENDOFTEXT|>`, which is not matched as an added token because added tokens are matched before
-/// normalization); we follow the class that produced the fixture. A tokenizer.json is used as saved.
+/// alternatives. The ids are the same either way: the alternatives only fire on text that becomes a
+/// special token after lowercasing (e.g. `<|ENDOFTEXT|>`; added tokens are matched before
+/// normalization), and the ByteLevel step's GPT-2 regex then splits that piece into `<|`,
+/// `endoftext`, `|>` exactly as the older pattern does (fixture case `endoftext_uppercase`).
 const CLIP_SPLIT_REGEX: &str =
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
@@ -363,8 +364,9 @@ fn build_from_vocab_merges(
         true,
     )
     .map_err(|e| internal("CLIP split regex", e))?;
-    // Python's ByteLevel(add_prefix_space=False) keeps the defaults trim_offsets=True, use_regex=True;
-    // the GPT-2 regex never splits a CLIP piece further, but mirror it anyway.
+    // Python's ByteLevel(add_prefix_space=False) keeps the defaults trim_offsets=True, use_regex=True.
+    // use_regex matters: its GPT-2 regex re-splits a "<|endoftext|>" piece produced by the Split
+    // above (from "<|ENDOFTEXT|>"); with use_regex=false that piece would be BPE'd whole.
     let byte_level = ByteLevel::new(false, true, true);
     tok.with_pre_tokenizer(Some(PreTokenizerSequence::new(vec![
         split.into(),
