@@ -70,8 +70,12 @@ def write_clip_tokenizer(out_dir, tokenizer_json=False):
     if tokenizer_json:
         from transformers import CLIPTokenizerFast
 
-        fast = CLIPTokenizerFast(vocab_file=str(out / "vocab.json"), merges_file=str(out / "merges.txt"),
-                                 **special)
+        # transformers 5 renamed the constructor arguments (vocab_file/merges_file -> vocab/merges) and
+        # silently ignores the old names, which saved a 2-token vocabulary with no merges. from_pretrained
+        # reads vocab.json + merges.txt + the configs just written under either major version.
+        fast = CLIPTokenizerFast.from_pretrained(str(out))
+        assert fast.backend_tokenizer.get_vocab_size() == 49408, fast.backend_tokenizer.get_vocab_size()
+        assert fast("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
         fast.backend_tokenizer.save(str(out / "tokenizer.json"))
     return out
 
