@@ -155,7 +155,9 @@ impl SchedulerConfig {
     fn from_map(map: &Map<String, Value>) -> Result<Self, String> {
         let d = SchedulerConfig::default();
         let f = Fields(map);
-        let num_train_timesteps = f.uint("num_train_timesteps")?.unwrap_or(d.num_train_timesteps);
+        let num_train_timesteps = f
+            .uint("num_train_timesteps")?
+            .unwrap_or(d.num_train_timesteps);
         if num_train_timesteps < 2 {
             return Err(format!(
                 "field `num_train_timesteps`: must be at least 2, got {num_train_timesteps}"
@@ -170,9 +172,7 @@ impl SchedulerConfig {
                     .collect::<Option<Vec<f64>>>()
                     .filter(|b| b.len() == num_train_timesteps)
                     .ok_or_else(|| {
-                        format!(
-                            "field `trained_betas`: expected {num_train_timesteps} numbers"
-                        )
+                        format!("field `trained_betas`: expected {num_train_timesteps} numbers")
                     })?,
             ),
             Some(v) => return Err(format!("field `trained_betas`: expected an array, got {v}")),
@@ -224,11 +224,16 @@ impl SchedulerConfig {
                     ],
                 )?
                 .unwrap_or(d.interpolation_type),
-            use_karras_sigmas: f.boolean("use_karras_sigmas")?.unwrap_or(d.use_karras_sigmas),
+            use_karras_sigmas: f
+                .boolean("use_karras_sigmas")?
+                .unwrap_or(d.use_karras_sigmas),
             final_sigmas_type: f
                 .choice(
                     "final_sigmas_type",
-                    &[("zero", FinalSigmas::Zero), ("sigma_min", FinalSigmas::SigmaMin)],
+                    &[
+                        ("zero", FinalSigmas::Zero),
+                        ("sigma_min", FinalSigmas::SigmaMin),
+                    ],
                 )?
                 .unwrap_or(d.final_sigmas_type),
         })
@@ -258,7 +263,9 @@ impl Fields<'_> {
             .map(|v| {
                 v.as_u64()
                     .and_then(|x| usize::try_from(x).ok())
-                    .ok_or_else(|| format!("field `{key}`: expected a non-negative integer, got {v}"))
+                    .ok_or_else(|| {
+                        format!("field `{key}`: expected a non-negative integer, got {v}")
+                    })
             })
             .transpose()
     }
@@ -280,7 +287,10 @@ impl Fields<'_> {
                     .map(|(_, t)| *t)
                     .ok_or_else(|| {
                         let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-                        format!("field `{key}`: expected one of {}, got {v}", names.join(", "))
+                        format!(
+                            "field `{key}`: expected one of {}, got {v}",
+                            names.join(", ")
+                        )
                     })
             })
             .transpose()

@@ -49,7 +49,9 @@ impl DdimScheduler {
             alphas_cumprod,
             final_alpha_cumprod,
             prediction_type: config.prediction_type,
-            clip: config.clip_sample.then_some(config.clip_sample_range as f32),
+            clip: config
+                .clip_sample
+                .then_some(config.clip_sample_range as f32),
             step_ratio: (config.num_train_timesteps / steps) as i64,
             timesteps: int_timesteps.iter().map(|&t| t as f64).collect(),
             int_timesteps,
@@ -92,7 +94,11 @@ impl Scheduler for DdimScheduler {
         }
         let prev_timestep = timestep - self.step_ratio;
         let a_t = alpha_at(&self.alphas_cumprod, self.final_alpha_cumprod, timestep)?;
-        let a_prev = alpha_at(&self.alphas_cumprod, self.final_alpha_cumprod, prev_timestep)?;
+        let a_prev = alpha_at(
+            &self.alphas_cumprod,
+            self.final_alpha_cumprod,
+            prev_timestep,
+        )?;
         let b_t = 1.0 - a_t;
         let (sa, sb) = (a_t.sqrt(), b_t.sqrt());
         let pred = self.prediction_type;
@@ -100,18 +106,16 @@ impl Scheduler for DdimScheduler {
         // eta = 0: std_dev_t is 0, so the direction coefficient is sqrt(1 - ᾱ_prev - 0).
         let dir_coeff = (1.0 - a_prev - 0.0f32).sqrt();
         let x0_coeff = a_prev.sqrt();
-        Ok(Zip::from(model_output)
-            .and(sample)
-            .map_collect(|&m, &x| {
-                let (mut x0, eps) = match pred {
-                    PredictionType::Epsilon => ((x - sb * m) / sa, m),
-                    PredictionType::Sample => (m, (x - sa * m) / sb),
-                    PredictionType::VPrediction => (sa * x - sb * m, sa * m + sb * x),
-                };
-                if let Some(r) = clip {
-                    x0 = x0.clamp(-r, r);
-                }
-                x0_coeff * x0 + dir_coeff * eps
-            }))
+        Ok(Zip::from(model_output).and(sample).map_collect(|&m, &x| {
+            let (mut x0, eps) = match pred {
+                PredictionType::Epsilon => ((x - sb * m) / sa, m),
+                PredictionType::Sample => (m, (x - sa * m) / sb),
+                PredictionType::VPrediction => (sa * x - sb * m, sa * m + sb * x),
+            };
+            if let Some(r) = clip {
+                x0 = x0.clamp(-r, r);
+            }
+            x0_coeff * x0 + dir_coeff * eps
+        }))
     }
 }

@@ -27,7 +27,11 @@ fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
 
 /// Glide's cosine schedule (diffusers `betas_for_alpha_bar`, cosine, max beta 0.999), in f64.
 fn squaredcos_betas(n: usize) -> Vec<f32> {
-    let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
+    let alpha_bar = |t: f64| {
+        ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
+            .cos()
+            .powi(2)
+    };
     (0..n)
         .map(|i| {
             let (t1, t2) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
@@ -169,21 +173,28 @@ mod tests {
     /// betas and alphas_cumprod bit-exact against the float32 tensors diffusers builds.
     #[test]
     fn tables_match_diffusers_bit_exact() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/schedulers/alphas_cumprod.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/schedulers/alphas_cumprod.json"
+        );
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         for (name, table) in v.as_object().unwrap() {
             let config =
                 SchedulerConfig::from_json_str(&table["config"].to_string(), name).unwrap();
-            for (key, ours) in [("betas", betas(&config)), ("alphas_cumprod", alphas_cumprod(&config))] {
+            for (key, ours) in [
+                ("betas", betas(&config)),
+                ("alphas_cumprod", alphas_cumprod(&config)),
+            ] {
                 let reference: Vec<f32> = table[key]
                     .as_array()
                     .unwrap()
                     .iter()
                     .map(|x| x.as_f64().unwrap() as f32)
                     .collect();
-                let mismatches: Vec<usize> =
-                    (0..ours.len()).filter(|&i| ours[i] != reference[i]).collect();
+                let mismatches: Vec<usize> = (0..ours.len())
+                    .filter(|&i| ours[i] != reference[i])
+                    .collect();
                 assert!(
                     mismatches.is_empty(),
                     "{name} {key}: {} mismatches, first at {:?}: {:?} vs {:?}",

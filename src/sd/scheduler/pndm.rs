@@ -93,7 +93,11 @@ impl PndmScheduler {
         model_output: &Latents,
     ) -> Result<Latents, SchedulerError> {
         let a_t = alpha_at(&self.alphas_cumprod, self.final_alpha_cumprod, timestep)?;
-        let a_prev = alpha_at(&self.alphas_cumprod, self.final_alpha_cumprod, prev_timestep)?;
+        let a_prev = alpha_at(
+            &self.alphas_cumprod,
+            self.final_alpha_cumprod,
+            prev_timestep,
+        )?;
         let b_t = 1.0 - a_t;
         let b_prev = 1.0 - a_prev;
         let eps = match self.prediction_type {
