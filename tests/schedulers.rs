@@ -112,6 +112,11 @@ fn euler_matches_diffusers() {
     check_scheduler("euler");
 }
 
+#[test]
+fn euler_ancestral_matches_diffusers() {
+    check_scheduler("euler-a");
+}
+
 fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
     let path = dir.path().join("scheduler_config.json");
     std::fs::write(&path, text).unwrap();

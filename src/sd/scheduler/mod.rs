@@ -17,6 +17,7 @@
 mod config;
 pub mod ddim;
 pub mod euler;
+pub mod euler_ancestral;
 mod math;
 pub mod pndm;
 
@@ -164,6 +165,9 @@ pub fn build(
         SchedulerKind::Pndm => Ok(Box::new(pndm::PndmScheduler::new(config, steps)?)),
         SchedulerKind::Ddim => Ok(Box::new(ddim::DdimScheduler::new(config, steps)?)),
         SchedulerKind::Euler => Ok(Box::new(euler::EulerDiscreteScheduler::new(config, steps)?)),
+        SchedulerKind::EulerAncestral => Ok(Box::new(
+            euler_ancestral::EulerAncestralScheduler::new(config, steps)?,
+        )),
         other => Err(SchedulerError::Invalid(format!(
             "scheduler '{other}' is not implemented yet"
         ))),
