@@ -25,6 +25,7 @@ from diffusers import (
     DDIMScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    LMSDiscreteScheduler,
     PNDMScheduler,
 )
 
@@ -50,6 +51,7 @@ CLASSES = {
     "ddim": DDIMScheduler,
     "euler": EulerDiscreteScheduler,
     "euler-a": EulerAncestralDiscreteScheduler,
+    "lms": LMSDiscreteScheduler,
 }
 
 # (name suffix, config overrides, steps)
@@ -147,7 +149,7 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     alphas_cumprod_tables()
     seed = 0
-    for kind in ["pndm", "ddim", "euler", "euler-a"]:
+    for kind in CLASSES:
         for suffix, overrides, steps in VARIANTS:
             seed += 2
             if steps == 50 and kind not in LONG_RUNS:

@@ -117,6 +117,11 @@ fn euler_ancestral_matches_diffusers() {
     check_scheduler("euler-a");
 }
 
+#[test]
+fn lms_matches_diffusers() {
+    check_scheduler("lms");
+}
+
 fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
     let path = dir.path().join("scheduler_config.json");
     std::fs::write(&path, text).unwrap();

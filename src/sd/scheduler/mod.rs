@@ -18,6 +18,7 @@ mod config;
 pub mod ddim;
 pub mod euler;
 pub mod euler_ancestral;
+pub mod lms;
 mod math;
 pub mod pndm;
 
@@ -168,6 +169,7 @@ pub fn build(
         SchedulerKind::EulerAncestral => Ok(Box::new(
             euler_ancestral::EulerAncestralScheduler::new(config, steps)?,
         )),
+        SchedulerKind::Lms => Ok(Box::new(lms::LmsScheduler::new(config, steps)?)),
         other => Err(SchedulerError::Invalid(format!(
             "scheduler '{other}' is not implemented yet"
         ))),
