@@ -23,6 +23,7 @@ import os
 import torch
 from diffusers import (
     DDIMScheduler,
+    DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     LMSDiscreteScheduler,
@@ -52,6 +53,7 @@ CLASSES = {
     "euler": EulerDiscreteScheduler,
     "euler-a": EulerAncestralDiscreteScheduler,
     "lms": LMSDiscreteScheduler,
+    "dpmpp-2m": DPMSolverMultistepScheduler,
 }
 
 # (name suffix, config overrides, steps)

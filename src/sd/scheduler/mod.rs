@@ -16,6 +16,7 @@
 
 mod config;
 pub mod ddim;
+pub mod dpmpp_2m;
 pub mod euler;
 pub mod euler_ancestral;
 pub mod lms;
@@ -170,8 +171,6 @@ pub fn build(
             euler_ancestral::EulerAncestralScheduler::new(config, steps)?,
         )),
         SchedulerKind::Lms => Ok(Box::new(lms::LmsScheduler::new(config, steps)?)),
-        other => Err(SchedulerError::Invalid(format!(
-            "scheduler '{other}' is not implemented yet"
-        ))),
+        SchedulerKind::DpmPp2m => Ok(Box::new(dpmpp_2m::DpmPp2mScheduler::new(config, steps)?)),
     }
 }
