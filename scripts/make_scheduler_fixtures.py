@@ -9,8 +9,14 @@ For each (scheduler, config, steps) case it builds the diffusers scheduler with 
 draws a seeded float32 sample, multiplies it by `init_noise_sigma`, and runs the pipeline loop
 with a fake UNet (a smooth float32 function of the scaled input and the timestep) plus
 classifier-free guidance. Every call stores the timestep, the scaled batch-2 UNet input, the
-guided batch-1 model output and the latents after `step`. The scaled input is stored for one CFG
-half (the two halves are asserted identical). The Rust tests feed the stored model outputs back, so they check the scheduler alone.
+guided batch-1 model output and the latents after `step` (and, for euler-a, the noise the step
+draws from the same generator). The scaled input is stored for one CFG half (the two halves are
+asserted identical). The Rust tests feed the stored model outputs back, so they check the
+scheduler alone. Output is deterministic: rerunning rewrites identical files.
+
+Schedulers: pndm, ddim, euler, euler-a, lms, dpmpp-2m; the 50-step case only for the first three
+(keeps all fixtures under 1 MB). The SD1.5 config has no `timestep_spacing`, so each diffusers
+class applies its own default (leading for PNDM/DDIM, linspace for the others).
 
 Floats are written with Python's repr of the exact float32 value, so they round-trip bit-exact.
 Output: tests/fixtures/schedulers/<case>.json and alphas_cumprod.json.

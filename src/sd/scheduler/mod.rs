@@ -5,8 +5,14 @@
 //! does every step in torch float32, with a few intermediate tables (Euler's interpolated sigmas,
 //! numpy timestep spacing) in float64 that are rounded to float32 before use. We mirror that:
 //! tables and per-step arithmetic are `f32`, evaluated in the same operation order as diffusers,
-//! and float64 is used exactly where numpy uses it. With identical model outputs this reproduces
-//! diffusers' latents to the last bit or within a few ulps (see `tests/schedulers.rs`).
+//! and float64 is used exactly where numpy uses it. Two torch CPU details matter:
+//! - `torch.linspace` (f32) is computed with fused multiply-adds, and `torch.cumprod` accumulates
+//!   in f64; mirroring both makes our betas and `alphas_cumprod` bit-identical to diffusers'.
+//! - torch's f32 `sqrt` (and `log`/`exp`) on CPU is not correctly rounded: on the AVX512 build
+//!   that wrote the fixtures ~20% of `sqrt` results are one ulp off IEEE. We use IEEE `sqrt`;
+//!   fed torch's `sqrt` values instead, our DDIM reproduces 50 diffusers steps bit for bit, so
+//!   the remaining mismatch (≤ 2e-6 of max |latent| after 50 steps, usually ~3e-7) is that
+//!   rounding alone, and diffusers itself varies by as much between CPU builds.
 //!
 //! # Config defaults
 //! Missing fields take the SD1.5 values ([`SchedulerConfig::default`]), except
