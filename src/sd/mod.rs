@@ -3,5 +3,6 @@
 //! Nothing in here knows about baselines, alerts or history, so it can be reused and tested alone.
 
 pub mod noise;
+pub mod npy;
 pub mod scheduler;
 pub mod tokenizer;

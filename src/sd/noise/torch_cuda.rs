@@ -1,0 +1,204 @@
+//! torch CUDA `randn` (float32) emulated on the CPU: Philox4x32-10 counters laid out as torch's
+//! `distribution_nullary_kernel` uses them, and curand's Box-Muller (`curand_normal4`).
+//!
+//! The random bits are exact. The values are not all bit-identical to a GPU's: curand computes
+//! the sine with the hardware approximation `__sincosf` (MUFU.SIN, abs error ~2^-21.4), whose
+//! exact rounding is undocumented. We compute the rest as the GPU does (f32 arithmetic, the
+//! fused multiply-adds nvcc emits, an accurate `logf`, IEEE `sqrtf`) and model the sine's
+//! argument reduction; see [`gpu_sin`] and the test suite for the measured agreement with an H100.
+//!
+//! Launch geometry matters: torch picks `T = 256 * grid` threads with
+//! `grid = min(ceil(n/256), SMs * maxThreadsPerSM / 256)`. For n ≤ T (every SD1.5 latent up to
+//! far beyond 1024², T = 270336 on an H100) element i uses Philox counter `(offset/4, 0, i, 0)`
+//! and nothing depends on the GPU. Larger draws interleave 4 values per thread with stride T,
+//! so they depend on the GPU model; we use H100 numbers (132 SMs, 2048 threads per SM).
+
+use ndarray::ArrayD;
+
+use super::{into_array, numel, round_f32_to_f16, NoiseDtype, NoiseError, NoiseSource};
+
+/// Streaming multiprocessors of the GPU whose launch geometry we reproduce (H100 SXM).
+pub const H100_SMS: u64 = 132;
+/// Maximum resident threads per SM on an H100.
+pub const H100_MAX_THREADS_PER_SM: u64 = 2048;
+const BLOCK: u64 = 256;
+
+/// torch CUDA generator: 64-bit seed and Philox offset (in 32-bit draws).
+#[derive(Debug, Clone)]
+pub struct TorchCudaNoise {
+    seed: u64,
+    offset: u64,
+}
+
+impl TorchCudaNoise {
+    /// `Generator("cuda").manual_seed(seed)`: all 64 bits form the Philox key.
+    pub fn new(seed: u64) -> Self {
+        TorchCudaNoise { seed, offset: 0 }
+    }
+
+    /// Threads in torch's launch for `n` elements on an H100: `T = 256 * grid`.
+    pub fn threads_for(n: u64) -> u64 {
+        let max_grid = H100_SMS * (H100_MAX_THREADS_PER_SM / BLOCK);
+        let grid = n.div_ceil(BLOCK).clamp(1, max_grid);
+        BLOCK * grid
+    }
+
+    /// float32 values of one `randn` call of `n` elements, C order.
+    pub fn randn_f32(&mut self, n: usize) -> Vec<f32> {
+        let n64 = n as u64;
+        let key = [self.seed as u32, (self.seed >> 32) as u32];
+        let t = Self::threads_for(n64);
+        // Each thread calls curand_normal4 (4 Philox words, one counter step) per loop pass.
+        let passes = n64.div_ceil(4 * t).max(1);
+        let base = self.offset / 4;
+        let mut out = vec![0f32; n];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let i = i as u64;
+            let thread = i % t;
+            let pass = i / (4 * t);
+            let lane = (i / t) % 4;
+            let ctr = base + pass;
+            let w = philox4x32_10(
+                [
+                    ctr as u32,
+                    (ctr >> 32) as u32,
+                    thread as u32,
+                    (thread >> 32) as u32,
+                ],
+                key,
+            );
+            *slot = match lane {
+                0 => box_muller(w[0], w[1]).0,
+                1 => box_muller(w[0], w[1]).1,
+                2 => box_muller(w[2], w[3]).0,
+                _ => box_muller(w[2], w[3]).1,
+            } + 0.0; // torch stores fma(x, std, mean): only -0 changes (to +0)
+        }
+        if n > 0 {
+            self.offset += 4 * passes;
+        }
+        out
+    }
+}
+
+impl NoiseSource for TorchCudaNoise {
+    fn name(&self) -> &'static str {
+        "torch-cuda"
+    }
+
+    fn randn(&mut self, shape: &[usize], dtype: NoiseDtype) -> Result<ArrayD<f32>, NoiseError> {
+        let n = numel(shape)?;
+        let mut values = self.randn_f32(n);
+        if dtype == NoiseDtype::F16 {
+            // torch CUDA generates in float32 and casts (verified against an H100).
+            for v in values.iter_mut() {
+                *v = round_f32_to_f16(*v);
+            }
+        }
+        into_array(shape, values)
+    }
+}
+
+const M0: u32 = 0xD251_1F53;
+const M1: u32 = 0xCD9E_8D57;
+const W0: u32 = 0x9E37_79B9;
+const W1: u32 = 0xBB67_AE85;
+
+/// Philox4x32-10 block function (Salmon et al.; curand's `curand_Philox4x32_10`).
+pub fn philox4x32_10(mut c: [u32; 4], mut k: [u32; 2]) -> [u32; 4] {
+    for round in 0..10 {
+        let p0 = M0 as u64 * c[0] as u64;
+        let p1 = M1 as u64 * c[2] as u64;
+        let (hi0, lo0) = ((p0 >> 32) as u32, p0 as u32);
+        let (hi1, lo1) = ((p1 >> 32) as u32, p1 as u32);
+        c = [hi1 ^ c[1] ^ k[0], lo1, hi0 ^ c[3] ^ k[1], lo0];
+        if round < 9 {
+            k = [k[0].wrapping_add(W0), k[1].wrapping_add(W1)];
+        }
+    }
+    c
+}
+
+/// curand `_curand_box_muller` on the device: (s·sin v, s·cos v).
+#[inline]
+pub fn box_muller(x: u32, y: u32) -> (f32, f32) {
+    const INV_2POW32: f32 = 2.328_306_4e-10; // 2^-32
+    const HALF_INV: f32 = 1.164_153_2e-10; // 2^-33
+    let two_pi_inv = f32::from_bits(0x30c9_0fdb); // 2π·2^-32
+    let two_pi_half_inv = f32::from_bits(0x3049_0fdb); // 2π·2^-33
+                                                       // nvcc contracts `x * C + D` into one fma; the u32 → f32 conversion rounds to nearest.
+    let u = (x as f32).mul_add(INV_2POW32, HALF_INV);
+    let v = (y as f32).mul_add(two_pi_inv, two_pi_half_inv);
+    let s = (-2.0 * logf(u)).sqrt();
+    let (sn, cs) = gpu_sincos(v);
+    (s * sn, s * cs)
+}
+
+/// `logf`, correctly rounded (CUDA's is within 1 ulp and almost always agrees). u is in
+/// (0, 1], a normal float, so going through f64 rounds twice only in vanishingly rare ties.
+#[inline]
+fn logf(u: f32) -> f32 {
+    (u as f64).ln() as f32
+}
+
+/// Model of `__sincosf(v)` on the GPU: the hardware first scales by 1/2π with a
+/// round-toward-zero multiply (`FMUL.RZ`), then evaluates sin/cos of that many revolutions.
+/// We take the scaled argument exactly as the GPU does and evaluate accurately.
+#[inline]
+pub fn gpu_sincos(v: f32) -> (f32, f32) {
+    let t = mul_rz(v, 0.159_154_94); // 1/2π as f32
+    let a = t as f64 * std::f64::consts::TAU;
+    (a.sin() as f32, a.cos() as f32)
+}
+
+/// f32 product rounded toward zero (the product of two f32 is exact in f64).
+#[inline]
+fn mul_rz(a: f32, b: f32) -> f32 {
+    let exact = a as f64 * b as f64;
+    let r = exact as f32;
+    if (r as f64).abs() > exact.abs() {
+        f32::from_bits(r.to_bits() - 1)
+    } else {
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn philox_known_answer() {
+        // Random123 known-answer tests for philox4x32_10.
+        assert_eq!(
+            philox4x32_10([0, 0, 0, 0], [0, 0]),
+            [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]
+        );
+        assert_eq!(
+            philox4x32_10([0xffffffff; 4], [0xffffffff; 2]),
+            [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]
+        );
+        assert_eq!(
+            philox4x32_10(
+                [0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344],
+                [0xa4093822, 0x299f31d0]
+            ),
+            [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]
+        );
+    }
+
+    #[test]
+    fn launch_geometry() {
+        assert_eq!(TorchCudaNoise::threads_for(16384), 16384);
+        assert_eq!(TorchCudaNoise::threads_for(3), 256);
+        assert_eq!(TorchCudaNoise::threads_for(10_000_000), 270_336);
+    }
+
+    #[test]
+    fn mul_rz_truncates() {
+        let a = 1.0f32 + f32::EPSILON;
+        let p = mul_rz(a, a); // exact 1 + 2eps + eps^2 → truncates to 1 + 2eps
+        assert_eq!(p, 1.0 + 2.0 * f32::EPSILON);
+        assert_eq!(mul_rz(-a, a), -(1.0 + 2.0 * f32::EPSILON));
+    }
+}
