@@ -44,7 +44,7 @@ def main():
     z = np.load(SRC)
     os.makedirs(OUT, exist_ok=True)
     for f in os.listdir(OUT):
-        if f.endswith(".npy"):
+        if f.endswith(".npy") and not (f.startswith("seq_torch") and not has_torch()):
             os.remove(os.path.join(OUT, f))
     index = []
     dropped = []
@@ -61,6 +61,8 @@ def main():
             "seed": int(seed),
             "shape": expect_shape,
             "call": int(call),
+            # Entries with the same stream are successive draws from one generator.
+            "stream": f"{source}|{dtype}|{seed}|{shape}",
         }
         if source == "torch-cuda" and dtype == "f16":
             f32 = z["|".join([source, "f32", seed, shape, call])]
@@ -82,11 +84,72 @@ def main():
             np.save(path, arr)
             total += os.path.getsize(path)
         index.append(entry)
+    total += numpy_f16_cast(z)
+    index += torch_sequences()
+    for e in index:
+        total += os.path.getsize(os.path.join(OUT, e["file"])) if e.get("generated") else 0
     with open(os.path.join(OUT, "index.json"), "w") as f:
         json.dump({"source": os.path.basename(SRC), "dropped": dropped, "entries": index}, f, indent=1)
         f.write("\n")
     print(f"dropped (f16 = f32 cast, verified): {len(dropped)}")
     print(f"{len(index)} entries, {total / 1e6:.2f} MB of .npy in {OUT}")
+
+
+def numpy_f16_cast(z):
+    """numpy's own float64 -> float16 rounding (what diffusers' ONNX pipeline applies to the
+    float64 noise for fp16 models), on values where rounding through float32 first would give
+    a different f16, plus the first 4096 ordinary values. Tests check our converter on these."""
+    a = np.concatenate([z[k].reshape(-1) for k in z.files if k.startswith("numpy|")])
+    direct = a.astype(np.float16)
+    twice = a.astype(np.float32).astype(np.float16)
+    tricky = a[direct.view(np.uint16) != twice.view(np.uint16)]
+    vals = np.concatenate([tricky, a[:4096]])
+    np.save(os.path.join(OUT, "numpy_f16cast_in.npy"), vals)
+    np.save(os.path.join(OUT, "numpy_f16cast_out.npy"), vals.astype(np.float16))
+    print(f"numpy f16 cast: {tricky.size} values where f64->f32->f16 differs from f64->f16")
+    return sum(os.path.getsize(os.path.join(OUT, f)) for f in ("numpy_f16cast_in.npy", "numpy_f16cast_out.npy"))
+
+
+# Draw sequences of mixed sizes from one generator, generated here with the installed numpy and
+# torch (CPU, float32; the reference archive only has repeated draws of one shape). They pin
+# down state carried across calls: numpy's cached polar value after an odd count, torch's cached
+# double from a < 16 draw surviving a >= 16 draw, and torch's tail refill.
+SEQ_SHAPES = [[3], [17], [1], [1, 4, 8, 8], [5], [33], [2]]
+SEQ_SEED = 7
+
+
+def torch_sequences():
+    entries = []
+    rs = np.random.RandomState(SEQ_SEED)
+    try:
+        import torch
+    except ImportError:
+        torch = None
+        print("torch not importable: torch-cpu sequence fixtures not regenerated")
+    g = torch.Generator("cpu").manual_seed(SEQ_SEED) if torch else None
+    for call, shape in enumerate(SEQ_SHAPES):
+        shape_s = "x".join(map(str, shape))
+        gens = [("numpy", "f64", rs.randn(*shape))]
+        if torch:
+            gens.append(("torch-cpu", "f32", torch.randn(shape, generator=g).numpy()))
+        for source, dtype, arr in gens:
+            name = f"seq_{source}_{dtype}_s{SEQ_SEED}_{shape_s}_c{call}.npy"
+            np.save(os.path.join(OUT, name), np.ascontiguousarray(arr))
+            entries.append({
+                "key": f"{source}|{dtype}|{SEQ_SEED}|{shape_s}|{call}",
+                "source": source, "dtype": dtype, "seed": SEQ_SEED, "shape": shape, "call": call,
+                "stream": f"{source}|{dtype}|{SEQ_SEED}|sequence",
+                "file": name, "generated": f"numpy {np.__version__}" + (f", torch {torch.__version__}" if torch else ""),
+            })
+    return entries
+
+
+def has_torch():
+    try:
+        import torch  # noqa: F401
+        return True
+    except ImportError:
+        return False
 
 
 def fname(key):
