@@ -16,6 +16,8 @@
 //! no single reference to match; f32-then-cast is what a float32 generator plus `.half()` gives
 //! on every version.
 
+#![allow(clippy::excessive_precision)] // Cephes constants kept digit-for-digit
+
 use ndarray::ArrayD;
 
 use super::mt19937::Mt19937;
@@ -79,7 +81,7 @@ impl TorchCpuNoise {
         for block in data.chunks_exact_mut(16) {
             normal_fill_16(block);
         }
-        if n % 16 != 0 {
+        if !n.is_multiple_of(16) {
             // torch recomputes the last 16 values from 16 fresh uniforms (overlapping the
             // last full block), rather than handling a short tail.
             let tail = &mut data[n - 16..];
@@ -109,8 +111,9 @@ impl NoiseSource for TorchCpuNoise {
     }
 }
 
-// Cephes constants from avx_mathfun.h, as f32.
-const SQRTHF: f32 = 0.707_106_781_186_547_524;
+// Cephes constants, written as in avx_mathfun.h so they can be checked against it; each
+// literal is rounded to f32 exactly as the C compiler rounds the header's `float` constants.
+const SQRTHF: f32 = std::f32::consts::FRAC_1_SQRT_2; // 0.707106781186547524
 const LOG_P: [f32; 9] = [
     7.037_683_629_2E-2,
     -1.151_461_031_0E-1,
@@ -134,7 +137,7 @@ const COS_P: [f32; 3] = [
     -1.388_731_625_493_765E-3,
     4.166_664_568_298_827E-2,
 ];
-const TWO_PI: f32 = 6.283_185_307_179_586; // rounds to 6.2831855
+const TWO_PI: f32 = std::f32::consts::TAU; // 6.2831855, torch's `2 * pi` as float
 
 /// `log256_ps` for one lane, with the fused multiply-adds the compiled kernel uses.
 #[inline]
