@@ -46,7 +46,11 @@ fn main() {
                     black_box(s.randn(&SHAPE, dtype).expect("draw"));
                 })
             };
-            println!("{:<11} {:?} 1x4x64x64: median {us:>9.1} µs over {n} iterations", kind.as_str(), dtype);
+            println!(
+                "{:<11} {:?} 1x4x64x64: median {us:>9.1} µs over {n} iterations",
+                kind.as_str(),
+                dtype
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use monitor::sd::noise::numpy::NumpyNoise;
 use monitor::sd::noise::torch_cpu::TorchCpuNoise;
 use monitor::sd::noise::torch_cuda::TorchCudaNoise;
-use monitor::sd::noise::{build, round_f32_to_f16, round_f64_to_f16, sha256_f32, NoiseDtype, NoiseKind, NoiseSource};
+use monitor::sd::noise::{
+    build, round_f32_to_f16, round_f64_to_f16, sha256_f32, NoiseDtype, NoiseKind, NoiseSource,
+};
 use monitor::sd::npy::{parse_npy, read_npy, write_npy_f16, write_npy_f32, NpyDtype};
 use serde_json::Value;
 
@@ -40,12 +42,19 @@ fn streams() -> BTreeMap<String, Vec<Entry>> {
             source: e["source"].as_str().unwrap().to_string(),
             dtype: e["dtype"].as_str().unwrap().to_string(),
             seed: e["seed"].as_u64().unwrap(),
-            shape: e["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect(),
+            shape: e["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect(),
             call: e["call"].as_u64().unwrap(),
             file: e["file"].as_str().unwrap().to_string(),
             prefix: e.get("prefix").and_then(|p| p.as_u64()).map(|p| p as usize),
         };
-        out.entry(e["stream"].as_str().unwrap().to_string()).or_default().push(entry);
+        out.entry(e["stream"].as_str().unwrap().to_string())
+            .or_default()
+            .push(entry);
     }
     for v in out.values_mut() {
         v.sort_by_key(|e| e.call);
@@ -74,13 +83,19 @@ fn expected(e: &Entry) -> (Vec<f64>, NpyDtype) {
 }
 
 fn bits_equal_f32(got: &[f32], want: &[f64]) -> usize {
-    got.iter().zip(want).filter(|(g, w)| g.to_bits() == (**w as f32).to_bits()).count()
+    got.iter()
+        .zip(want)
+        .filter(|(g, w)| g.to_bits() == (**w as f32).to_bits())
+        .count()
 }
 
 #[test]
 fn numpy_bit_exact_all_fixtures() {
     let (mut entries, mut values) = (0, 0);
-    for (stream, list) in streams().into_iter().filter(|(_, l)| l[0].source == "numpy") {
+    for (stream, list) in streams()
+        .into_iter()
+        .filter(|(_, l)| l[0].source == "numpy")
+    {
         let mut g64 = NumpyNoise::new(list[0].seed).unwrap();
         let mut g32 = NumpyNoise::new(list[0].seed).unwrap();
         let mut g16 = NumpyNoise::new(list[0].seed).unwrap();
@@ -90,16 +105,28 @@ fn numpy_bit_exact_all_fixtures() {
             let n = want.len();
             // float64 stream itself, bit for bit.
             let got = g64.randn_f64(n);
-            let same = got.iter().zip(&want).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
+            let same = got
+                .iter()
+                .zip(&want)
+                .filter(|(a, b)| a.to_bits() == b.to_bits())
+                .count();
             assert_eq!(same, n, "{stream} {}: float64 mismatch", e.key);
             // float32 model: numpy's astype(float32).
             let got32 = g32.randn(&e.shape, NoiseDtype::F32).unwrap();
             assert_eq!(got32.shape(), &e.shape[..]);
             let got32: Vec<f32> = got32.iter().copied().collect();
-            assert_eq!(bits_equal_f32(&got32, &want), n, "{}: float32 mismatch", e.key);
+            assert_eq!(
+                bits_equal_f32(&got32, &want),
+                n,
+                "{}: float32 mismatch",
+                e.key
+            );
             // float16 model: one rounding from float64 (converter checked against numpy below).
             let got16 = g16.randn(&e.shape, NoiseDtype::F16).unwrap();
-            let ok16 = got16.iter().zip(&want).all(|(g, w)| g.to_bits() == round_f64_to_f16(*w).to_bits());
+            let ok16 = got16
+                .iter()
+                .zip(&want)
+                .all(|(g, w)| g.to_bits() == round_f64_to_f16(*w).to_bits());
             assert!(ok16, "{}: float16 mismatch", e.key);
             entries += 1;
             values += n;
@@ -129,7 +156,10 @@ fn numpy_f16_cast_matches_numpy() {
 #[test]
 fn torch_cpu_bit_exact_all_fixtures() {
     let (mut entries, mut values) = (0, 0);
-    for (stream, list) in streams().into_iter().filter(|(_, l)| l[0].source == "torch-cpu") {
+    for (stream, list) in streams()
+        .into_iter()
+        .filter(|(_, l)| l[0].source == "torch-cpu")
+    {
         let mut g = build(NoiseKind::TorchCpu, list[0].seed, None).unwrap();
         for e in &list {
             let (want, _) = expected(e);
@@ -137,7 +167,14 @@ fn torch_cpu_bit_exact_all_fixtures() {
             assert_eq!(got.shape(), &e.shape[..]);
             let got: Vec<f32> = got.iter().copied().collect();
             let same = bits_equal_f32(&got, &want);
-            assert_eq!(same, want.len(), "{stream} {}: {} of {} bit-identical", e.key, same, want.len());
+            assert_eq!(
+                same,
+                want.len(),
+                "{stream} {}: {} of {} bit-identical",
+                e.key,
+                same,
+                want.len()
+            );
             entries += 1;
             values += want.len();
         }
@@ -155,7 +192,10 @@ fn torch_cpu_seed_uses_low_32_bits() {
     let mut d = TorchCpuNoise::new(5 + (1u64 << 32));
     assert_eq!(c.randn_f32(3), d.randn_f32(3));
     // The CUDA generator keys on all 64 bits.
-    assert_ne!(TorchCudaNoise::new(5).randn_f32(8), TorchCudaNoise::new(5 + (1u64 << 32)).randn_f32(8));
+    assert_ne!(
+        TorchCudaNoise::new(5).randn_f32(8),
+        TorchCudaNoise::new(5 + (1u64 << 32)).randn_f32(8)
+    );
 }
 
 #[test]
@@ -174,12 +214,19 @@ fn torch_cuda_close_to_h100() {
     const TOL: f64 = 5e-6;
     let (mut n_total, mut n_same, mut max_err, mut worst) = (0usize, 0usize, 0f64, String::new());
     let (mut h_total, mut h_same, mut h_max_ulps) = (0usize, 0usize, 0i32);
-    for (stream, list) in streams().into_iter().filter(|(_, l)| l[0].source == "torch-cuda") {
+    for (stream, list) in streams()
+        .into_iter()
+        .filter(|(_, l)| l[0].source == "torch-cuda")
+    {
         let f16 = list[0].dtype == "f16";
         let mut g = build(NoiseKind::TorchCuda, list[0].seed, None).unwrap();
         for e in &list {
             let (want, _) = expected(e);
-            let dtype = if f16 { NoiseDtype::F16 } else { NoiseDtype::F32 };
+            let dtype = if f16 {
+                NoiseDtype::F16
+            } else {
+                NoiseDtype::F32
+            };
             let got = g.randn(&e.shape, dtype).unwrap();
             assert_eq!(got.shape(), &e.shape[..], "{stream}");
             for (g, w) in got.iter().zip(&want) {
@@ -211,7 +258,13 @@ fn torch_cuda_close_to_h100() {
         100.0 * h_same as f64 / h_total as f64
     );
     assert!(n_total > 200_000);
-    assert!(max_err <= TOL, "max abs error {max_err:e} > {TOL:e} at {worst}");
+    // The sine table was fitted on these values (scripts/fit_cuda_sin_table.py); held out by
+    // seed it scores ~89.9%, so a drop well below that means the model broke.
+    assert!(n_same as f64 >= 0.85 * n_total as f64, "bit-identical share fell to {n_same}/{n_total}");
+    assert!(
+        max_err <= TOL,
+        "max abs error {max_err:e} > {TOL:e} at {worst}"
+    );
     assert!(h_total > 0 && h_max_ulps <= 1);
 }
 
@@ -223,7 +276,9 @@ fn half_bits(x: f32) -> u16 {
 
 #[test]
 fn numpy_seed_range() {
-    let err = build(NoiseKind::Numpy, 1u64 << 32, None).err().expect("numpy rejects 2^32");
+    let err = build(NoiseKind::Numpy, 1u64 << 32, None)
+        .err()
+        .expect("numpy rejects 2^32");
     assert!(err.to_string().contains("4294967296"), "{err}");
     assert!(build(NoiseKind::Numpy, u32::MAX as u64, None).is_ok());
 }
@@ -272,8 +327,14 @@ fn file_source_right_shape() {
     let a = s.randn(&[1, 2, 3, 4], NoiseDtype::F32).unwrap();
     assert_eq!(a.iter().copied().collect::<Vec<_>>(), data);
     // A second draw is an error that names the file.
-    let err = s.randn(&[1, 2, 3, 4], NoiseDtype::F32).unwrap_err().to_string();
-    assert!(err.contains("noise.npy") && err.contains("second draw"), "{err}");
+    let err = s
+        .randn(&[1, 2, 3, 4], NoiseDtype::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("noise.npy") && err.contains("second draw"),
+        "{err}"
+    );
     // F16 rounds.
     let mut s = build(NoiseKind::File, 0, Some(&p)).unwrap();
     let h = s.randn(&[1, 2, 3, 4], NoiseDtype::F16).unwrap();
@@ -287,9 +348,17 @@ fn file_source_f64_rounds_once_to_f16() {
     // numpy's own f64 → f16 casts, including double-rounding traps, written as a f64 file.
     let input = read_npy(&fixture_dir().join("numpy_f16cast_in.npy")).unwrap();
     let out = read_npy(&fixture_dir().join("numpy_f16cast_out.npy")).unwrap();
-    let mut s = build(NoiseKind::File, 0, Some(&fixture_dir().join("numpy_f16cast_in.npy"))).unwrap();
+    let mut s = build(
+        NoiseKind::File,
+        0,
+        Some(&fixture_dir().join("numpy_f16cast_in.npy")),
+    )
+    .unwrap();
     let h = s.randn(&input.shape, NoiseDtype::F16).unwrap();
-    assert!(h.iter().zip(&out.data).all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(h
+        .iter()
+        .zip(&out.data)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
 }
 
 #[test]
@@ -297,17 +366,29 @@ fn file_source_errors_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let p = write_f32_file(dir.path(), "lat.npy", &[1, 4, 2, 2], &[0.5; 16]);
     let mut s = build(NoiseKind::File, 0, Some(&p)).unwrap();
-    let err = s.randn(&[1, 4, 4, 4], NoiseDtype::F32).unwrap_err().to_string();
-    assert!(err.contains("lat.npy") && err.contains("[1, 4, 2, 2]") && err.contains("[1, 4, 4, 4]"), "{err}");
+    let err = s
+        .randn(&[1, 4, 4, 4], NoiseDtype::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("lat.npy") && err.contains("[1, 4, 2, 2]") && err.contains("[1, 4, 4, 4]"),
+        "{err}"
+    );
 
     let missing = dir.path().join("missing.npy");
-    let err = build(NoiseKind::File, 0, Some(&missing)).err().unwrap().to_string();
+    let err = build(NoiseKind::File, 0, Some(&missing))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("missing.npy"), "{err}");
 
     // int32 data: wrong dtype.
     let bad = dir.path().join("ints.npy");
     std::fs::write(&bad, npy_bytes("<i4", false, "(4,)", &[0u8; 16])).unwrap();
-    let err = build(NoiseKind::File, 0, Some(&bad)).err().unwrap().to_string();
+    let err = build(NoiseKind::File, 0, Some(&bad))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("ints.npy") && err.contains("<i4"), "{err}");
 }
 
@@ -352,7 +433,10 @@ fn npy_round_trip_f32_and_f16() {
     assert_eq!(parse_npy(&buf, Path::new("s.npy")).unwrap().data, vec![2.5]);
     let mut buf = Vec::new();
     write_npy_f32(&mut buf, &[0, 3], &[]).unwrap();
-    assert_eq!(parse_npy(&buf, Path::new("e.npy")).unwrap().shape, vec![0, 3]);
+    assert_eq!(
+        parse_npy(&buf, Path::new("e.npy")).unwrap().shape,
+        vec![0, 3]
+    );
 
     // Wrong length for the shape is refused by the writer.
     assert!(write_npy_f32(Vec::new(), &[2, 2], &[1.0; 3]).is_err());
@@ -366,7 +450,10 @@ fn npy_reads_numpy_written_files() {
     assert_eq!((a.dtype, a.shape.clone()), (NpyDtype::F64, vec![3]));
     assert_eq!(a.data_f64.unwrap()[0], 1.764052345967664);
     let a = read_npy(&d.join("torch-cpu_f32_s0_1x4x8x8_c0.npy")).unwrap();
-    assert_eq!((a.dtype, a.shape.clone()), (NpyDtype::F32, vec![1, 4, 8, 8]));
+    assert_eq!(
+        (a.dtype, a.shape.clone()),
+        (NpyDtype::F32, vec![1, 4, 8, 8])
+    );
     let a = read_npy(&d.join("torch-cuda_f16_s0_17_c0.npy")).unwrap();
     assert_eq!((a.dtype, a.shape.clone()), (NpyDtype::F16, vec![17]));
 }
@@ -380,7 +467,10 @@ fn npy_versions_2_and_3() {
         b.extend(dict.as_bytes());
         b.extend(1.5f32.to_le_bytes());
         b.extend((-2.0f32).to_le_bytes());
-        assert_eq!(parse_npy(&b, Path::new("v.npy")).unwrap().data, vec![1.5, -2.0]);
+        assert_eq!(
+            parse_npy(&b, Path::new("v.npy")).unwrap().data,
+            vec![1.5, -2.0]
+        );
     }
 }
 
@@ -389,14 +479,46 @@ fn npy_rejections_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("magic.npy", b"\x93NUMPX\x01\x00\x00\x00".to_vec(), "magic"),
-        ("fortran.npy", npy_bytes("<f4", true, "(2, 2)", &[0u8; 16]), "fortran_order"),
-        ("big.npy", npy_bytes(">f4", false, "(4,)", &[0u8; 16]), "big-endian"),
-        ("int.npy", npy_bytes("<i8", false, "(2,)", &[0u8; 16]), "not supported"),
-        ("trunc.npy", npy_bytes("<f4", false, "(1, 4, 8, 8)", &[0u8; 100]), "truncated data"),
-        ("extra.npy", npy_bytes("<f4", false, "(2,)", &[0u8; 12]), "trailing"),
-        ("header.npy", b"\x93NUMPY\x01\x00\xff\x00{'descr'".to_vec(), "truncated header"),
-        ("garbage.npy", npy_bytes("<f4", false, "(2, x)", &[0u8; 8]), "malformed header"),
-        ("version.npy", b"\x93NUMPY\x04\x00\x00\x00".to_vec(), "version"),
+        (
+            "fortran.npy",
+            npy_bytes("<f4", true, "(2, 2)", &[0u8; 16]),
+            "fortran_order",
+        ),
+        (
+            "big.npy",
+            npy_bytes(">f4", false, "(4,)", &[0u8; 16]),
+            "big-endian",
+        ),
+        (
+            "int.npy",
+            npy_bytes("<i8", false, "(2,)", &[0u8; 16]),
+            "not supported",
+        ),
+        (
+            "trunc.npy",
+            npy_bytes("<f4", false, "(1, 4, 8, 8)", &[0u8; 100]),
+            "truncated data",
+        ),
+        (
+            "extra.npy",
+            npy_bytes("<f4", false, "(2,)", &[0u8; 12]),
+            "trailing",
+        ),
+        (
+            "header.npy",
+            b"\x93NUMPY\x01\x00\xff\x00{'descr'".to_vec(),
+            "truncated header",
+        ),
+        (
+            "garbage.npy",
+            npy_bytes("<f4", false, "(2, x)", &[0u8; 8]),
+            "malformed header",
+        ),
+        (
+            "version.npy",
+            b"\x93NUMPY\x04\x00\x00\x00".to_vec(),
+            "version",
+        ),
     ];
     for (name, bytes, needle) in cases {
         let p = dir.path().join(name);
@@ -404,13 +526,19 @@ fn npy_rejections_name_the_file() {
         let err = read_npy(&p).unwrap_err().to_string();
         assert!(err.contains(name) && err.contains(needle), "{name}: {err}");
     }
-    let err = read_npy(&dir.path().join("absent.npy")).unwrap_err().to_string();
+    let err = read_npy(&dir.path().join("absent.npy"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("absent.npy"), "{err}");
 }
 
 #[test]
 fn trait_objects_report_names() {
-    for (k, n) in [(NoiseKind::Numpy, "numpy"), (NoiseKind::TorchCpu, "torch-cpu"), (NoiseKind::TorchCuda, "torch-cuda")] {
+    for (k, n) in [
+        (NoiseKind::Numpy, "numpy"),
+        (NoiseKind::TorchCpu, "torch-cpu"),
+        (NoiseKind::TorchCuda, "torch-cuda"),
+    ] {
         let mut s: Box<dyn NoiseSource> = build(k, 1, None).unwrap();
         assert_eq!(s.name(), n);
         assert_eq!(s.randn(&[2, 3], NoiseDtype::F32).unwrap().shape(), &[2, 3]);

@@ -22,6 +22,7 @@ use std::str::FromStr;
 use ndarray::ArrayD;
 use sha2::{Digest, Sha256};
 
+mod cuda_sin_table;
 pub mod file;
 pub mod mt19937;
 pub mod numpy;
