@@ -260,7 +260,10 @@ fn torch_cuda_close_to_h100() {
     assert!(n_total > 200_000);
     // The sine table was fitted on these values (scripts/fit_cuda_sin_table.py); held out by
     // seed it scores ~89.9%, so a drop well below that means the model broke.
-    assert!(n_same as f64 >= 0.85 * n_total as f64, "bit-identical share fell to {n_same}/{n_total}");
+    assert!(
+        n_same as f64 >= 0.85 * n_total as f64,
+        "bit-identical share fell to {n_same}/{n_total}"
+    );
     assert!(
         max_err <= TOL,
         "max abs error {max_err:e} > {TOL:e} at {worst}"
