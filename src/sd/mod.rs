@@ -5,6 +5,7 @@
 pub mod image;
 pub mod model;
 pub mod noise;
+pub mod npy;
 pub mod pipeline;
 pub mod runtime;
 pub mod scheduler;
