@@ -70,8 +70,10 @@ def write_clip_tokenizer(out_dir, tokenizer_json=False):
     if tokenizer_json:
         from transformers import CLIPTokenizerFast
 
-        fast = CLIPTokenizerFast(vocab_file=str(out / "vocab.json"), merges_file=str(out / "merges.txt"),
-                                 **special)
+        # transformers 5 ignores vocab_file=/merges_file= keyword arguments (its __init__ takes
+        # vocab=/merges=) and silently builds an empty BPE; from_pretrained reads the files we
+        # just wrote, so it yields the full 49408-id tokenizer.
+        fast = CLIPTokenizerFast.from_pretrained(str(out))
         fast.backend_tokenizer.save(str(out / "tokenizer.json"))
     return out
 
