@@ -20,10 +20,10 @@ The pipeline itself is used unchanged; four of its traps are worked around from 
     OnnxRuntimeModel gets a subclass whose __call__ casts `input_ids` to the type the session
     declares (and records the ids it fed, which go into case.json).
 (b) init_noise_sigma. The pipeline does `latents = latents * self.scheduler.init_noise_sigma`.
-    PNDM/DDIM keep a Python float 1.0 there (fine), but Euler's is a 0-d torch tensor: numpy defers
-    to torch.Tensor.__rmul__, the latents turn into a torch tensor and the first
-    `torch.from_numpy(latents)` in the loop raises; with a float64 sigma numpy would instead
-    promote the latents to float64. The semantics we want are those of diffusers' torch pipelines:
+    PNDM/DDIM keep a Python float 1.0 there (fine), but Euler's is a 0-d float32 torch tensor and
+    `ndarray * Tensor` raises TypeError (diffusers 0.42.1, torch 2.15); a float64 sigma
+    (np.float64, or Tensor.item() wrapped by numpy) would instead promote the latents to float64
+    under numpy 2. The semantics we want are those of diffusers' torch pipelines:
     float32 noise (numpy float64 randn cast to float32, as the pipeline does) times
     float32(init_noise_sigma), float32 throughout. Each scheduler class gets a subclass whose
     `init_noise_sigma` reads as np.float32, so the product stays a float32 ndarray.
