@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::sd::model::ModelDir;
-use crate::sd::tokenizer::ClipTokenizer;
+use crate::sd::tokenizer::{ClipTokenizer, EOS_ID};
 
 /// Flags of `monitor tokenize`.
 #[derive(Debug, Args)]
@@ -32,7 +32,7 @@ pub fn run(a: TokenizeArgs) -> Result<u8> {
         println!("{v}");
     } else {
         // Plain output stops at the end token: the padding after it is always 49407.
-        let end = enc.ids.iter().skip(1).position(|&i| i == END_OF_TEXT).map_or(enc.ids.len(), |p| p + 2);
+        let end = enc.ids.iter().skip(1).position(|&i| i == EOS_ID).map_or(enc.ids.len(), |p| p + 2);
         let ids: Vec<String> = enc.ids[..end].iter().map(u32::to_string).collect();
         println!("{}", ids.join(" "));
     }
@@ -41,5 +41,3 @@ pub fn run(a: TokenizeArgs) -> Result<u8> {
     }
     Ok(0)
 }
-
-const END_OF_TEXT: u32 = 49407;

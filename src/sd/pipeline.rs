@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::image::{latents_to_rgb, RgbImage};
 use super::model::{concat0, FloatType, ModelError, SdModel};
-use super::noise::{NoiseDtype, NoiseError, NoiseSource};
+use super::noise::{sha256_f32, NoiseDtype, NoiseError, NoiseSource};
 use super::scheduler::{self, SchedulerConfig, SchedulerError, SchedulerKind};
 use super::tokenizer::{ClipTokenizer, TokenizerError};
 
@@ -33,7 +33,7 @@ pub enum PipelineError {
 }
 
 /// What to generate (the seed lives in the noise source).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct GenerateParams {
     /// The prompt.
     pub prompt: String,
@@ -144,7 +144,7 @@ pub fn generate(
         .randn(&shape, noise_dtype)?
         .into_dimensionality::<Ix4>()
         .map_err(|e| PipelineError::Invalid(format!("noise source returned the wrong shape: {e}")))?;
-    let initial_noise_sha256 = sha256_f32(initial.iter().copied());
+    let initial_noise_sha256 = sha256_f32(initial.iter());
     let mut latents = initial * sched.init_noise_sigma();
 
     let timesteps = sched.timesteps().to_vec();
@@ -227,15 +227,6 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// Hex sha256 of f32 values as little-endian bytes.
-pub fn sha256_f32(values: impl Iterator<Item = f32>) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for v in values {
-        h.update(v.to_le_bytes());
-    }
-    super::model::hex(&h.finalize())
-}
 
 /// A model ready to generate: sessions, tokenizer and scheduler config, loaded once and reused
 /// for every case (session creation dominates short runs).

@@ -146,11 +146,7 @@ pub fn sha256_f32<'a>(values: impl IntoIterator<Item = &'a f32>) -> String {
     for v in values {
         hasher.update(v.to_le_bytes());
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    super::model::hex(&hasher.finalize())
 }
 
 /// Number of elements of `shape`, or an error on overflow.

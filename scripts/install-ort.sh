@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs ONNX Runtime (the PyPI wheel, which carries libonnxruntime.so) into ./.venv, where
+# `monitor` finds it without any flag. Idempotent; pass a version to override the default.
+# GPU hosts: ORT_PACKAGE=onnxruntime-gpu scripts/install-ort.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+version="${1:-1.31.1}"
+package="${ORT_PACKAGE:-onnxruntime}"
+python="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('$package') != '$version')" 2>/dev/null; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "$package==$version"
+fi
+ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1

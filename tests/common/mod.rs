@@ -1,0 +1,71 @@
+//! Shared test helpers: one ONNX Runtime per test process (ort allows one environment per
+//! process), repo paths, and the conformance comparisons.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use monitor::sd::runtime::{Runtime, RuntimeSettings};
+
+/// The repository root (tests run with it as the package root).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A path relative to the repository root.
+pub fn repo_path(rel: &str) -> PathBuf {
+    repo().join(rel)
+}
+
+/// The process-wide CPU runtime, found the way users find it (ORT_DYLIB_PATH, .venv, python3).
+/// Panics with the install hint when ONNX Runtime is missing: these tests must not skip silently.
+pub fn runtime() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        // Discovery looks in ./.venv relative to the working directory; tests run in the repo root.
+        std::env::set_current_dir(repo()).expect("cd to repo root");
+        Runtime::init(None, RuntimeSettings { intra_op_threads: Some(1), ..RuntimeSettings::default() })
+            .unwrap_or_else(|e| panic!("{e} (run scripts/install-ort.sh)"))
+    })
+}
+
+/// Max |a - b| and max |b| over two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, f32) {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let mut d = 0f32;
+    let mut m = 0f32;
+    for (x, y) in a.iter().zip(b) {
+        d = d.max((x - y).abs());
+        m = m.max(y.abs());
+    }
+    (d, m)
+}
+
+/// Pixel comparison: (values differing, max level difference, total values).
+pub fn pixel_diff(a: &[u8], b: &[u8]) -> (usize, u8, usize) {
+    assert_eq!(a.len(), b.len(), "image size mismatch");
+    let mut n = 0;
+    let mut worst = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        let d = x.abs_diff(*y);
+        if d > 0 {
+            n += 1;
+            worst = worst.max(d);
+        }
+    }
+    (n, worst, a.len())
+}
+
+/// Copies a folder tree (for tests that assemble or break model folders).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+}
