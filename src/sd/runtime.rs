@@ -197,11 +197,11 @@ impl Runtime {
                 std::env::set_var("NVIDIA_TF32_OVERRIDE", "0");
             }
         }
+        let version = library_version(&library).map_err(|reason| RuntimeError::Unusable { path: library.clone(), reason })?;
         let builder = ort::init_from(&library).map_err(|e| RuntimeError::Unusable {
             path: library.clone(),
             reason: load_error_reason(&e),
         })?;
-        let version = ort_version();
         let env = builder
             .with_name("monitor")
             .with_telemetry(false)
@@ -268,13 +268,25 @@ fn load_error_reason(e: &ort::LoadDynamicError) -> String {
     }
 }
 
-fn ort_version() -> String {
-    // The build info string starts "ORT Build Info: git-branch=rel-1.31.1, ..."; fall back to the raw text.
-    let info = ort::info();
-    info.split(|c: char| c == ',' || c.is_whitespace())
-        .find_map(|part| part.strip_prefix("git-branch=rel-"))
-        .map(str::to_string)
-        .unwrap_or_else(|| info.to_string())
+/// The library's own version string ("1.31.1"), read before ort initialises so that a wrong file
+/// gives our message rather than a panic inside ort.
+fn library_version(path: &Path) -> Result<String, String> {
+    // SAFETY: loading runs the library's initialisers, as ort itself will do next; the symbol's
+    // signature is ONNX Runtime's stable C entry point, and the string is copied before unloading.
+    unsafe {
+        let lib = libloading::Library::new(path).map_err(|e| e.to_string())?;
+        let get_base: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
+            lib.get(b"OrtGetApiBase").map_err(|_| "not an ONNX Runtime library (no OrtGetApiBase)".to_string())?;
+        let base = get_base();
+        if base.is_null() {
+            return Err("OrtGetApiBase returned null".into());
+        }
+        let v = ((*base).GetVersionString)();
+        if v.is_null() {
+            return Err("GetVersionString returned null".into());
+        }
+        Ok(std::ffi::CStr::from_ptr(v).to_string_lossy().into_owned())
+    }
 }
 
 /// Finds the shared library: explicit path, then `ORT_DYLIB_PATH`, then an installed Python package.
