@@ -370,7 +370,7 @@ fn declared(dtype: &ValueType) -> Option<Declared> {
     }
 }
 
-fn input<'a>(session: &'a Session, path: &Path, name: &str) -> Result<Declared, ModelError> {
+fn input(session: &Session, path: &Path, name: &str) -> Result<Declared, ModelError> {
     let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
     let outlet = session.inputs().iter().find(|i| i.name() == name).ok_or_else(|| ModelError::BadIo {
         path: path.to_path_buf(),
