@@ -146,3 +146,28 @@ fn both_export_styles_give_the_same_latents() {
         }
     }
 }
+
+/// diffusers' ONNX pipeline takes euler-a's per-step noise from torch's global RNG, so numpy
+/// (or file) noise with an ancestral sampler reproduces nothing: it must be refused up front.
+#[test]
+fn ancestral_sampler_without_step_noise_is_refused() {
+    let mut loaded = LoadedModel::load(runtime(), &repo_path("onnx/tiny-sd15")).unwrap();
+    let params = GenerateParams {
+        prompt: "a photo of a cat".into(),
+        negative_prompt: None,
+        steps: 4,
+        guidance_scale: 7.5,
+        width: 64,
+        height: 64,
+        scheduler: "euler-a".parse().unwrap(),
+    };
+    let mut numpy = noise::build(NoiseKind::Numpy, 0, None).unwrap();
+    let message = loaded.generate(&params, numpy.as_mut(), &mut |_, _| {}).err().unwrap().to_string();
+    assert!(!message.contains('\n'), "{message}");
+    for part in ["euler-a", "numpy", "torch's global RNG", "torch-cpu"] {
+        assert!(message.contains(part), "{message}");
+    }
+    // The same scheduler with a torch source runs.
+    let mut torch = noise::build(NoiseKind::TorchCpu, 0, None).unwrap();
+    assert!(loaded.generate(&params, torch.as_mut(), &mut |_, _| {}).is_ok());
+}
