@@ -51,6 +51,9 @@ fn run_case(models: &mut HashMap<String, LoadedModel>, c: &Case) -> Generation {
     let loaded = models.entry(model_rel.clone()).or_insert_with(|| {
         LoadedModel::load(runtime(), &repo_path(&model_rel)).unwrap_or_else(|e| panic!("{model_rel}: {e}"))
     });
+    // A case may override the model's scheduler config (as `from_config(..., use_karras_sigmas=True)`
+    // does in the reference); reset it per case since the model is shared.
+    loaded.scheduler_config.use_karras_sigmas = j.get("use_karras_sigmas").and_then(Value::as_bool).unwrap_or(false);
     let params = GenerateParams {
         prompt: j["prompt"].as_str().unwrap().to_string(),
         negative_prompt: j["negative_prompt"].as_str().map(str::to_string),
