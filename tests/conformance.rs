@@ -1,7 +1,10 @@
 //! Conformance: our pipeline against diffusers' `OnnxStableDiffusionPipeline` on the tiny exports.
 //!
 //! Every case under tests/fixtures/reference/ was produced by scripts/make_reference.py (diffusers
-//! 0.42.1, ONNX Runtime 1.31.1, numpy RandomState noise). Tolerances, from the pipeline issue:
+//! 0.42.1, ONNX Runtime 1.31.1, numpy RandomState noise) or, for torch-generator noise and euler-a
+//! (which the ONNX pipeline cannot reproduce), by scripts/make_torch_reference.py through diffusers'
+//! torch `StableDiffusionPipeline` on the modules the export came from (`"pipeline": "torch"`;
+//! torch and ORT differ by ~1e-6 relative there, within the same tolerance). Tolerances, from the pipeline issue:
 //! final latents max|Δ| ≤ 1e-4 × max|reference|; image: no value off by more than one level and
 //! ≥ 99.9% of values equal.
 
