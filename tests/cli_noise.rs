@@ -112,29 +112,3 @@ fn bad_shape_is_a_one_line_error_naming_the_value() {
     );
     assert!(!out.exists());
 }
-
-#[test]
-fn karras_flag_is_refused_for_schedulers_without_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = monitor(&[
-        "generate",
-        "--model",
-        repo_path("onnx/tiny-sd15").to_str().unwrap(),
-        "--prompt",
-        "x",
-        "--seed",
-        "1",
-        "--scheduler",
-        "pndm",
-        "--karras",
-        "--out",
-        dir.path().to_str().unwrap(),
-    ]);
-    assert_eq!(run.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.contains("--karras") && stderr.contains("pndm"),
-        "{stderr}"
-    );
-}
