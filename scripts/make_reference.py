@@ -48,7 +48,15 @@ import torch
 from PIL import Image
 
 import diffusers
-from diffusers import DDIMScheduler, EulerDiscreteScheduler, OnnxRuntimeModel, OnnxStableDiffusionPipeline, PNDMScheduler
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    LMSDiscreteScheduler,
+    OnnxRuntimeModel,
+    OnnxStableDiffusionPipeline,
+    PNDMScheduler,
+)
 from transformers import CLIPTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,9 +111,36 @@ CASES = [
     dict(name="fp16io_pndm_64x64_s10_g7.5_neg", model="tests/fixtures/models/tiny-sd15-fp16io", scheduler="pndm",
          prompt="a photo of a cat", negative_prompt="blurry, low quality", seed=0, steps=10, guidance_scale=7.5,
          height=64, width=64, approximates="pndm_64x64_s10_g7.5_neg"),
+    # Schedulers a user swaps in: `Cls.from_config(pipe.scheduler.config)` from the model's PNDM config
+    # (so they inherit its timestep_spacing "leading"); `scheduler_config` holds extra from_config kwargs.
+    dict(name="lms_64x64_s10_g7.5_neg", model="onnx/tiny-sd15", scheduler="lms", prompt="a photo of a cat",
+         negative_prompt="blurry, low quality", seed=11, steps=10, guidance_scale=7.5, height=64, width=64),
+    dict(name="lms_64x64_s20_g7.5_noneg", model="onnx/tiny-sd15", scheduler="lms",
+         prompt="a lighthouse on a cliff at dusk", negative_prompt=None, seed=12, steps=20, guidance_scale=7.5,
+         height=64, width=64),
+    dict(name="dpmpp-2m_64x64_s10_g7.5_neg", model="onnx/tiny-sd15", scheduler="dpmpp-2m",
+         prompt="an astronaut riding a horse on mars", negative_prompt="cartoon", seed=13, steps=10,
+         guidance_scale=7.5, height=64, width=64),
+    dict(name="dpmpp-2m_64x64_s20_g5_noneg", model="onnx/tiny-sd15", scheduler="dpmpp-2m",
+         prompt="a bowl of fruit on a wooden table", negative_prompt=None, seed=14, steps=20, guidance_scale=5.0,
+         height=64, width=64),
+    dict(name="dpmpp-2m-karras_64x64_s20_g7.5_neg", model="onnx/tiny-sd15", scheduler="dpmpp-2m",
+         scheduler_config={"use_karras_sigmas": True}, prompt="a photo of a cat",
+         negative_prompt="blurry, low quality", seed=15, steps=20, guidance_scale=7.5, height=64, width=64),
 ]
 
-SCHEDULERS = {"pndm": PNDMScheduler, "ddim": DDIMScheduler, "euler": EulerDiscreteScheduler}
+SCHEDULERS = {
+    "pndm": PNDMScheduler,
+    "ddim": DDIMScheduler,
+    "euler": EulerDiscreteScheduler,
+    "lms": LMSDiscreteScheduler,
+    "dpmpp-2m": DPMSolverMultistepScheduler,
+}
+
+
+# Cases of these classes are configured from the loaded pipeline's scheduler config (see load());
+# the original three keep from_config(file) so that their outputs stay byte-identical.
+SWAPPED_IN = {"lms", "dpmpp-2m"}
 
 
 def float32_init_sigma(cls):
@@ -154,7 +189,7 @@ class RecordingRandomState(np.random.RandomState):
         return out
 
 
-def load(model_dir, scheduler):
+def load(model_dir, scheduler, scheduler_config=None):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = INTRA_OP_THREADS
 
@@ -169,13 +204,18 @@ def load(model_dir, scheduler):
 
     sched_cls = float32_init_sigma(SCHEDULERS[scheduler])
     config = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
+    if scheduler in SWAPPED_IN:
+        # What a user does to swap schedulers: Cls.from_config(pipe.scheduler.config, **overrides),
+        # pipe.scheduler being the PNDMScheduler the pipeline loads from the file. Keys the class
+        # does not know are dropped; the rest (timestep_spacing "leading" included) carry over.
+        config = PNDMScheduler.from_config(config).config
     pipe = OnnxStableDiffusionPipeline(
         vae_encoder=None,
         vae_decoder=sess("vae_decoder"),
         text_encoder=sess("text_encoder", RecordingTextEncoder),
         tokenizer=CLIPTokenizer.from_pretrained(str(model_dir / "tokenizer")),
         unet=sess("unet", RecordingUnet),
-        scheduler=sched_cls.from_config(config),
+        scheduler=sched_cls.from_config(config, **(scheduler_config or {})),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -190,7 +230,7 @@ def sha256(b):
 
 def run_case(case):
     model_dir = ROOT / case["model"]
-    pipe = load(model_dir, case["scheduler"])
+    pipe = load(model_dir, case["scheduler"], case.get("scheduler_config"))
     gen = RecordingRandomState(case["seed"])
     gen.drawn = []
     steps_latents = []
@@ -277,6 +317,9 @@ def run_case(case):
             "intra_op_num_threads": INTRA_OP_THREADS,
         },
     }
+    if case.get("scheduler_config"):
+        meta["scheduler_config_overrides"] = case["scheduler_config"]
+        meta.update(case["scheduler_config"])  # e.g. "use_karras_sigmas": true, read by the conformance test
     for k in ("same_as", "approximates"):
         if k in case:
             meta[k] = case[k]
@@ -285,9 +328,11 @@ def run_case(case):
 
 
 def main():
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    OUT.mkdir(parents=True)
+    # Only this script's cases are replaced: scripts/make_torch_reference.py writes others beside them.
+    OUT.mkdir(parents=True, exist_ok=True)
+    for case in CASES:
+        if (OUT / case["name"]).exists():
+            shutil.rmtree(OUT / case["name"])
     results = {}
     for case in CASES:
         lat, img, meta = run_case(case)

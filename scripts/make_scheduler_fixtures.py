@@ -15,7 +15,8 @@ asserted identical). The Rust tests feed the stored model outputs back, so they 
 scheduler alone. Output is deterministic: rerunning rewrites identical files.
 
 Schedulers: pndm, ddim, euler, euler-a, lms, dpmpp-2m; the 50-step case only for the first three
-(keeps all fixtures under 1 MB). The SD1.5 config has no `timestep_spacing`, so each diffusers
+(keeps all fixtures under 1 MB). Karras-sigma cases (10 and 25 steps) for euler, lms and dpmpp-2m,
+the classes with `use_karras_sigmas` in diffusers 0.42.1 (EulerAncestral has no such option). The SD1.5 config has no `timestep_spacing`, so each diffusers
 class applies its own default (leading for PNDM/DDIM, linspace for the others).
 
 Floats are written with Python's repr of the exact float32 value, so they round-trip bit-exact.
@@ -77,6 +78,15 @@ VARIANTS = [
     ("vpred-10", {"prediction_type": "v_prediction"}, 10),
     ("linear-10", {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02}, 10),
 ]
+
+# Karras sigmas (`use_karras_sigmas`), for the classes that offer it. Kept apart from VARIANTS
+# with their own seeds so that adding them left every earlier fixture byte-identical.
+KARRAS_KINDS = ("euler", "lms", "dpmpp-2m")
+KARRAS_VARIANTS = [
+    ("karras-10", {"use_karras_sigmas": True}, 10),
+    ("karras-25", {"use_karras_sigmas": True}, 25),
+]
+KARRAS_FIRST_SEED = 1000
 
 LATENT_SHAPE = (1, 4, 2, 2)
 # Only these get the 50-step case (size budget: all fixtures < 1 MB).
@@ -162,6 +172,11 @@ def main():
             seed += 2
             if steps == 50 and kind not in LONG_RUNS:
                 continue
+            print(run_case(kind, suffix, overrides, steps, seed))
+    seed = KARRAS_FIRST_SEED
+    for kind in KARRAS_KINDS:
+        for suffix, overrides, steps in KARRAS_VARIANTS:
+            seed += 2
             print(run_case(kind, suffix, overrides, steps, seed))
 
 

@@ -1,7 +1,10 @@
 //! Conformance: our pipeline against diffusers' `OnnxStableDiffusionPipeline` on the tiny exports.
 //!
 //! Every case under tests/fixtures/reference/ was produced by scripts/make_reference.py (diffusers
-//! 0.42.1, ONNX Runtime 1.31.1, numpy RandomState noise). Tolerances, from the pipeline issue:
+//! 0.42.1, ONNX Runtime 1.31.1, numpy RandomState noise) or, for torch-generator noise and euler-a
+//! (which the ONNX pipeline cannot reproduce), by scripts/make_torch_reference.py through diffusers'
+//! torch `StableDiffusionPipeline` on the modules the export came from (`"pipeline": "torch"`;
+//! torch and ORT differ by ~1e-6 relative there, within the same tolerance). Tolerances, from the pipeline issue:
 //! final latents max|Δ| ≤ 1e-4 × max|reference|; image: no value off by more than one level and
 //! ≥ 99.9% of values equal.
 
@@ -51,6 +54,9 @@ fn run_case(models: &mut HashMap<String, LoadedModel>, c: &Case) -> Generation {
     let loaded = models.entry(model_rel.clone()).or_insert_with(|| {
         LoadedModel::load(runtime(), &repo_path(&model_rel)).unwrap_or_else(|e| panic!("{model_rel}: {e}"))
     });
+    // A case may override the model's scheduler config (as `from_config(..., use_karras_sigmas=True)`
+    // does in the reference); reset it per case since the model is shared.
+    loaded.scheduler_config.use_karras_sigmas = j.get("use_karras_sigmas").and_then(Value::as_bool).unwrap_or(false);
     let params = GenerateParams {
         prompt: j["prompt"].as_str().unwrap().to_string(),
         negative_prompt: j["negative_prompt"].as_str().map(str::to_string),
@@ -145,4 +151,29 @@ fn both_export_styles_give_the_same_latents() {
             assert!(d <= LATENT_REL_TOL * m, "{} vs {twin}: {d:e}", c.name);
         }
     }
+}
+
+/// diffusers' ONNX pipeline takes euler-a's per-step noise from torch's global RNG, so numpy
+/// (or file) noise with an ancestral sampler reproduces nothing: it must be refused up front.
+#[test]
+fn ancestral_sampler_without_step_noise_is_refused() {
+    let mut loaded = LoadedModel::load(runtime(), &repo_path("onnx/tiny-sd15")).unwrap();
+    let params = GenerateParams {
+        prompt: "a photo of a cat".into(),
+        negative_prompt: None,
+        steps: 4,
+        guidance_scale: 7.5,
+        width: 64,
+        height: 64,
+        scheduler: "euler-a".parse().unwrap(),
+    };
+    let mut numpy = noise::build(NoiseKind::Numpy, 0, None).unwrap();
+    let message = loaded.generate(&params, numpy.as_mut(), &mut |_, _| {}).err().unwrap().to_string();
+    assert!(!message.contains('\n'), "{message}");
+    for part in ["euler-a", "numpy", "torch's global RNG", "torch-cpu"] {
+        assert!(message.contains(part), "{message}");
+    }
+    // The same scheduler with a torch source runs.
+    let mut torch = noise::build(NoiseKind::TorchCpu, 0, None).unwrap();
+    assert!(loaded.generate(&params, torch.as_mut(), &mut |_, _| {}).is_ok());
 }

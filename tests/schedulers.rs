@@ -11,6 +11,9 @@ use ndarray::{concatenate, Axis};
 
 use fixture::{Case, ReplayNoise};
 
+/// Largest |Δt| allowed for Karras timesteps (measured: 6.1e-5, 6 ulps near t = 0).
+const KARRAS_TIMESTEP_TOL: f32 = 1e-4;
+
 /// Largest |a − b| and largest |b|.
 fn max_err(a: &monitor::sd::scheduler::Latents, b: &monitor::sd::scheduler::Latents) -> (f32, f32) {
     assert_eq!(a.shape(), b.shape());
@@ -32,7 +35,23 @@ fn replay(case: &Case) -> (f64, f64) {
     // parser may be one f64 ulp off, which never changes the f32 value).
     let ours: Vec<f32> = sched.timesteps().iter().map(|&t| t as f32).collect();
     let reference: Vec<f32> = case.timesteps.iter().map(|&t| t as f32).collect();
-    assert_eq!(ours, reference, "{}: timesteps", case.name);
+    if config.use_karras_sigmas {
+        // Karras timesteps come from numpy's float32 `log`, which is not correctly rounded and
+        // varies by CPU (see `log_sigmas` in src/sd/scheduler/math.rs): a few f32 ulps allowed.
+        assert_eq!(ours.len(), reference.len(), "{}: timesteps", case.name);
+        let worst = ours
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst <= KARRAS_TIMESTEP_TOL,
+            "{}: timesteps {ours:?} vs {reference:?}",
+            case.name
+        );
+    } else {
+        assert_eq!(ours, reference, "{}: timesteps", case.name);
+    }
     let ins = sched.init_noise_sigma();
     assert!(
         (ins - case.init_noise_sigma).abs() <= f32::EPSILON * case.init_noise_sigma,

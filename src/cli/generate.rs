@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 
@@ -45,6 +45,10 @@ pub struct GenerateArgs {
     /// Scheduler: pndm, ddim, euler, euler-a, lms, dpmpp-2m.
     #[arg(long, default_value = "pndm")]
     scheduler: SchedulerKind,
+    /// Karras sigmas: sets `use_karras_sigmas` on the model's scheduler config for this run
+    /// (euler, lms and dpmpp-2m only, the diffusers classes that have the option).
+    #[arg(long)]
+    karras: bool,
     /// Noise source: numpy, torch-cpu, torch-cuda, file.
     #[arg(long, default_value = "numpy")]
     noise: NoiseKind,
@@ -60,8 +64,17 @@ pub struct GenerateArgs {
 
 /// Runs the command.
 pub fn run(a: GenerateArgs) -> Result<u8> {
+    if a.karras && !a.scheduler.supports_karras() {
+        bail!(
+            "--karras: scheduler {} has no Karras sigmas option in diffusers; use euler, lms or dpmpp-2m",
+            a.scheduler
+        );
+    }
     let runtime = Runtime::init(a.runtime.ort_lib.as_deref(), a.runtime.settings())?;
     let mut loaded = LoadedModel::load(&runtime, &a.model).with_context(|| format!("loading model {}", a.model.display()))?;
+    if a.karras {
+        loaded.scheduler_config.use_karras_sigmas = true;
+    }
     let hash_start = std::time::Instant::now();
     let files = loaded.model.dir().file_hashes()?;
     let hash_s = hash_start.elapsed().as_secs_f64();
@@ -123,6 +136,7 @@ fn metadata(
             "width": a.width,
             "height": a.height,
             "scheduler": a.scheduler.to_string(),
+            "karras_sigmas": a.scheduler.supports_karras() && loaded.scheduler_config.use_karras_sigmas,
             "noise": a.noise.to_string(),
             "noise_file": a.noise_file,
         },

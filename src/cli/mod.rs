@@ -10,6 +10,7 @@ use crate::sd::runtime::{ConvAlgoSearch, ExecutionProvider, RuntimeSettings};
 
 mod bench;
 mod generate;
+mod noise;
 mod progress;
 mod tokenize;
 
@@ -30,6 +31,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Print the 77 CLIP token ids the model would be fed for TEXT.
     Tokenize(tokenize::TokenizeArgs),
+    /// Write the first draw of a freshly seeded noise source as .npy.
+    Noise(noise::NoiseArgs),
     /// Time each pipeline stage on a model and report the share spent outside ONNX Runtime.
     Bench(bench::BenchArgs),
 }
@@ -86,6 +89,7 @@ pub fn main() -> u8 {
         Command::Generate(a) => generate::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Noise(a) => noise::run(a),
     };
     match result {
         Ok(code) => code,

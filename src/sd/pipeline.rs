@@ -103,6 +103,7 @@ pub fn generate(
     on_step: &mut dyn FnMut(usize, usize),
 ) -> Result<Generation, PipelineError> {
     validate(params)?;
+    check_step_noise(params.scheduler, noise)?;
     let total_start = Instant::now();
     model.take_run_time();
     let mut timings = Timings::default();
@@ -206,6 +207,27 @@ fn validate(p: &GenerateParams) -> Result<(), PipelineError> {
         return Err(PipelineError::Invalid(format!("guidance scale {} is not a finite number", p.guidance_scale)));
     }
     Ok(())
+}
+
+/// Refuses an ancestral scheduler with a source that cannot supply diffusers' per-step noise:
+/// such a run would produce an image, but one that no reference implementation reproduces.
+pub fn check_step_noise(
+    scheduler: SchedulerKind,
+    noise: &dyn NoiseSource,
+) -> Result<(), PipelineError> {
+    if !scheduler.needs_step_noise() || noise.supports_step_noise() {
+        return Ok(());
+    }
+    let why = match noise.name() {
+        "numpy" => "diffusers' ONNX pipeline draws its per-step noise from torch's global RNG, \
+                    not from the numpy generator, so numpy noise matches no reference"
+            .to_string(),
+        "file" => "a noise file holds only the initial latents, not the per-step noise".to_string(),
+        other => format!("noise source {other} cannot continue diffusers' generator stream"),
+    };
+    Err(PipelineError::Invalid(format!(
+        "scheduler {scheduler} needs per-step noise: {why}; use noise torch-cpu or torch-cuda"
+    )))
 }
 
 /// `uncond + g * (text - uncond)` on a `[2, ...]` batch, in float32 as numpy does it.

@@ -24,8 +24,14 @@ pub fn runtime() -> &'static Runtime {
     RT.get_or_init(|| {
         // Discovery looks in ./.venv relative to the working directory; tests run in the repo root.
         std::env::set_current_dir(repo()).expect("cd to repo root");
-        Runtime::init(None, RuntimeSettings { intra_op_threads: Some(1), ..RuntimeSettings::default() })
-            .unwrap_or_else(|e| panic!("{e} (run scripts/install-ort.sh)"))
+        Runtime::init(
+            None,
+            RuntimeSettings {
+                intra_op_threads: Some(1),
+                ..RuntimeSettings::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e} (run scripts/install-ort.sh)"))
     })
 }
 

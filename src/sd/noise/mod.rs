@@ -52,6 +52,15 @@ pub trait NoiseSource {
     fn name(&self) -> &'static str;
     /// Next draw of `shape` standard-normal values, rounded as the reference rounds to `dtype`.
     fn randn(&mut self, shape: &[usize], dtype: NoiseDtype) -> Result<ArrayD<f32>, NoiseError>;
+
+    /// Whether this source can continue diffusers' stream with per-step (ancestral) noise: by
+    /// default [`NoiseKind::supports_step_noise`] of [`Self::name`]. Sources that are no
+    /// [`NoiseKind`] (e.g. test replays of recorded draws) are trusted to supply it.
+    fn supports_step_noise(&self) -> bool {
+        self.name()
+            .parse::<NoiseKind>()
+            .map_or(true, NoiseKind::supports_step_noise)
+    }
 }
 
 /// Which reference generator to reproduce.

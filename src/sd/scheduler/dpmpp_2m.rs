@@ -3,7 +3,9 @@
 //! Lu et al., "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models"
 //! (2022), <https://arxiv.org/abs/2211.01095>, Algorithm 2; mirrors diffusers'
 //! `DPMSolverMultistepScheduler` with `algorithm_type="dpmsolver++"`, `solver_order=2`,
-//! `solver_type="midpoint"`, `lower_order_final=true`, no thresholding and no Karras sigmas.
+//! `solver_type="midpoint"`, `lower_order_final=true` and no thresholding, optionally with Karras
+//! sigmas (`use_karras_sigmas`: the sigmas are the Karras ramp over the whole training range and
+//! the timesteps are derived back from them and rounded, possibly repeating near t = 0).
 //! The kind fixes the algorithm, so `algorithm_type`, `solver_order` and `solver_type` keys in a
 //! config are not consulted; `lambda_min_clipped` is assumed to be −∞ (diffusers' default).
 //!
@@ -20,9 +22,12 @@
 use ndarray::Zip;
 
 use super::euler::{interp, training_sigmas};
-use super::math::{alphas_cumprod, check_call, numpy_linspace, spaced_timesteps};
+use super::math::{
+    alphas_cumprod, check_call, karras_sigmas, log_sigmas, numpy_linspace, sigma_to_t,
+    spaced_timesteps,
+};
 use super::{
-    FinalSigmas, Latents, PredictionType, Scheduler, SchedulerConfig, SchedulerError,
+    BetaSchedule, FinalSigmas, Latents, PredictionType, Scheduler, SchedulerConfig, SchedulerError,
     SchedulerKind, TimestepSpacing,
 };
 use crate::sd::noise::NoiseSource;
@@ -86,20 +91,39 @@ pub struct DpmPp2mScheduler {
 impl DpmPp2mScheduler {
     /// Builds the scheduler and sets its timesteps for `steps` inference steps.
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SchedulerError> {
-        if config.use_karras_sigmas {
-            return Err(SchedulerError::Invalid(
-                "dpmpp-2m: use_karras_sigmas is not supported yet".into(),
-            ));
-        }
         let spacing = config
             .timestep_spacing
             .unwrap_or(SchedulerKind::DpmPp2m.default_spacing());
-        let ts = dpm_timesteps(config, spacing, steps);
         let train = training_sigmas(&alphas_cumprod(config));
-        let mut sigmas: Vec<f32> = ts
-            .iter()
-            .map(|&t| interp(t as f64, &train) as f32)
-            .collect();
+        let (ts, mut sigmas): (Vec<i64>, Vec<f32>) = if config.use_karras_sigmas {
+            // The Karras ramp spans the whole training range regardless of spacing; timesteps
+            // come back from the sigmas, rounded half-to-even (np.round) — except for the cosine
+            // schedule, which diffusers leaves fractional and torch's int64 cast truncates.
+            let cosine = config.beta_schedule == BetaSchedule::SquaredcosCapV2;
+            let karras = karras_sigmas(
+                f64::from(train[0]),
+                f64::from(train[train.len() - 1]),
+                steps,
+            );
+            let logs = log_sigmas(&train);
+            (
+                karras
+                    .iter()
+                    .map(|&s| {
+                        let t = sigma_to_t(s, &logs);
+                        if cosine { t as i64 } else { t.round_ties_even() as i64 }
+                    })
+                    .collect(),
+                karras.iter().map(|&s| s as f32).collect(),
+            )
+        } else {
+            let ts = dpm_timesteps(config, spacing, steps);
+            let sigmas = ts
+                .iter()
+                .map(|&t| interp(t as f64, &train) as f32)
+                .collect();
+            (ts, sigmas)
+        };
         sigmas.push(match config.final_sigmas_type {
             FinalSigmas::Zero => 0.0,
             FinalSigmas::SigmaMin => train[0],

@@ -2,7 +2,8 @@
 //!
 //! Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models" (NeurIPS
 //! 2022), <https://arxiv.org/abs/2206.00364>, Algorithm 2 without churn; mirrors diffusers'
-//! `EulerDiscreteScheduler` with `s_churn=0`, linear sigma interpolation and no Karras sigmas.
+//! `EulerDiscreteScheduler` with `s_churn=0` and linear sigma interpolation, optionally with
+//! Karras sigmas (`use_karras_sigmas`, eq. 5 of the paper with ρ = 7).
 //!
 //! The latents live at scale σ (x = x₀ + σ·ε), so the initial noise is multiplied by the largest
 //! σ (by sqrt(σ²+1) with `leading` spacing) and the UNet input is divided by sqrt(σ²+1).
@@ -15,7 +16,7 @@
 
 use ndarray::Zip;
 
-use super::math::{alphas_cumprod, spaced_timesteps};
+use super::math::{alphas_cumprod, karras_sigmas, log_sigmas, sigma_to_t, spaced_timesteps};
 use super::{
     FinalSigmas, InterpolationType, Latents, PredictionType, Scheduler, SchedulerConfig,
     SchedulerError, SchedulerKind, TimestepSpacing,
@@ -48,16 +49,15 @@ pub(crate) fn interp(x: f64, fp: &[f32]) -> f64 {
 
 /// Timesteps (f32) and sigmas (f32, one more than timesteps) of diffusers' Euler-type
 /// `set_timesteps`, shared by the sigma-space schedulers.
+///
+/// With `use_karras_sigmas` the interpolated sigmas only supply σ_min and σ_max (their last and
+/// first values, so they depend on the spacing); the sigmas become the Karras ramp and each
+/// timestep is derived back from its sigma by [`sigma_to_t`], fractional and cast to f32.
 pub(crate) fn euler_schedule(
     config: &SchedulerConfig,
     kind: SchedulerKind,
     steps: usize,
 ) -> Result<(Vec<f32>, Vec<f32>, TimestepSpacing), SchedulerError> {
-    if config.use_karras_sigmas {
-        return Err(SchedulerError::Invalid(format!(
-            "{kind}: use_karras_sigmas is not supported yet"
-        )));
-    }
     if config.interpolation_type != InterpolationType::Linear {
         return Err(SchedulerError::Invalid(format!(
             "{kind}: interpolation_type log_linear is not supported yet"
@@ -71,10 +71,21 @@ pub(crate) fn euler_schedule(
     timesteps.reverse();
     let alphas_cumprod = alphas_cumprod(config);
     let train = training_sigmas(&alphas_cumprod);
-    let mut sigmas: Vec<f32> = timesteps
+    let interpolated: Vec<f64> = timesteps
         .iter()
-        .map(|&t| interp(f64::from(t), &train) as f32)
+        .map(|&t| interp(f64::from(t), &train))
         .collect();
+    let mut sigmas: Vec<f32> = if config.use_karras_sigmas {
+        let karras = karras_sigmas(interpolated[steps - 1], interpolated[0], steps);
+        let logs = log_sigmas(&train);
+        timesteps = karras
+            .iter()
+            .map(|&s| sigma_to_t(s, &logs) as f32)
+            .collect();
+        karras.iter().map(|&s| s as f32).collect()
+    } else {
+        interpolated.iter().map(|&s| s as f32).collect()
+    };
     sigmas.push(match config.final_sigmas_type {
         FinalSigmas::Zero => 0.0,
         FinalSigmas::SigmaMin => train[0],

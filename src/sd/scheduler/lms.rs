@@ -13,7 +13,8 @@
 //! degree ≤ 3, so we integrate it exactly with 4-point Gauss–Legendre in f64; our coefficients
 //! are therefore more accurate than diffusers' by ~1e-7 relative, which bounds the mismatch.
 //! The coefficients are rounded to f32 (torch does so when multiplying f32 tensors) and the step
-//! is summed in f32 in diffusers' order. Timesteps and sigmas are those of [`super::euler`].
+//! is summed in f32 in diffusers' order. Timesteps and sigmas are those of [`super::euler`],
+//! including its Karras option (`use_karras_sigmas`).
 
 use ndarray::Zip;
 
@@ -59,7 +60,7 @@ pub struct LmsScheduler {
 impl LmsScheduler {
     /// Builds the scheduler and sets its timesteps for `steps` inference steps.
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SchedulerError> {
-        // LMS has no interpolation or final-sigma options; Karras sigmas are refused below.
+        // LMS has no interpolation or final-sigma options (Karras sigmas it has).
         let plain = SchedulerConfig {
             interpolation_type: InterpolationType::Linear,
             final_sigmas_type: FinalSigmas::Zero,

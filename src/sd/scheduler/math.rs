@@ -154,6 +154,57 @@ pub(crate) fn alpha_at(table: &[f32], final_alpha: f32, t: i64) -> Result<f32, S
         })
 }
 
+/// Karras et al. (2022) eq. 5 with ρ = 7, as diffusers' `_convert_to_karras` (k-diffusion's
+/// `get_sigmas_karras`): `(σ_max^(1/ρ) + ramp·(σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ` over
+/// `ramp = np.linspace(0, 1, steps)`, descending, all in f64 as numpy computes it.
+pub(crate) fn karras_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec<f64> {
+    const RHO: f64 = 7.0;
+    let min_inv_rho = sigma_min.powf(1.0 / RHO);
+    let max_inv_rho = sigma_max.powf(1.0 / RHO);
+    numpy_linspace(1.0, steps)
+        .into_iter()
+        .map(|r| (max_inv_rho + r * (min_inv_rho - max_inv_rho)).powf(RHO))
+        .collect()
+}
+
+/// `np.log` of the f32 training sigmas, kept in f32 as numpy does.
+///
+/// numpy's SIMD float32 `log` is not correctly rounded (on the AVX-512 host that wrote the
+/// fixtures ~20% of these values are an ulp or more off), and which kernel runs depends on the
+/// CPU, so diffusers' own Karras timesteps vary between machines. We round the f64 logarithm,
+/// which is within an ulp of numpy's; through [`sigma_to_t`] that moves a fractional timestep
+/// by at most a few f32 ulps (≤ 1e-4 at SD1.5 scale). Integer timesteps (DPM-Solver) are rounded
+/// afterwards and come out identical.
+pub(crate) fn log_sigmas(training_sigmas: &[f32]) -> Vec<f32> {
+    training_sigmas
+        .iter()
+        .map(|&s| f64::from(s).ln() as f32)
+        .collect()
+}
+
+/// diffusers' `_sigma_to_t`: the fractional training timestep whose sigma is `sigma`, by linear
+/// interpolation in log-sigma between the two bracketing training timesteps (f64, with the f32
+/// differences numpy takes between f32 table entries).
+pub(crate) fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
+    let log_sigma = sigma.max(1e-10).ln();
+    // np.cumsum(dists >= 0).argmax(): the first index at which the running count is largest.
+    let (mut count, mut best, mut low_idx) = (0usize, 0usize, 0usize);
+    for (i, &l) in log_sigmas.iter().enumerate() {
+        if log_sigma - f64::from(l) >= 0.0 {
+            count += 1;
+        }
+        if count > best {
+            best = count;
+            low_idx = i;
+        }
+    }
+    let low_idx = low_idx.min(log_sigmas.len() - 2);
+    let high_idx = low_idx + 1;
+    let (low, high) = (log_sigmas[low_idx], log_sigmas[high_idx]);
+    let w = ((f64::from(low) - log_sigma) / f64::from(low - high)).clamp(0.0, 1.0);
+    (1.0 - w) * low_idx as f64 + w * high_idx as f64
+}
+
 /// Checks that step `i` is the next call of a stateful scheduler.
 pub(crate) fn check_call(i: usize, expected: usize, calls: usize) -> Result<(), SchedulerError> {
     if i != expected || i >= calls {

@@ -125,6 +125,22 @@ impl SchedulerKind {
         }
     }
 
+    /// Whether the diffusers class has `use_karras_sigmas` (EulerDiscrete, LMSDiscrete,
+    /// DPMSolverMultistep in diffusers 0.42.1); the others ignore that config key, as diffusers'
+    /// `from_config` does.
+    pub fn supports_karras(self) -> bool {
+        matches!(
+            self,
+            SchedulerKind::Euler | SchedulerKind::Lms | SchedulerKind::DpmPp2m
+        )
+    }
+
+    /// Whether each step draws fresh noise (ancestral sampling), so the noise source must be able
+    /// to continue diffusers' generator stream (see `NoiseKind::supports_step_noise`).
+    pub fn needs_step_noise(self) -> bool {
+        self == SchedulerKind::EulerAncestral
+    }
+
     /// diffusers' default `timestep_spacing` for this class, used when the config omits it.
     pub fn default_spacing(self) -> TimestepSpacing {
         match self {
