@@ -78,9 +78,7 @@ impl TorchCpuNoise {
             return (0..n).map(|_| self.normal64() as f32).collect();
         }
         let mut data: Vec<f32> = (0..n).map(|_| self.uniform32()).collect();
-        for block in data.chunks_exact_mut(16) {
-            normal_fill_16(block);
-        }
+        normal_fill(&mut data);
         if !n.is_multiple_of(16) {
             // torch recomputes the last 16 values from 16 fresh uniforms (overlapping the
             // last full block), rather than handling a short tail.
@@ -140,7 +138,7 @@ const COS_P: [f32; 3] = [
 const TWO_PI: f32 = std::f32::consts::TAU; // 6.2831855, torch's `2 * pi` as float
 
 /// `log256_ps` for one lane, with the fused multiply-adds the compiled kernel uses.
-#[inline]
+#[inline(always)]
 fn log_lane(x: f32) -> f32 {
     let mut x = x.max(f32::MIN_POSITIVE);
     let bits = x.to_bits();
@@ -168,7 +166,7 @@ fn log_lane(x: f32) -> f32 {
 }
 
 /// `sincos256_ps` for one lane: (sin, cos).
-#[inline]
+#[inline(always)]
 fn sincos_lane(theta: f32) -> (f32, f32) {
     let mut sign_sin = theta.to_bits() & 0x8000_0000;
     let mut x = theta.abs();
@@ -201,8 +199,33 @@ fn sincos_lane(theta: f32) -> (f32, f32) {
     )
 }
 
+/// Transforms every full block of 16; dispatches to a copy compiled with hardware FMA when the
+/// CPU has it (`mul_add` is otherwise a libm call). Results are identical either way.
+fn normal_fill(data: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports FMA, checked just above.
+        unsafe { normal_fill_fma(data) };
+        return;
+    }
+    normal_fill_portable(data);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn normal_fill_fma(data: &mut [f32]) {
+    normal_fill_portable(data);
+}
+
+#[inline(always)]
+fn normal_fill_portable(data: &mut [f32]) {
+    for block in data.chunks_exact_mut(16) {
+        normal_fill_16(block);
+    }
+}
+
 /// `normal_fill_16_AVX2` (mean 0, std 1): lanes j and j+8 become one Box-Muller pair.
-#[inline]
+#[inline(always)]
 fn normal_fill_16(d: &mut [f32]) {
     for j in 0..8 {
         let r = (-2.0 * log_lane(1.0 - d[j])).sqrt();

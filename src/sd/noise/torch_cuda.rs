@@ -52,34 +52,48 @@ impl TorchCudaNoise {
         let t = Self::threads_for(n64);
         // Each thread calls curand_normal4 (4 Philox words, one counter step) per loop pass.
         let passes = n64.div_ceil(4 * t).max(1);
-        let base = self.offset / 4;
         let mut out = vec![0f32; n];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let i = i as u64;
-            let thread = i % t;
-            let pass = i / (4 * t);
-            let lane = (i / t) % 4;
-            let ctr = base + pass;
-            let w = philox4x32_10(
-                [
-                    ctr as u32,
-                    (ctr >> 32) as u32,
-                    thread as u32,
-                    (thread >> 32) as u32,
-                ],
-                key,
-            );
-            *slot = match lane {
-                0 => box_muller(w[0], w[1]).0,
-                1 => box_muller(w[0], w[1]).1,
-                2 => box_muller(w[2], w[3]).0,
-                _ => box_muller(w[2], w[3]).1,
-            } + 0.0; // torch stores fma(x, std, mean): only -0 changes (to +0)
-        }
+        fill(&mut out, self.offset / 4, key, t);
         if n > 0 {
             self.offset += 4 * passes;
         }
         out
+    }
+}
+
+/// Fills `out` with one draw; dispatches to a copy compiled with hardware FMA when the CPU has
+/// it (`mul_add` is otherwise a libm call). Results are identical either way: an fma is an fma.
+fn fill(out: &mut [f32], base: u64, key: [u32; 2], t: u64) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports FMA, checked just above.
+        unsafe { fill_fma(out, base, key, t) };
+        return;
+    }
+    fill_portable(out, base, key, t);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn fill_fma(out: &mut [f32], base: u64, key: [u32; 2], t: u64) {
+    fill_portable(out, base, key, t);
+}
+
+#[inline(always)]
+fn fill_portable(out: &mut [f32], base: u64, key: [u32; 2], t: u64) {
+    for (i, slot) in out.iter_mut().enumerate() {
+        let i = i as u64;
+        let thread = i % t;
+        let pass = i / (4 * t);
+        let lane = (i / t) % 4;
+        let ctr = base + pass;
+        let w = philox4x32_10([ctr as u32, (ctr >> 32) as u32, thread as u32, (thread >> 32) as u32], key);
+        *slot = match lane {
+            0 => box_muller(w[0], w[1]).0,
+            1 => box_muller(w[0], w[1]).1,
+            2 => box_muller(w[2], w[3]).0,
+            _ => box_muller(w[2], w[3]).1,
+        } + 0.0; // torch stores fma(x, std, mean): only -0 changes (to +0)
     }
 }
 
@@ -107,6 +121,7 @@ const W0: u32 = 0x9E37_79B9;
 const W1: u32 = 0xBB67_AE85;
 
 /// Philox4x32-10 block function (Salmon et al.; curand's `curand_Philox4x32_10`).
+#[inline(always)]
 pub fn philox4x32_10(mut c: [u32; 4], mut k: [u32; 2]) -> [u32; 4] {
     for round in 0..10 {
         let p0 = M0 as u64 * c[0] as u64;
@@ -122,7 +137,7 @@ pub fn philox4x32_10(mut c: [u32; 4], mut k: [u32; 2]) -> [u32; 4] {
 }
 
 /// curand `_curand_box_muller` on the device: (s·sin v, s·cos v).
-#[inline]
+#[inline(always)]
 pub fn box_muller(x: u32, y: u32) -> (f32, f32) {
     // nvcc contracts `x * C + D` into one fma; the u32 → f32 conversion rounds to nearest.
     const INV_2POW32: f32 = 1.0 / 4_294_967_296.0; // 2^-32, exact
@@ -141,7 +156,7 @@ pub fn box_muller(x: u32, y: u32) -> (f32, f32) {
 /// step for step with fused multiply-adds. Not verified against CUDA's source, but the H100 data
 /// supports it: using it instead of a correctly rounded log raised the bit-identical share by
 /// 2.2 points. For u in (0, 1], always a normal float here (no subnormal/special handling).
-#[inline]
+#[inline(always)]
 #[allow(clippy::excessive_precision)] // constants kept as published, for checking
 fn logf(a: f32) -> f32 {
     let bits = a.to_bits() as i32;
@@ -173,7 +188,7 @@ fn logf(a: f32) -> f32 {
 /// 2 and 3 negate; the core is a quadratic per 1/64 of a quadrant with fitted coefficients.
 /// cos v = sin of the next quadrant. About 90% of final values come out bit-identical (the
 /// hardware's fixed-point coefficients are not public); the rest differ by an ulp or two.
-#[inline]
+#[inline(always)]
 pub fn gpu_sincos(v: f32) -> (f32, f32) {
     let mut t = mul_rz(v, 0.159_154_94) as f64; // 1/2π as f32
     t -= t.floor(); // the unit works on the fractional turn
@@ -183,7 +198,7 @@ pub fn gpu_sincos(v: f32) -> (f32, f32) {
 }
 
 /// sin(π/2·(q + X/2^23)) as the hardware evaluates it (see [`gpu_sincos`]).
-#[inline]
+#[inline(always)]
 fn quadrant_sin(q: u32, x: u32) -> f32 {
     const LOW_BITS: u32 = 17;
     let xe = if q & 1 == 1 { (1 << 23) - 1 - x } else { x };
@@ -195,7 +210,7 @@ fn quadrant_sin(q: u32, x: u32) -> f32 {
 }
 
 /// f32 product rounded toward zero (the product of two f32 is exact in f64).
-#[inline]
+#[inline(always)]
 fn mul_rz(a: f32, b: f32) -> f32 {
     let exact = a as f64 * b as f64;
     let r = exact as f32;
