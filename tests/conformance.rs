@@ -39,11 +39,20 @@ fn cases() -> Vec<Case> {
         .filter(|p| p.join("case.json").exists())
         .collect();
     dirs.sort();
-    assert!(dirs.len() >= 10, "expected the reference cases in {}", root.display());
+    assert!(
+        dirs.len() >= 10,
+        "expected the reference cases in {}",
+        root.display()
+    );
     dirs.into_iter()
         .map(|dir| {
-            let json: Value = serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
-            Case { name: json["name"].as_str().unwrap().to_string(), json, dir }
+            let json: Value =
+                serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
+            Case {
+                name: json["name"].as_str().unwrap().to_string(),
+                json,
+                dir,
+            }
         })
         .collect()
 }
@@ -52,11 +61,15 @@ fn run_case(models: &mut HashMap<String, LoadedModel>, c: &Case) -> Generation {
     let j = &c.json;
     let model_rel = j["model"].as_str().unwrap().to_string();
     let loaded = models.entry(model_rel.clone()).or_insert_with(|| {
-        LoadedModel::load(runtime(), &repo_path(&model_rel)).unwrap_or_else(|e| panic!("{model_rel}: {e}"))
+        LoadedModel::load(runtime(), &repo_path(&model_rel))
+            .unwrap_or_else(|e| panic!("{model_rel}: {e}"))
     });
     // A case may override the model's scheduler config (as `from_config(..., use_karras_sigmas=True)`
     // does in the reference); reset it per case since the model is shared.
-    loaded.scheduler_config.use_karras_sigmas = j.get("use_karras_sigmas").and_then(Value::as_bool).unwrap_or(false);
+    loaded.scheduler_config.use_karras_sigmas = j
+        .get("use_karras_sigmas")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let params = GenerateParams {
         prompt: j["prompt"].as_str().unwrap().to_string(),
         negative_prompt: j["negative_prompt"].as_str().map(str::to_string),
@@ -68,11 +81,17 @@ fn run_case(models: &mut HashMap<String, LoadedModel>, c: &Case) -> Generation {
     };
     let kind: NoiseKind = j["noise"].as_str().unwrap().parse().unwrap();
     let mut src = noise::build(kind, j["seed"].as_u64().unwrap(), None).unwrap();
-    loaded.generate(&params, src.as_mut(), &mut |_, _| {}).unwrap_or_else(|e| panic!("{}: {e}", c.name))
+    loaded
+        .generate(&params, src.as_mut(), &mut |_, _| {})
+        .unwrap_or_else(|e| panic!("{}: {e}", c.name))
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn reference_image(dir: &Path) -> RgbImage {
@@ -83,7 +102,10 @@ fn reference_image(dir: &Path) -> RgbImage {
 fn every_reference_case_matches_diffusers() {
     let mut models = HashMap::new();
     let mut failures = Vec::new();
-    println!("{:<34} {:>12} {:>10} {:>9} {:>6}", "case", "max|Δlat|", "rel", "px≠", "max");
+    println!(
+        "{:<34} {:>12} {:>10} {:>9} {:>6}",
+        "case", "max|Δlat|", "rel", "px≠", "max"
+    );
     for c in cases() {
         let gen = run_case(&mut models, &c);
         let j = &c.json;
@@ -106,35 +128,69 @@ fn every_reference_case_matches_diffusers() {
         if !is_fp16 && gen.initial_noise_sha256 != j["init_noise_sha256"].as_str().unwrap() {
             fail("initial noise differs".into());
         }
-        let want_t: Vec<f64> = j["unet_timesteps_fed"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let want_t: Vec<f64> = j["unet_timesteps_fed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         if gen.timesteps != want_t {
             fail(format!("timesteps {:?} != {:?}", gen.timesteps, want_t));
         }
-        if gen.warnings.iter().any(|w| w.starts_with("prompt")) != j["prompt_truncated"].as_bool().unwrap() {
+        if gen.warnings.iter().any(|w| w.starts_with("prompt"))
+            != j["prompt_truncated"].as_bool().unwrap()
+        {
             fail(format!("truncation warning mismatch: {:?}", gen.warnings));
         }
 
         let reference = read_npy(&c.dir.join("latents.npy")).unwrap();
-        assert_eq!(gen.latents.shape(), reference.shape.as_slice(), "{}", c.name);
+        assert_eq!(
+            gen.latents.shape(),
+            reference.shape.as_slice(),
+            "{}",
+            c.name
+        );
         let ours: Vec<f32> = gen.latents.iter().copied().collect();
         let (d, m) = max_abs_diff(&ours, &reference.data);
-        let tol = if is_fp16 { FP16_LATENT_REL_TOL } else { LATENT_REL_TOL };
+        let tol = if is_fp16 {
+            FP16_LATENT_REL_TOL
+        } else {
+            LATENT_REL_TOL
+        };
         if d > tol * m {
             fail(format!("latents max|Δ| {d:e} > {tol:e} × {m}"));
         }
 
         let img = reference_image(&c.dir);
-        assert_eq!((gen.image.width, gen.image.height), (img.width, img.height), "{}", c.name);
+        assert_eq!(
+            (gen.image.width, gen.image.height),
+            (img.width, img.height),
+            "{}",
+            c.name
+        );
         let (n, worst, total) = pixel_diff(&gen.image.pixels, &img.pixels);
         if !is_fp16 && (worst > 1 || n * 1000 > total) {
-            fail(format!("image: {n}/{total} values differ, worst by {worst} levels"));
+            fail(format!(
+                "image: {n}/{total} values differ, worst by {worst} levels"
+            ));
         }
         if is_fp16 && worst > 2 {
             fail(format!("fp16 image: worst difference {worst} levels"));
         }
-        println!("{:<34} {:>12.3e} {:>10.3e} {:>9} {:>6}", c.name, d, d / m, n, worst);
+        println!(
+            "{:<34} {:>12.3e} {:>10.3e} {:>9} {:>6}",
+            c.name,
+            d,
+            d / m,
+            n,
+            worst
+        );
     }
-    assert!(failures.is_empty(), "conformance failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "conformance failures:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// The int64 (optimum-style) export has the same weights as the int32 one; feeding the declared
@@ -168,12 +224,18 @@ fn ancestral_sampler_without_step_noise_is_refused() {
         scheduler: "euler-a".parse().unwrap(),
     };
     let mut numpy = noise::build(NoiseKind::Numpy, 0, None).unwrap();
-    let message = loaded.generate(&params, numpy.as_mut(), &mut |_, _| {}).err().unwrap().to_string();
+    let message = loaded
+        .generate(&params, numpy.as_mut(), &mut |_, _| {})
+        .err()
+        .unwrap()
+        .to_string();
     assert!(!message.contains('\n'), "{message}");
     for part in ["euler-a", "numpy", "torch's global RNG", "torch-cpu"] {
         assert!(message.contains(part), "{message}");
     }
     // The same scheduler with a torch source runs.
     let mut torch = noise::build(NoiseKind::TorchCpu, 0, None).unwrap();
-    assert!(loaded.generate(&params, torch.as_mut(), &mut |_, _| {}).is_ok());
+    assert!(loaded
+        .generate(&params, torch.as_mut(), &mut |_, _| {})
+        .is_ok());
 }

@@ -24,7 +24,8 @@ fn params() -> GenerateParams {
 }
 
 fn generate(dir: &Path) -> Generation {
-    let mut m = LoadedModel::load(runtime(), dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let mut m =
+        LoadedModel::load(runtime(), dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let mut src = noise::build(NoiseKind::Numpy, 11, None).unwrap();
     m.generate(&params(), src.as_mut(), &mut |_, _| {}).unwrap()
 }
@@ -57,7 +58,11 @@ fn export_styles_declare_what_the_exporters_write() {
     assert_eq!(b.model.io().input_ids, IdsType::Int64);
     assert_eq!(b.model.io().timestep.dtype, TimestepType::Int64);
 
-    let c = LoadedModel::load(runtime(), &repo_path("tests/fixtures/models/tiny-sd15-fp16io")).unwrap();
+    let c = LoadedModel::load(
+        runtime(),
+        &repo_path("tests/fixtures/models/tiny-sd15-fp16io"),
+    )
+    .unwrap();
     assert_eq!(c.model.io().unet_sample, FloatType::Float16);
     assert_eq!(c.model.io().text_hidden, FloatType::Float16);
     assert_eq!(c.model.io().timestep.dtype, TimestepType::Float16);
@@ -68,14 +73,24 @@ fn scalar_timestep_unet_runs_and_agrees() {
     // Newer optimum exports declare `timestep` as a rank-0 float; same weights as tiny-sd15.
     let (_tmp, dir) = scratch_model();
     std::fs::remove_file(dir.join("unet/weights.pb")).unwrap();
-    std::fs::copy(repo_path("tests/fixtures/models/unet-scalar-timestep/unet/model.onnx"), dir.join("unet/model.onnx")).unwrap();
+    std::fs::copy(
+        repo_path("tests/fixtures/models/unet-scalar-timestep/unet/model.onnx"),
+        dir.join("unet/model.onnx"),
+    )
+    .unwrap();
     let m = LoadedModel::load(runtime(), &dir).unwrap();
     assert_eq!(m.model.io().timestep.rank, 0);
     drop(m);
     let scalar = generate(&dir);
     let reference = generate(&repo_path("onnx/tiny-sd15"));
-    let (d, max) = max_abs_diff(&scalar.latents.iter().copied().collect::<Vec<_>>(), &reference.latents.iter().copied().collect::<Vec<_>>());
-    assert!(d <= 1e-4 * max, "scalar-timestep UNet differs by {d:e} (max {max})");
+    let (d, max) = max_abs_diff(
+        &scalar.latents.iter().copied().collect::<Vec<_>>(),
+        &reference.latents.iter().copied().collect::<Vec<_>>(),
+    );
+    assert!(
+        d <= 1e-4 * max,
+        "scalar-timestep UNet differs by {d:e} (max {max})"
+    );
 }
 
 #[test]
@@ -108,23 +123,49 @@ fn missing_component_is_named() {
         assert!(msg.contains(rel) && msg.contains(what), "{rel}: {msg}");
     }
     let msg = load_err(Path::new("/nonexistent/model"));
-    assert!(msg.contains("/nonexistent/model") && msg.contains("model folder"), "{msg}");
+    assert!(
+        msg.contains("/nonexistent/model") && msg.contains("model folder"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn wrong_models_are_rejected_with_what_was_expected() {
     let broken = repo_path("tests/fixtures/models/broken");
     for (file, slot, expect) in [
-        ("unet-3-channels.onnx", "unet/model.onnx", "input 'sample' has 3 at axis 1"),
-        ("unet-wrong-names.onnx", "unet/model.onnx", "no input named 'sample'"),
-        ("unet-rank2-timestep.onnx", "unet/model.onnx", "input 'timestep' has rank 2"),
-        ("text-encoder-float-ids.onnx", "text_encoder/model.onnx", "input 'input_ids' is Float32, expected int32 or int64"),
-        ("vae-4-channel-output.onnx", "vae_decoder/model.onnx", "output 0 (sample) has 4 at axis 1"),
+        (
+            "unet-3-channels.onnx",
+            "unet/model.onnx",
+            "input 'sample' has 3 at axis 1",
+        ),
+        (
+            "unet-wrong-names.onnx",
+            "unet/model.onnx",
+            "no input named 'sample'",
+        ),
+        (
+            "unet-rank2-timestep.onnx",
+            "unet/model.onnx",
+            "input 'timestep' has rank 2",
+        ),
+        (
+            "text-encoder-float-ids.onnx",
+            "text_encoder/model.onnx",
+            "input 'input_ids' is Float32, expected int32 or int64",
+        ),
+        (
+            "vae-4-channel-output.onnx",
+            "vae_decoder/model.onnx",
+            "output 0 (sample) has 4 at axis 1",
+        ),
     ] {
         let (_tmp, dir) = scratch_model();
         std::fs::copy(broken.join(file), dir.join(slot)).unwrap();
         let msg = load_err(&dir);
-        assert!(msg.contains(slot), "{file}: message does not name {slot}: {msg}");
+        assert!(
+            msg.contains(slot),
+            "{file}: message does not name {slot}: {msg}"
+        );
         assert!(msg.contains(expect), "{file}: {msg}");
     }
 }
@@ -133,8 +174,14 @@ fn wrong_models_are_rejected_with_what_was_expected() {
 fn sizes_that_are_not_multiples_of_8_are_rejected() {
     let mut m = LoadedModel::load(runtime(), &repo_path("onnx/tiny-sd15")).unwrap();
     let mut src = noise::build(NoiseKind::Numpy, 1, None).unwrap();
-    let p = GenerateParams { width: 60, ..params() };
-    let err = m.generate(&p, src.as_mut(), &mut |_, _| {}).unwrap_err().to_string();
+    let p = GenerateParams {
+        width: 60,
+        ..params()
+    };
+    let err = m
+        .generate(&p, src.as_mut(), &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("width 60"), "{err}");
 }
 

@@ -40,7 +40,8 @@ pub struct BenchArgs {
 /// Runs the command.
 pub fn run(a: BenchArgs) -> Result<u8> {
     let runtime = Runtime::init(a.runtime.ort_lib.as_deref(), a.runtime.settings())?;
-    let mut loaded = LoadedModel::load(&runtime, &a.model).with_context(|| format!("loading model {}", a.model.display()))?;
+    let mut loaded = LoadedModel::load(&runtime, &a.model)
+        .with_context(|| format!("loading model {}", a.model.display()))?;
     let params = GenerateParams {
         prompt: "a photograph of an astronaut riding a horse".into(),
         negative_prompt: Some("blurry".into()),
@@ -53,7 +54,9 @@ pub fn run(a: BenchArgs) -> Result<u8> {
     let mut runs: Vec<Timings> = Vec::new();
     for i in 0..=a.runs {
         let mut src = noise::build(NoiseKind::Numpy, 42, None)?;
-        let gen = loaded.generate(&params, src.as_mut(), &mut |_, _| {}).context("benchmark generation")?;
+        let gen = loaded
+            .generate(&params, src.as_mut(), &mut |_, _| {})
+            .context("benchmark generation")?;
         if i > 0 {
             runs.push(gen.timings);
         }
@@ -82,15 +85,34 @@ pub fn run(a: BenchArgs) -> Result<u8> {
         }
         println!("{v}");
     } else {
-        println!("model {}  {}x{}  {} steps {}  ORT {}  median of {} runs", a.model.display(), a.size, a.size, a.steps, a.scheduler, runtime.info().version, a.runs);
+        println!(
+            "model {}  {}x{}  {} steps {}  ORT {}  median of {} runs",
+            a.model.display(),
+            a.size,
+            a.size,
+            a.steps,
+            a.scheduler,
+            runtime.info().version,
+            a.runs
+        );
         println!("{:<16}{:>12}{:>9}", "stage", "seconds", "share");
         println!("{:<16}{:>12.4}", "load (once)", loaded.load_s);
         for (name, s) in stages {
             println!("{:<16}{:>12.4}{:>8.1}%", name, s, 100.0 * s / total);
         }
         println!("{:<16}{:>12.4}{:>8.1}%", "total", total, 100.0);
-        println!("{:<16}{:>12.4}{:>8.1}%", "inside ORT run", ort, 100.0 * ort / total);
-        println!("{:<16}{:>12.4}{:>8.2}%", "outside ORT", outside, 100.0 * outside / total);
+        println!(
+            "{:<16}{:>12.4}{:>8.1}%",
+            "inside ORT run",
+            ort,
+            100.0 * ort / total
+        );
+        println!(
+            "{:<16}{:>12.4}{:>8.2}%",
+            "outside ORT",
+            outside,
+            100.0 * outside / total
+        );
     }
     Ok(0)
 }

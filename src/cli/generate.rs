@@ -71,7 +71,8 @@ pub fn run(a: GenerateArgs) -> Result<u8> {
         );
     }
     let runtime = Runtime::init(a.runtime.ort_lib.as_deref(), a.runtime.settings())?;
-    let mut loaded = LoadedModel::load(&runtime, &a.model).with_context(|| format!("loading model {}", a.model.display()))?;
+    let mut loaded = LoadedModel::load(&runtime, &a.model)
+        .with_context(|| format!("loading model {}", a.model.display()))?;
     if a.karras {
         loaded.scheduler_config.use_karras_sigmas = true;
     }
@@ -91,7 +92,9 @@ pub fn run(a: GenerateArgs) -> Result<u8> {
     let gen = {
         let mut bar = super::progress::StepBar::new("generating");
         loaded
-            .generate(&params, source.as_mut(), &mut |done, total| bar.update(done, total))
+            .generate(&params, source.as_mut(), &mut |done, total| {
+                bar.update(done, total)
+            })
             .with_context(|| format!("generating with {}", a.model.display()))?
     };
     for w in &gen.warnings {
@@ -157,7 +160,8 @@ fn metadata(
 }
 
 fn write_outputs(out: &Path, gen: &Generation, meta: &serde_json::Value) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating output folder {}", out.display()))?;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("creating output folder {}", out.display()))?;
     let mut npy_bytes = Vec::new();
     let shape: Vec<usize> = gen.latents.shape().to_vec();
     let values: Vec<f32> = gen.latents.iter().copied().collect();
@@ -168,7 +172,11 @@ fn write_outputs(out: &Path, gen: &Generation, meta: &serde_json::Value) -> Resu
         "latents": {"file": "latents.npy", "shape": shape, "dtype": "float32", "sha256": sha256(&npy_bytes)},
         "image": {"file": "image.png", "width": gen.image.width, "height": gen.image.height, "sha256_rgb": sha256(&gen.image.pixels)},
     });
-    for (name, bytes) in [("latents.npy", npy_bytes), ("image.png", png), ("metadata.json", pretty(&meta))] {
+    for (name, bytes) in [
+        ("latents.npy", npy_bytes),
+        ("image.png", png),
+        ("metadata.json", pretty(&meta)),
+    ] {
         let p = out.join(name);
         atomic_write(&p, &bytes).with_context(|| format!("writing {}", p.display()))?;
     }

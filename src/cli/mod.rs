@@ -51,7 +51,11 @@ pub struct RuntimeArgs {
     #[arg(long, default_value_t = 0)]
     pub device_id: i32,
     /// cuDNN convolution algorithm search (CUDA).
-    #[arg(long, default_value = "heuristic", value_name = "exhaustive|heuristic|default")]
+    #[arg(
+        long,
+        default_value = "heuristic",
+        value_name = "exhaustive|heuristic|default"
+    )]
     pub conv_algo_search: ConvAlgoSearch,
     /// Allow TF32 tensor-core math (CUDA); off by default because it changes bits across GPUs.
     #[arg(long)]

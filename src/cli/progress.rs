@@ -26,7 +26,9 @@ impl StepBar {
         let label = self.label;
         let bar = self.bar.get_or_insert_with(|| {
             let b = ProgressBar::new(total as u64);
-            if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps {elapsed}") {
+            if let Ok(style) =
+                ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps {elapsed}")
+            {
                 b.set_style(style.progress_chars("=> "));
             }
             b.set_message(label);

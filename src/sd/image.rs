@@ -32,7 +32,11 @@ impl RgbImage {
     /// Decodes a PNG (any colour type is converted to RGB8).
     pub fn from_png(bytes: &[u8]) -> Result<Self, image::ImageError> {
         let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Png)?.to_rgb8();
-        Ok(Self { width: img.width(), height: img.height(), pixels: img.into_raw() })
+        Ok(Self {
+            width: img.width(),
+            height: img.height(),
+            pixels: img.into_raw(),
+        })
     }
 }
 
@@ -50,7 +54,11 @@ pub fn latents_to_rgb(decoded: &Array4<f32>) -> RgbImage {
             }
         }
     }
-    RgbImage { width: w as u32, height: h as u32, pixels }
+    RgbImage {
+        width: w as u32,
+        height: h as u32,
+        pixels,
+    }
 }
 
 #[cfg(test)]
@@ -73,7 +81,11 @@ mod tests {
 
     #[test]
     fn png_round_trip() {
-        let img = RgbImage { width: 2, height: 1, pixels: vec![1, 2, 3, 250, 251, 252] };
+        let img = RgbImage {
+            width: 2,
+            height: 1,
+            pixels: vec![1, 2, 3, 250, 251, 252],
+        };
         let back = RgbImage::from_png(&img.to_png().unwrap()).unwrap();
         assert_eq!(back, img);
     }

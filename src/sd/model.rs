@@ -139,13 +139,23 @@ pub struct ModelDir {
 }
 
 /// The component folders hashed into metadata (others, e.g. safety_checker, do not affect output).
-const HASHED: &[&str] = &["model_index.json", "scheduler", "tokenizer", "text_encoder", "unet", "vae_decoder"];
+const HASHED: &[&str] = &[
+    "model_index.json",
+    "scheduler",
+    "tokenizer",
+    "text_encoder",
+    "unet",
+    "vae_decoder",
+];
 
 impl ModelDir {
     /// Checks the standard layout and names the first missing piece.
     pub fn open(root: &Path) -> Result<Self, ModelError> {
         if !root.is_dir() {
-            return Err(ModelError::Missing { path: root.to_path_buf(), what: "model folder" });
+            return Err(ModelError::Missing {
+                path: root.to_path_buf(),
+                what: "model folder",
+            });
         }
         let need = |rel: &str, what: &'static str| -> Result<PathBuf, ModelError> {
             let p = root.join(rel);
@@ -173,7 +183,11 @@ impl ModelDir {
         }
         let mut out = BTreeMap::new();
         for f in files {
-            let rel = f.strip_prefix(&self.root).unwrap_or(&f).to_string_lossy().replace('\\', "/");
+            let rel = f
+                .strip_prefix(&self.root)
+                .unwrap_or(&f)
+                .to_string_lossy()
+                .replace('\\', "/");
             out.insert(rel, sha256_file(&f)?);
         }
         Ok(out)
@@ -201,7 +215,10 @@ fn collect_files(p: &Path, out: &mut Vec<PathBuf>) -> Result<(), ModelError> {
     if !p.is_dir() {
         return Ok(());
     }
-    let rd = std::fs::read_dir(p).map_err(|source| ModelError::Io { path: p.to_path_buf(), source })?;
+    let rd = std::fs::read_dir(p).map_err(|source| ModelError::Io {
+        path: p.to_path_buf(),
+        source,
+    })?;
     let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
     entries.sort();
     for e in entries {
@@ -212,7 +229,10 @@ fn collect_files(p: &Path, out: &mut Vec<PathBuf>) -> Result<(), ModelError> {
 
 /// Hex sha256 of a file, streamed (UNet weights can be several GB).
 pub fn sha256_file(path: &Path) -> Result<String, ModelError> {
-    let io = |source| ModelError::Io { path: path.to_path_buf(), source };
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut f = std::fs::File::open(path).map_err(io)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -248,7 +268,14 @@ impl SdModel {
         let unet = runtime.session(&dir.unet)?;
         let vae_decoder = runtime.session(&dir.vae_decoder)?;
         let io = inspect(&dir, &text_encoder, &unet, &vae_decoder)?;
-        Ok(Self { text_encoder, unet, vae_decoder, dir, io, run_time: Duration::ZERO })
+        Ok(Self {
+            text_encoder,
+            unet,
+            vae_decoder,
+            dir,
+            io,
+            run_time: Duration::ZERO,
+        })
     }
 
     /// The I/O signature.
@@ -268,30 +295,51 @@ impl SdModel {
 
     /// Text encoder on one sequence of 77 ids: returns `[1, 77, hidden]` as f32.
     pub fn encode_text(&mut self, ids: &[u32]) -> Result<Array3<f32>, ModelError> {
-        let run_err = |reason: String| ModelError::Run { component: "text_encoder", reason };
+        let run_err = |reason: String| ModelError::Run {
+            component: "text_encoder",
+            reason,
+        };
         let shape = [1usize, ids.len()];
         let value: DynValue = match self.io.input_ids {
             IdsType::Int32 => {
                 let v: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
-                Tensor::from_array((shape, v)).map_err(|e| run_err(e.to_string()))?.into_dyn()
+                Tensor::from_array((shape, v))
+                    .map_err(|e| run_err(e.to_string()))?
+                    .into_dyn()
             }
             IdsType::Int64 => {
                 let v: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
-                Tensor::from_array((shape, v)).map_err(|e| run_err(e.to_string()))?.into_dyn()
+                Tensor::from_array((shape, v))
+                    .map_err(|e| run_err(e.to_string()))?
+                    .into_dyn()
             }
         };
         let start = Instant::now();
-        let outputs = self.text_encoder.run(ort::inputs!["input_ids" => value]).map_err(|e| run_err(e.to_string()))?;
+        let outputs = self
+            .text_encoder
+            .run(ort::inputs!["input_ids" => value])
+            .map_err(|e| run_err(e.to_string()))?;
         self.run_time += start.elapsed();
         let out = to_f32(&outputs[0]).map_err(run_err)?;
-        out.into_dimensionality::<Ix3>().map_err(|e| run_err(format!("output 0 is not rank 3: {e}")))
+        out.into_dimensionality::<Ix3>()
+            .map_err(|e| run_err(format!("output 0 is not rank 3: {e}")))
     }
 
     /// UNet on `sample` (batch 1 or 2) at timestep `t`, conditioned on `hidden` (same batch).
-    pub fn unet(&mut self, sample: &Array4<f32>, t: f64, hidden: &Array3<f32>) -> Result<Array4<f32>, ModelError> {
-        let run_err = |reason: String| ModelError::Run { component: "unet", reason };
-        let sample_v = float_value(sample.view().into_dyn(), self.io.unet_sample).map_err(run_err)?;
-        let hidden_v = float_value(hidden.view().into_dyn(), self.io.unet_hidden).map_err(run_err)?;
+    pub fn unet(
+        &mut self,
+        sample: &Array4<f32>,
+        t: f64,
+        hidden: &Array3<f32>,
+    ) -> Result<Array4<f32>, ModelError> {
+        let run_err = |reason: String| ModelError::Run {
+            component: "unet",
+            reason,
+        };
+        let sample_v =
+            float_value(sample.view().into_dyn(), self.io.unet_sample).map_err(run_err)?;
+        let hidden_v =
+            float_value(hidden.view().into_dyn(), self.io.unet_hidden).map_err(run_err)?;
         let t_v = timestep_value(t, self.io.timestep, sample.shape()[0]).map_err(run_err)?;
         let start = Instant::now();
         let outputs = self
@@ -300,18 +348,26 @@ impl SdModel {
             .map_err(|e| run_err(e.to_string()))?;
         self.run_time += start.elapsed();
         let out = to_f32(&outputs[0]).map_err(run_err)?;
-        out.into_dimensionality::<Ix4>().map_err(|e| run_err(format!("output 0 is not rank 4: {e}")))
+        out.into_dimensionality::<Ix4>()
+            .map_err(|e| run_err(format!("output 0 is not rank 4: {e}")))
     }
 
     /// VAE decoder on one latent `[1, 4, h, w]` (already divided by the scaling factor): `[1, 3, 8h, 8w]`.
     pub fn decode(&mut self, latents: &Array4<f32>) -> Result<Array4<f32>, ModelError> {
-        let run_err = |reason: String| ModelError::Run { component: "vae_decoder", reason };
+        let run_err = |reason: String| ModelError::Run {
+            component: "vae_decoder",
+            reason,
+        };
         let v = float_value(latents.view().into_dyn(), self.io.vae_in).map_err(run_err)?;
         let start = Instant::now();
-        let outputs = self.vae_decoder.run(ort::inputs!["latent_sample" => v]).map_err(|e| run_err(e.to_string()))?;
+        let outputs = self
+            .vae_decoder
+            .run(ort::inputs!["latent_sample" => v])
+            .map_err(|e| run_err(e.to_string()))?;
         self.run_time += start.elapsed();
         let out = to_f32(&outputs[0]).map_err(run_err)?;
-        out.into_dimensionality::<Ix4>().map_err(|e| run_err(format!("output 0 is not rank 4: {e}")))
+        out.into_dimensionality::<Ix4>()
+            .map_err(|e| run_err(format!("output 0 is not rank 4: {e}")))
     }
 }
 
@@ -320,11 +376,15 @@ fn float_value(a: ArrayViewD<'_, f32>, ty: FloatType) -> Result<DynValue, String
     match ty {
         FloatType::Float32 => {
             let v: Vec<f32> = a.iter().copied().collect();
-            Tensor::from_array((shape, v)).map(|t| t.into_dyn()).map_err(|e| e.to_string())
+            Tensor::from_array((shape, v))
+                .map(|t| t.into_dyn())
+                .map_err(|e| e.to_string())
         }
         FloatType::Float16 => {
             let v: Vec<f16> = a.iter().map(|&x| f16::from_f32(x)).collect();
-            Tensor::from_array((shape, v)).map(|t| t.into_dyn()).map_err(|e| e.to_string())
+            Tensor::from_array((shape, v))
+                .map(|t| t.into_dyn())
+                .map_err(|e| e.to_string())
         }
     }
 }
@@ -339,8 +399,12 @@ fn timestep_value(t: f64, spec: TimestepSpec, batch: usize) -> Result<DynValue, 
     };
     let n = shape.iter().product::<usize>().max(1);
     let r = match spec.dtype {
-        TimestepType::Float32 => Tensor::from_array((shape, vec![t as f32; n])).map(|t| t.into_dyn()),
-        TimestepType::Float16 => Tensor::from_array((shape, vec![f16::from_f64(t); n])).map(|t| t.into_dyn()),
+        TimestepType::Float32 => {
+            Tensor::from_array((shape, vec![t as f32; n])).map(|t| t.into_dyn())
+        }
+        TimestepType::Float16 => {
+            Tensor::from_array((shape, vec![f16::from_f64(t); n])).map(|t| t.into_dyn())
+        }
         TimestepType::Int64 => Tensor::from_array((shape, vec![t as i64; n])).map(|t| t.into_dyn()),
     };
     r.map_err(|e| e.to_string())
@@ -348,7 +412,10 @@ fn timestep_value(t: f64, spec: TimestepSpec, batch: usize) -> Result<DynValue, 
 
 fn to_f32(v: &DynValue) -> Result<ArrayD<f32>, String> {
     match v.dtype().tensor_type() {
-        Some(TensorElementType::Float32) => v.try_extract_array::<f32>().map(|a| a.to_owned()).map_err(|e| e.to_string()),
+        Some(TensorElementType::Float32) => v
+            .try_extract_array::<f32>()
+            .map(|a| a.to_owned())
+            .map_err(|e| e.to_string()),
         Some(TensorElementType::Float16) => v
             .try_extract_array::<f16>()
             .map(|a| a.mapv(f16::to_f32))
@@ -365,26 +432,35 @@ struct Declared {
 
 fn declared(dtype: &ValueType) -> Option<Declared> {
     match dtype {
-        ValueType::Tensor { ty, shape, .. } => Some(Declared { ty: *ty, dims: shape.iter().copied().collect() }),
+        ValueType::Tensor { ty, shape, .. } => Some(Declared {
+            ty: *ty,
+            dims: shape.iter().copied().collect(),
+        }),
         _ => None,
     }
 }
 
 fn input(session: &Session, path: &Path, name: &str) -> Result<Declared, ModelError> {
     let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
-    let outlet = session.inputs().iter().find(|i| i.name() == name).ok_or_else(|| ModelError::BadIo {
+    let outlet = session
+        .inputs()
+        .iter()
+        .find(|i| i.name() == name)
+        .ok_or_else(|| ModelError::BadIo {
+            path: path.to_path_buf(),
+            detail: format!("no input named '{name}' (inputs are {names:?})"),
+        })?;
+    declared(outlet.dtype()).ok_or_else(|| ModelError::BadIo {
         path: path.to_path_buf(),
-        detail: format!("no input named '{name}' (inputs are {names:?})"),
-    })?;
-    declared(outlet.dtype())
-        .ok_or_else(|| ModelError::BadIo { path: path.to_path_buf(), detail: format!("input '{name}' is not a tensor") })
+        detail: format!("input '{name}' is not a tensor"),
+    })
 }
 
 fn output0(session: &Session, path: &Path) -> Result<Declared, ModelError> {
-    let outlet = session
-        .outputs()
-        .first()
-        .ok_or_else(|| ModelError::BadIo { path: path.to_path_buf(), detail: "model has no outputs".into() })?;
+    let outlet = session.outputs().first().ok_or_else(|| ModelError::BadIo {
+        path: path.to_path_buf(),
+        detail: "model has no outputs".into(),
+    })?;
     declared(outlet.dtype()).ok_or_else(|| ModelError::BadIo {
         path: path.to_path_buf(),
         detail: format!("output '{}' is not a tensor", outlet.name()),
@@ -395,7 +471,10 @@ fn float_type(d: &Declared, path: &Path, what: &str) -> Result<FloatType, ModelE
     match d.ty {
         TensorElementType::Float32 => Ok(FloatType::Float32),
         TensorElementType::Float16 => Ok(FloatType::Float16),
-        other => Err(ModelError::BadIo { path: path.to_path_buf(), detail: format!("{what} is {other:?}, expected float32 or float16") }),
+        other => Err(ModelError::BadIo {
+            path: path.to_path_buf(),
+            detail: format!("{what} is {other:?}, expected float32 or float16"),
+        }),
     }
 }
 
@@ -405,23 +484,41 @@ fn expect_rank(d: &Declared, rank: usize, path: &Path, what: &str) -> Result<(),
     } else {
         Err(ModelError::BadIo {
             path: path.to_path_buf(),
-            detail: format!("{what} has rank {} (shape {:?}), expected rank {rank}", d.dims.len(), d.dims),
+            detail: format!(
+                "{what} has rank {} (shape {:?}), expected rank {rank}",
+                d.dims.len(),
+                d.dims
+            ),
         })
     }
 }
 
 /// A static dimension that must equal `want` (dynamic dims, -1, are accepted).
-fn expect_dim(d: &Declared, axis: usize, want: i64, path: &Path, what: &str) -> Result<(), ModelError> {
+fn expect_dim(
+    d: &Declared,
+    axis: usize,
+    want: i64,
+    path: &Path,
+    what: &str,
+) -> Result<(), ModelError> {
     match d.dims.get(axis) {
         Some(&n) if n >= 0 && n != want => Err(ModelError::BadIo {
             path: path.to_path_buf(),
-            detail: format!("{what} has {n} at axis {axis} (shape {:?}), expected {want}", d.dims),
+            detail: format!(
+                "{what} has {n} at axis {axis} (shape {:?}), expected {want}",
+                d.dims
+            ),
         }),
         _ => Ok(()),
     }
 }
 
-fn inspect(dir: &ModelDir, te: &Session, unet: &Session, vae: &Session) -> Result<ModelIo, ModelError> {
+fn inspect(
+    dir: &ModelDir,
+    te: &Session,
+    unet: &Session,
+    vae: &Session,
+) -> Result<ModelIo, ModelError> {
     let te_path = &dir.text_encoder;
     let ids = input(te, te_path, "input_ids")?;
     expect_rank(&ids, 2, te_path, "input 'input_ids'")?;
@@ -447,7 +544,10 @@ fn inspect(dir: &ModelDir, te: &Session, unet: &Session, vae: &Session) -> Resul
     if ts.dims.len() > 1 {
         return Err(ModelError::BadIo {
             path: u_path.clone(),
-            detail: format!("input 'timestep' has rank {}, expected a scalar or rank 1", ts.dims.len()),
+            detail: format!(
+                "input 'timestep' has rank {}, expected a scalar or rank 1",
+                ts.dims.len()
+            ),
         });
     }
     let ts_dtype = match ts.ty {
@@ -457,7 +557,9 @@ fn inspect(dir: &ModelDir, te: &Session, unet: &Session, vae: &Session) -> Resul
         other => {
             return Err(ModelError::BadIo {
                 path: u_path.clone(),
-                detail: format!("input 'timestep' is {other:?}, expected float32, float16 or int64"),
+                detail: format!(
+                    "input 'timestep' is {other:?}, expected float32, float16 or int64"
+                ),
             })
         }
     };
@@ -501,7 +603,10 @@ fn inspect(dir: &ModelDir, te: &Session, unet: &Session, vae: &Session) -> Resul
 }
 
 /// Concatenates `[1, ..]` arrays along axis 0 (CFG batches: negative first, then positive).
-pub fn concat0<D: ndarray::Dimension + ndarray::RemoveAxis>(parts: &[&Array<f32, D>]) -> Array<f32, D> {
+pub fn concat0<D: ndarray::Dimension + ndarray::RemoveAxis>(
+    parts: &[&Array<f32, D>],
+) -> Array<f32, D> {
     let views: Vec<_> = parts.iter().map(|a| a.view()).collect();
-    ndarray::concatenate(ndarray::Axis(0), &views).expect("callers pass arrays of equal trailing shape")
+    ndarray::concatenate(ndarray::Axis(0), &views)
+        .expect("callers pass arrays of equal trailing shape")
 }

@@ -140,11 +140,18 @@ pub fn generate(
         FloatType::Float32 => NoiseDtype::F32,
         FloatType::Float16 => NoiseDtype::F16,
     };
-    let shape = [1, 4, (params.height / 8) as usize, (params.width / 8) as usize];
+    let shape = [
+        1,
+        4,
+        (params.height / 8) as usize,
+        (params.width / 8) as usize,
+    ];
     let initial = noise
         .randn(&shape, noise_dtype)?
         .into_dimensionality::<Ix4>()
-        .map_err(|e| PipelineError::Invalid(format!("noise source returned the wrong shape: {e}")))?;
+        .map_err(|e| {
+            PipelineError::Invalid(format!("noise source returned the wrong shape: {e}"))
+        })?;
     let initial_noise_sha256 = sha256_f32(initial.iter());
     let mut latents = initial * sched.init_noise_sigma();
 
@@ -153,7 +160,11 @@ pub fn generate(
     let mut sched_time = Duration::ZERO;
     for (i, &t) in timesteps.iter().enumerate() {
         let t0 = Instant::now();
-        let input = if cfg { concat0(&[&latents, &latents]) } else { latents.clone() };
+        let input = if cfg {
+            concat0(&[&latents, &latents])
+        } else {
+            latents.clone()
+        };
         let input = sched.scale_model_input(input, i);
         sched_time += t0.elapsed();
 
@@ -162,7 +173,11 @@ pub fn generate(
         unet_time += t0.elapsed();
 
         let t0 = Instant::now();
-        let noise_pred = if cfg { guide(&out, params.guidance_scale) } else { out };
+        let noise_pred = if cfg {
+            guide(&out, params.guidance_scale)
+        } else {
+            out
+        };
         latents = sched.step(&noise_pred, i, &latents, noise)?;
         sched_time += t0.elapsed();
         on_step(i + 1, timesteps.len());
@@ -197,14 +212,19 @@ pub fn generate(
 fn validate(p: &GenerateParams) -> Result<(), PipelineError> {
     for (name, v) in [("width", p.width), ("height", p.height)] {
         if v == 0 || v % 8 != 0 {
-            return Err(PipelineError::Invalid(format!("{name} {v} must be a positive multiple of 8")));
+            return Err(PipelineError::Invalid(format!(
+                "{name} {v} must be a positive multiple of 8"
+            )));
         }
     }
     if p.steps == 0 {
         return Err(PipelineError::Invalid("steps must be at least 1".into()));
     }
     if !p.guidance_scale.is_finite() {
-        return Err(PipelineError::Invalid(format!("guidance scale {} is not a finite number", p.guidance_scale)));
+        return Err(PipelineError::Invalid(format!(
+            "guidance scale {} is not a finite number",
+            p.guidance_scale
+        )));
     }
     Ok(())
 }
@@ -242,13 +262,14 @@ fn guide(out: &Array4<f32>, g: f32) -> Array4<f32> {
 }
 
 fn truncation_warning(what: &str, n: usize) -> String {
-    format!("{what} is {n} tokens; CLIP keeps only the first 77 (75 + start/end), the rest is ignored")
+    format!(
+        "{what} is {n} tokens; CLIP keeps only the first 77 (75 + start/end), the rest is ignored"
+    )
 }
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
-
 
 /// A model ready to generate: sessions, tokenizer and scheduler config, loaded once and reused
 /// for every case (session creation dominates short runs).
@@ -265,13 +286,21 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     /// Opens and checks the folder, creates the three sessions, reads tokenizer and scheduler config.
-    pub fn load(runtime: &super::runtime::Runtime, path: &std::path::Path) -> Result<Self, PipelineError> {
+    pub fn load(
+        runtime: &super::runtime::Runtime,
+        path: &std::path::Path,
+    ) -> Result<Self, PipelineError> {
         let start = Instant::now();
         let dir = super::model::ModelDir::open(path)?;
         let tokenizer = ClipTokenizer::from_dir(&dir.tokenizer)?;
         let scheduler_config = SchedulerConfig::from_file(&dir.scheduler_config)?;
         let model = SdModel::load(runtime, dir)?;
-        Ok(Self { model, tokenizer, scheduler_config, load_s: secs(start.elapsed()) })
+        Ok(Self {
+            model,
+            tokenizer,
+            scheduler_config,
+            load_s: secs(start.elapsed()),
+        })
     }
 
     /// Runs one generation with this model.
@@ -281,6 +310,13 @@ impl LoadedModel {
         noise: &mut dyn NoiseSource,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<Generation, PipelineError> {
-        generate(&mut self.model, &self.tokenizer, &self.scheduler_config, params, noise, on_step)
+        generate(
+            &mut self.model,
+            &self.tokenizer,
+            &self.scheduler_config,
+            params,
+            noise,
+            on_step,
+        )
     }
 }

@@ -89,7 +89,9 @@ impl std::str::FromStr for ExecutionProvider {
         match s {
             "cpu" => Ok(Self::Cpu),
             "cuda" => Ok(Self::Cuda),
-            other => Err(format!("unknown execution provider '{other}' (expected cpu or cuda)")),
+            other => Err(format!(
+                "unknown execution provider '{other}' (expected cpu or cuda)"
+            )),
         }
     }
 }
@@ -184,7 +186,10 @@ pub struct Runtime {
 
 impl Runtime {
     /// Finds and loads the library, checks it can serve `settings`, and creates the environment.
-    pub fn init(explicit_library: Option<&Path>, settings: RuntimeSettings) -> Result<Self, RuntimeError> {
+    pub fn init(
+        explicit_library: Option<&Path>,
+        settings: RuntimeSettings,
+    ) -> Result<Self, RuntimeError> {
         let (library, library_source) = locate_library(explicit_library)?;
         if settings.execution_provider == ExecutionProvider::Cuda {
             let dir = library.parent().unwrap_or(Path::new(".")).to_path_buf();
@@ -197,7 +202,10 @@ impl Runtime {
                 std::env::set_var("NVIDIA_TF32_OVERRIDE", "0");
             }
         }
-        let version = library_version(&library).map_err(|reason| RuntimeError::Unusable { path: library.clone(), reason })?;
+        let version = library_version(&library).map_err(|reason| RuntimeError::Unusable {
+            path: library.clone(),
+            reason,
+        })?;
         let builder = ort::init_from(&library).map_err(|e| RuntimeError::Unusable {
             path: library.clone(),
             reason: load_error_reason(&e),
@@ -213,7 +221,11 @@ impl Runtime {
             version,
             nvidia_tf32_override: std::env::var("NVIDIA_TF32_OVERRIDE").ok(),
         };
-        Ok(Self { env, info, settings })
+        Ok(Self {
+            env,
+            info,
+            settings,
+        })
     }
 
     /// What was loaded and from where.
@@ -230,13 +242,19 @@ impl Runtime {
     /// models are always loaded from their path, never from memory.
     pub fn session(&self, model_file: &Path) -> Result<Session, RuntimeError> {
         let ep_name = self.settings.execution_provider.name();
-        let fail = |reason: String| RuntimeError::Session { path: model_file.to_path_buf(), ep: ep_name, reason };
+        let fail = |reason: String| RuntimeError::Session {
+            path: model_file.to_path_buf(),
+            ep: ep_name,
+            reason,
+        };
         let mut builder = Session::builder(&self.env).map_err(|e| fail(e.to_string()))?;
         builder = builder
             .with_deterministic_compute(self.settings.deterministic_compute)
             .map_err(|e| fail(e.to_string()))?;
         if let Some(n) = self.settings.intra_op_threads {
-            builder = builder.with_intra_threads(n).map_err(|e| fail(e.to_string()))?;
+            builder = builder
+                .with_intra_threads(n)
+                .map_err(|e| fail(e.to_string()))?;
         }
         if self.settings.execution_provider == ExecutionProvider::Cuda {
             let search = match self.settings.conv_algo_search {
@@ -252,9 +270,13 @@ impl Runtime {
                 .build()
                 // A CUDA failure must surface: a silent CPU fallback would look like drift.
                 .error_on_failure();
-            builder = builder.with_execution_providers([cuda]).map_err(|e| fail(e.to_string()))?;
+            builder = builder
+                .with_execution_providers([cuda])
+                .map_err(|e| fail(e.to_string()))?;
         }
-        builder.commit_from_file(model_file).map_err(|e| fail(e.to_string()))
+        builder
+            .commit_from_file(model_file)
+            .map_err(|e| fail(e.to_string()))
     }
 }
 
@@ -276,7 +298,8 @@ fn library_version(path: &Path) -> Result<String, String> {
     unsafe {
         let lib = libloading::Library::new(path).map_err(|e| e.to_string())?;
         let get_base: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
-            lib.get(b"OrtGetApiBase").map_err(|_| "not an ONNX Runtime library (no OrtGetApiBase)".to_string())?;
+            lib.get(b"OrtGetApiBase")
+                .map_err(|_| "not an ONNX Runtime library (no OrtGetApiBase)".to_string())?;
         let base = get_base();
         if base.is_null() {
             return Err("OrtGetApiBase returned null".into());
@@ -297,25 +320,38 @@ pub fn locate_library(explicit: Option<&Path>) -> Result<(PathBuf, LibrarySource
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()) {
         return existing(Path::new(&p), "ORT_DYLIB_PATH").map(|p| (p, LibrarySource::EnvVar));
     }
-    let mut looked = vec!["--ort-lib".to_string(), "ORT_DYLIB_PATH".to_string()];
+    let mut looked = vec![
+        "--ort-lib".to_string(),
+        "ORT_DYLIB_PATH".to_string(),
+        "$VIRTUAL_ENV and ./.venv site-packages".to_string(),
+        "python3's onnxruntime package".to_string(),
+    ];
     for dir in python_package_dirs() {
         looked.push(dir.display().to_string());
         if let Some(lib) = library_in_capi(&dir.join("capi")) {
             return Ok((lib, LibrarySource::PythonPackage));
         }
     }
-    Err(RuntimeError::NotFound { looked: looked.join(", ") })
+    Err(RuntimeError::NotFound {
+        looked: looked.join(", "),
+    })
 }
 
 /// Accepts a library file or a folder holding one (e.g. the wheel's `capi/`).
 fn existing(p: &Path, source_name: &'static str) -> Result<PathBuf, RuntimeError> {
     if p.is_dir() {
-        return library_in_capi(p).ok_or_else(|| RuntimeError::Missing { path: p.join("libonnxruntime.so.*"), source_name });
+        return library_in_capi(p).ok_or_else(|| RuntimeError::Missing {
+            path: p.join("libonnxruntime.so.*"),
+            source_name,
+        });
     }
     if p.exists() {
         Ok(p.to_path_buf())
     } else {
-        Err(RuntimeError::Missing { path: p.to_path_buf(), source_name })
+        Err(RuntimeError::Missing {
+            path: p.to_path_buf(),
+            source_name,
+        })
     }
 }
 
@@ -325,7 +361,9 @@ fn library_in_capi(capi: &Path) -> Option<PathBuf> {
     let mut best: Option<(Vec<u32>, PathBuf)> = None;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(ver) = name.strip_prefix("libonnxruntime.so.") else { continue };
+        let Some(ver) = name.strip_prefix("libonnxruntime.so.") else {
+            continue;
+        };
         let key: Vec<u32> = ver.split('.').map(|p| p.parse().unwrap_or(0)).collect();
         if best.as_ref().is_none_or(|(k, _)| key > *k) {
             best = Some((key, entry.path()));
@@ -345,7 +383,9 @@ fn python_package_dirs() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     for root in roots {
         for lib in ["lib", "lib64"] {
-            let Ok(entries) = std::fs::read_dir(root.join(lib)) else { continue };
+            let Ok(entries) = std::fs::read_dir(root.join(lib)) else {
+                continue;
+            };
             for e in entries.flatten() {
                 if e.file_name().to_string_lossy().starts_with("python") {
                     dirs.push(e.path().join("site-packages/onnxruntime"));
@@ -372,7 +412,12 @@ mod tests {
     #[test]
     fn capi_picks_newest_version() {
         let dir = tempfile::tempdir().unwrap();
-        for name in ["libonnxruntime.so.1.9.0", "libonnxruntime.so.1.31.1", "libonnxruntime.so.1.24.4", "other.so"] {
+        for name in [
+            "libonnxruntime.so.1.9.0",
+            "libonnxruntime.so.1.31.1",
+            "libonnxruntime.so.1.24.4",
+            "other.so",
+        ] {
             std::fs::write(dir.path().join(name), b"").unwrap();
         }
         let lib = library_in_capi(dir.path()).unwrap();
@@ -381,16 +426,29 @@ mod tests {
 
     #[test]
     fn explicit_missing_path_names_it() {
-        let err = locate_library(Some(Path::new("/nonexistent/libonnxruntime.so.1.31.1"))).unwrap_err();
+        let err =
+            locate_library(Some(Path::new("/nonexistent/libonnxruntime.so.1.31.1"))).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("/nonexistent/libonnxruntime.so.1.31.1"), "{msg}");
+        assert!(
+            msg.contains("/nonexistent/libonnxruntime.so.1.31.1"),
+            "{msg}"
+        );
         assert!(msg.contains("pip install onnxruntime=="), "{msg}");
     }
 
     #[test]
     fn parse_names() {
-        assert_eq!("cuda".parse::<ExecutionProvider>().unwrap(), ExecutionProvider::Cuda);
-        assert!("gpu".parse::<ExecutionProvider>().unwrap_err().contains("'gpu'"));
-        assert_eq!("exhaustive".parse::<ConvAlgoSearch>().unwrap(), ConvAlgoSearch::Exhaustive);
+        assert_eq!(
+            "cuda".parse::<ExecutionProvider>().unwrap(),
+            ExecutionProvider::Cuda
+        );
+        assert!("gpu"
+            .parse::<ExecutionProvider>()
+            .unwrap_err()
+            .contains("'gpu'"));
+        assert_eq!(
+            "exhaustive".parse::<ConvAlgoSearch>().unwrap(),
+            ConvAlgoSearch::Exhaustive
+        );
     }
 }

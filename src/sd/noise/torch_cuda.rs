@@ -87,7 +87,15 @@ fn fill_portable(out: &mut [f32], base: u64, key: [u32; 2], t: u64) {
         let pass = i / (4 * t);
         let lane = (i / t) % 4;
         let ctr = base + pass;
-        let w = philox4x32_10([ctr as u32, (ctr >> 32) as u32, thread as u32, (thread >> 32) as u32], key);
+        let w = philox4x32_10(
+            [
+                ctr as u32,
+                (ctr >> 32) as u32,
+                thread as u32,
+                (thread >> 32) as u32,
+            ],
+            key,
+        );
         *slot = match lane {
             0 => box_muller(w[0], w[1]).0,
             1 => box_muller(w[0], w[1]).1,

@@ -11,6 +11,7 @@
 
 use ndarray::Zip;
 
+use super::check_shapes;
 use super::math::{alpha_at, alphas_cumprod, integer_timesteps};
 use super::{Latents, PredictionType, Scheduler, SchedulerConfig, SchedulerError, SchedulerKind};
 use crate::sd::noise::NoiseSource;
@@ -85,13 +86,7 @@ impl Scheduler for DdimScheduler {
                 self.int_timesteps.len()
             ))
         })?;
-        if model_output.shape() != sample.shape() {
-            return Err(SchedulerError::Invalid(format!(
-                "model output shape {:?} does not match sample shape {:?}",
-                model_output.shape(),
-                sample.shape()
-            )));
-        }
+        check_shapes(model_output, sample)?;
         let prev_timestep = timestep - self.step_ratio;
         let a_t = alpha_at(&self.alphas_cumprod, self.final_alpha_cumprod, timestep)?;
         let a_prev = alpha_at(

@@ -21,6 +21,7 @@
 
 use ndarray::Zip;
 
+use super::check_shapes;
 use super::euler::{interp, training_sigmas};
 use super::math::{
     alphas_cumprod, check_call, karras_sigmas, log_sigmas, numpy_linspace, sigma_to_t,
@@ -111,7 +112,11 @@ impl DpmPp2mScheduler {
                     .iter()
                     .map(|&s| {
                         let t = sigma_to_t(s, &logs);
-                        if cosine { t as i64 } else { t.round_ties_even() as i64 }
+                        if cosine {
+                            t as i64
+                        } else {
+                            t.round_ties_even() as i64
+                        }
                     })
                     .collect(),
                 karras.iter().map(|&s| s as f32).collect(),
@@ -174,13 +179,7 @@ impl Scheduler for DpmPp2mScheduler {
     ) -> Result<Latents, SchedulerError> {
         let n = self.timesteps.len();
         check_call(i, self.next, n)?;
-        if model_output.shape() != sample.shape() {
-            return Err(SchedulerError::Invalid(format!(
-                "model output shape {:?} does not match sample shape {:?}",
-                model_output.shape(),
-                sample.shape()
-            )));
-        }
+        check_shapes(model_output, sample)?;
         let lower_order_final = i == n - 1
             && (n < LOWER_ORDER_FINAL_BELOW || self.final_sigmas_type == FinalSigmas::Zero);
         let x0 = self.predicted_x0(model_output, sample, i);

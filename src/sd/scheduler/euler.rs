@@ -17,6 +17,7 @@
 use ndarray::Zip;
 
 use super::math::{alphas_cumprod, karras_sigmas, log_sigmas, sigma_to_t, spaced_timesteps};
+use super::{check_index, check_shapes};
 use super::{
     FinalSigmas, InterpolationType, Latents, PredictionType, Scheduler, SchedulerConfig,
     SchedulerError, SchedulerKind, TimestepSpacing,
@@ -164,19 +165,8 @@ impl Scheduler for EulerDiscreteScheduler {
         sample: &Latents,
         _noise: &mut dyn NoiseSource,
     ) -> Result<Latents, SchedulerError> {
-        if i >= self.timesteps.len() {
-            return Err(SchedulerError::Invalid(format!(
-                "euler: call {i} is past the last of {} timesteps",
-                self.timesteps.len()
-            )));
-        }
-        if model_output.shape() != sample.shape() {
-            return Err(SchedulerError::Invalid(format!(
-                "model output shape {:?} does not match sample shape {:?}",
-                model_output.shape(),
-                sample.shape()
-            )));
-        }
+        check_index("euler", i, self.timesteps.len())?;
+        check_shapes(model_output, sample)?;
         // No churn: gamma = 0, so sigma_hat = sigma * (0 + 1) = sigma.
         let sigma = self.sigmas[i];
         let dt = self.sigmas[i + 1] - sigma;

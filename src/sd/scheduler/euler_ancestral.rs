@@ -17,6 +17,7 @@
 use ndarray::{Ix4, Zip};
 
 use super::euler::{euler_schedule, init_noise_sigma, predict_x0, scale_by_sigma};
+use super::{check_index, check_shapes};
 use super::{
     FinalSigmas, InterpolationType, Latents, PredictionType, Scheduler, SchedulerConfig,
     SchedulerError, SchedulerKind,
@@ -80,19 +81,8 @@ impl Scheduler for EulerAncestralScheduler {
         sample: &Latents,
         noise: &mut dyn NoiseSource,
     ) -> Result<Latents, SchedulerError> {
-        if i >= self.timesteps.len() {
-            return Err(SchedulerError::Invalid(format!(
-                "euler-a: call {i} is past the last of {} timesteps",
-                self.timesteps.len()
-            )));
-        }
-        if model_output.shape() != sample.shape() {
-            return Err(SchedulerError::Invalid(format!(
-                "model output shape {:?} does not match sample shape {:?}",
-                model_output.shape(),
-                sample.shape()
-            )));
-        }
+        check_index("euler-a", i, self.timesteps.len())?;
+        check_shapes(model_output, sample)?;
         let (from, to) = (self.sigmas[i], self.sigmas[i + 1]);
         let up = (to * to * (from * from - to * to) / (from * from)).sqrt();
         let down = (to * to - up * up).sqrt();

@@ -18,6 +18,7 @@
 
 use ndarray::Zip;
 
+use super::check_shapes;
 use super::euler::{euler_schedule, init_noise_sigma, predict_x0, scale_by_sigma};
 use super::{
     FinalSigmas, InterpolationType, Latents, PredictionType, Scheduler, SchedulerConfig,
@@ -111,13 +112,7 @@ impl Scheduler for LmsScheduler {
         _noise: &mut dyn NoiseSource,
     ) -> Result<Latents, SchedulerError> {
         super::math::check_call(i, self.next, self.timesteps.len())?;
-        if model_output.shape() != sample.shape() {
-            return Err(SchedulerError::Invalid(format!(
-                "model output shape {:?} does not match sample shape {:?}",
-                model_output.shape(),
-                sample.shape()
-            )));
-        }
+        check_shapes(model_output, sample)?;
         let sigma = self.sigmas[i];
         let pred = self.prediction_type;
         let derivative = Zip::from(model_output)

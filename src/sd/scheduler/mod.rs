@@ -67,6 +67,29 @@ pub enum SchedulerError {
     },
 }
 
+/// Rejects a model output whose shape differs from the sample's (a caller bug, caught early
+/// rather than as an ndarray broadcast panic).
+pub(crate) fn check_shapes(model_output: &Latents, sample: &Latents) -> Result<(), SchedulerError> {
+    if model_output.shape() == sample.shape() {
+        return Ok(());
+    }
+    Err(SchedulerError::Invalid(format!(
+        "model output shape {:?} does not match sample shape {:?}",
+        model_output.shape(),
+        sample.shape()
+    )))
+}
+
+/// Rejects a call index past the end of the schedule.
+pub(crate) fn check_index(name: &str, i: usize, len: usize) -> Result<(), SchedulerError> {
+    if i < len {
+        return Ok(());
+    }
+    Err(SchedulerError::Invalid(format!(
+        "{name}: call {i} is past the last of {len} timesteps"
+    )))
+}
+
 /// A scheduler after `set_timesteps(steps)`: it owns the schedule and any multistep state.
 pub trait Scheduler {
     /// Timesteps fed to the UNet, in call order (fractional for sigma-space schedulers).

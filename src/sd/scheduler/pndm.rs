@@ -16,6 +16,7 @@
 
 use ndarray::Zip;
 
+use super::check_shapes;
 use super::math::{alpha_at, alphas_cumprod, check_call, integer_timesteps};
 use super::{Latents, PredictionType, Scheduler, SchedulerConfig, SchedulerError, SchedulerKind};
 use crate::sd::noise::NoiseSource;
@@ -144,13 +145,7 @@ impl Scheduler for PndmScheduler {
         _noise: &mut dyn NoiseSource,
     ) -> Result<Latents, SchedulerError> {
         check_call(i, self.counter, self.plms_timesteps.len())?;
-        if model_output.shape() != sample.shape() {
-            return Err(SchedulerError::Invalid(format!(
-                "model output shape {:?} does not match sample shape {:?}",
-                model_output.shape(),
-                sample.shape()
-            )));
-        }
+        check_shapes(model_output, sample)?;
         let mut timestep = self.plms_timesteps[i];
         let mut prev_timestep = timestep - self.step_ratio;
         if self.counter != 1 {
