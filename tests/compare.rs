@@ -250,6 +250,8 @@ fn ssim_vs_skimage_table() {
         let base = load_png(&format!("reference/{reference}/image.png"));
         let img = load_png(&format!("compare/ssim/{}", c["file"].as_str().unwrap_or("?")));
         let ours = image_metrics(&img, &base).expect("metrics").ssim;
+        let lib = ssim_image_compare(&img, &base).expect("image-compare");
+        assert!((ours - lib).abs() <= 1e-12, "{reference} {p}: fast {ours} vs image-compare {lib}", p = c["perturbation"]);
         let sk = c["skimage_gaussian_ssim"].as_f64().unwrap_or(f64::NAN);
         let p = c["perturbation"].as_str().unwrap_or("?");
         println!("{reference:<26} {p:<17} {sk:>9.5} {ours:>9.5} {:>+9.5}", ours - sk);
@@ -260,6 +262,25 @@ fn ssim_vs_skimage_table() {
             assert!(ours < 0.95 && sk < 0.95, "{reference} {p}: {ours} / {sk}");
         }
     }
+}
+
+#[test]
+fn fast_ssim_equals_image_compare_including_edge_windows_and_flat_images() {
+    let sizes = [(37u32, 21u32), (8, 8), (1, 1), (9, 3), (64, 64)];
+    for (w, h) in sizes {
+        let a = pattern(w, h);
+        for shift in [1u8, 3, 17, 128] {
+            let pixels = a.pixels.iter().enumerate().map(|(i, &p)| if i % 5 < 2 { p.wrapping_add(shift) } else { p }).collect();
+            let b = RgbImage { pixels, ..a.clone() };
+            let (fast, lib) = (ssim(&b, &a).expect("fast"), ssim_image_compare(&b, &a).expect("lib"));
+            assert!((fast - lib).abs() <= 1e-12, "{w}x{h} shift {shift}: {fast} vs {lib}");
+        }
+    }
+    // Flat images: variances are zero, only the constants keep SSIM defined.
+    let flat = RgbImage { width: 10, height: 10, pixels: vec![100; 300] };
+    let flat2 = RgbImage { width: 10, height: 10, pixels: vec![102; 300] };
+    let (fast, lib) = (ssim(&flat2, &flat).expect("fast"), ssim_image_compare(&flat2, &flat).expect("lib"));
+    assert!((fast - lib).abs() <= 1e-12 && fast < 1.0, "{fast} vs {lib}");
 }
 
 // ---------------------------------------------------------------------------------------------
