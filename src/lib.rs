@@ -2,8 +2,10 @@
 //!
 //! `sd` is the pipeline (knows nothing of monitoring); the rest of the crate builds the monitor on it.
 
+pub mod case;
 pub mod cli;
 pub mod clock;
 pub mod compare;
+pub mod fingerprint;
 pub mod fsutil;
 pub mod sd;

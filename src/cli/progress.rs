@@ -4,7 +4,6 @@ use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-pub use crate::clock::utc_now_rfc3339;
 
 /// Progress over UNet calls.
 pub struct StepBar {

@@ -1,0 +1,224 @@
+//! A test case (everything that determines an output) and running cases on one loaded model,
+//! writing each result as `latents.npy` + `image.png` + `metadata.json`.
+//!
+//! `monitor generate` runs one case in-process; `monitor check`/`rebaseline` run many in a
+//! worker process (see `worker`). Both write the same files, so a baseline is a generation.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::fingerprint::Environment;
+use crate::fsutil::atomic_write;
+use crate::sd::model::hex;
+use crate::sd::noise::{self, NoiseKind};
+use crate::sd::npy;
+use crate::sd::pipeline::{GenerateParams, Generation, LoadedModel};
+use crate::sd::runtime::Runtime;
+use crate::sd::scheduler::SchedulerKind;
+
+/// One generation's inputs, as config files and the CLI name them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseSpec {
+    /// Case name (baseline folder name).
+    pub name: String,
+    /// Prompt.
+    pub prompt: String,
+    /// Negative prompt; `None` is `""` under guidance.
+    pub negative_prompt: Option<String>,
+    /// Noise seed.
+    pub seed: u64,
+    /// Inference steps.
+    pub steps: usize,
+    /// Guidance scale.
+    pub guidance_scale: f32,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Scheduler.
+    #[serde(with = "as_str")]
+    pub scheduler: SchedulerKind,
+    /// Noise source.
+    #[serde(with = "as_str")]
+    pub noise: NoiseKind,
+    /// `.npy` for `noise: file`.
+    pub noise_file: Option<PathBuf>,
+    /// Karras sigmas (euler, lms, dpmpp-2m).
+    pub karras: bool,
+}
+
+impl CaseSpec {
+    /// The pipeline parameters.
+    pub fn params(&self) -> GenerateParams {
+        GenerateParams {
+            prompt: self.prompt.clone(),
+            negative_prompt: self.negative_prompt.clone(),
+            steps: self.steps,
+            guidance_scale: self.guidance_scale,
+            width: self.width,
+            height: self.height,
+            scheduler: self.scheduler,
+        }
+    }
+
+    /// The `parameters` block of metadata.json (what a baseline must match to be comparable).
+    pub fn metadata(&self) -> Value {
+        json!({
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "seed": self.seed,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "width": self.width,
+            "height": self.height,
+            "scheduler": self.scheduler.to_string(),
+            "karras_sigmas": self.karras,
+            "noise": self.noise.to_string(),
+            "noise_file": self.noise_file,
+        })
+    }
+}
+
+/// Serde through `Display`/`FromStr`, so enums read and write as their CLI names.
+pub mod as_str {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `v.to_string()`.
+    pub fn serialize<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    /// Parses with `FromStr`, reporting its message.
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A loaded model plus what every case's metadata shares.
+pub struct CaseRunner<'r> {
+    runtime: &'r Runtime,
+    loaded: LoadedModel,
+    model_path: PathBuf,
+    files: BTreeMap<String, String>,
+    hash_s: f64,
+    environment: Environment,
+}
+
+impl<'r> CaseRunner<'r> {
+    /// Loads the model once (session creation dominates short checks) and hashes its files.
+    pub fn load(runtime: &'r Runtime, model_path: &Path, environment: Environment) -> Result<Self> {
+        let loaded = LoadedModel::load(runtime, model_path)
+            .with_context(|| format!("loading model {}", model_path.display()))?;
+        let start = Instant::now();
+        let files = loaded.model.dir().file_hashes()?;
+        let hash_s = start.elapsed().as_secs_f64();
+        Ok(Self { runtime, loaded, model_path: model_path.to_path_buf(), files, hash_s, environment })
+    }
+
+    /// sha256 of every model file the pipeline reads.
+    pub fn model_files(&self) -> &BTreeMap<String, String> {
+        &self.files
+    }
+
+    /// Seconds spent creating sessions.
+    pub fn load_s(&self) -> f64 {
+        self.loaded.load_s
+    }
+
+    /// Runs one case; `on_step(done, total)` after each UNet call.
+    pub fn run(&mut self, case: &CaseSpec, on_step: &mut dyn FnMut(usize, usize)) -> Result<(Generation, Value)> {
+        if case.karras && !case.scheduler.supports_karras() {
+            bail!(
+                "karras: scheduler {} has no Karras sigmas option in diffusers; use euler, lms or dpmpp-2m",
+                case.scheduler
+            );
+        }
+        let saved = self.loaded.scheduler_config.use_karras_sigmas;
+        self.loaded.scheduler_config.use_karras_sigmas = saved || case.karras;
+        let mut source = noise::build(case.noise, case.seed, case.noise_file.as_deref())
+            .with_context(|| format!("case {}: noise", case.name))?;
+        let result = self.loaded.generate(&case.params(), source.as_mut(), on_step);
+        let karras = self.loaded.scheduler_config.use_karras_sigmas && case.scheduler.supports_karras();
+        self.loaded.scheduler_config.use_karras_sigmas = saved;
+        let gen = result.with_context(|| format!("case {}: generating with {}", case.name, self.model_path.display()))?;
+        let meta = self.metadata(case, karras, &gen);
+        Ok((gen, meta))
+    }
+
+    fn metadata(&self, case: &CaseSpec, karras: bool, gen: &Generation) -> Value {
+        let mut timings = serde_json::to_value(&gen.timings).unwrap_or_default();
+        if let Some(t) = timings.as_object_mut() {
+            t.insert("load_s".into(), json!(self.loaded.load_s));
+            t.insert("hash_s".into(), json!(self.hash_s));
+        }
+        let mut parameters = case.metadata();
+        parameters["karras_sigmas"] = json!(karras);
+        json!({
+            "monitor_version": env!("CARGO_PKG_VERSION"),
+            "created_at": crate::clock::utc_now_rfc3339(),
+            "case": case.name,
+            "parameters": parameters,
+            "model": {
+                "path": self.model_path,
+                "io": self.loaded.model.io(),
+                "vae_scaling_factor": self.loaded.model.dir().vae_scaling_factor(),
+                "files_sha256": self.files,
+            },
+            "tokens": {"prompt": gen.prompt_ids, "negative_prompt": gen.negative_ids},
+            "noise": {"source": case.noise.to_string(), "seed": case.seed, "initial_sha256": gen.initial_noise_sha256},
+            "timesteps": gen.timesteps,
+            "onnxruntime": self.runtime.info(),
+            "execution_provider": self.runtime.settings(),
+            "environment": self.environment,
+            "timings": timings,
+            "warnings": gen.warnings,
+        })
+    }
+}
+
+/// Writes `latents.npy`, `image.png` and `metadata.json` into `dir`, each atomically, and adds
+/// an `outputs` block (shapes, hashes) to the metadata.
+pub fn write_generation(dir: &Path, gen: &Generation, meta: &Value) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating output folder {}", dir.display()))?;
+    let mut npy_bytes = Vec::new();
+    let shape: Vec<usize> = gen.latents.shape().to_vec();
+    let values: Vec<f32> = gen.latents.iter().copied().collect();
+    npy::write_npy_f32(&mut npy_bytes, &shape, &values).context("encoding latents.npy")?;
+    let png = gen.image.to_png().context("encoding image.png")?;
+    let mut meta = meta.clone();
+    meta["outputs"] = json!({
+        "latents": {"file": "latents.npy", "shape": shape, "dtype": "float32", "sha256": sha256(&npy_bytes)},
+        "image": {"file": "image.png", "width": gen.image.width, "height": gen.image.height, "sha256_rgb": sha256(&gen.image.pixels)},
+    });
+    for (name, bytes) in [("latents.npy", npy_bytes), ("image.png", png), ("metadata.json", pretty_json(&meta))] {
+        let p = dir.join(name);
+        atomic_write(&p, &bytes).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Pretty JSON with a trailing newline.
+pub fn pretty_json(v: &Value) -> Vec<u8> {
+    let mut s = serde_json::to_vec_pretty(v).unwrap_or_default();
+    s.push(b'\n');
+    s
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex(&Sha256::digest(bytes))
+}
