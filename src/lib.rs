@@ -4,5 +4,6 @@
 
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod fsutil;
 pub mod sd;
