@@ -239,11 +239,13 @@ pub struct ThresholdOverrides {
 #[serde(deny_unknown_fields)]
 pub struct Case {
     /// Unique name (required); names the case's baseline folder, so no `/`, `\` or control characters.
+    #[serde(deserialize_with = "strict_string")]
     pub name: String,
     /// Prompt (required).
+    #[serde(deserialize_with = "strict_string")]
     pub prompt: String,
     /// Negative prompt (default none: `""` under guidance, as diffusers does).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_opt_string")]
     pub negative_prompt: Option<String>,
     /// Noise seed (required).
     pub seed: u64,
@@ -316,14 +318,54 @@ fn default_noise() -> NoiseKind {
 }
 
 /// Deserializes a YAML string through the type's `FromStr`, so config and CLI accept the same names.
+/// Strict: `scheduler: 5` is a type error, not the name "5".
 fn from_str_value<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: FromStr,
     T::Err: fmt::Display,
 {
-    let s = String::deserialize(d)?;
-    s.parse().map_err(de::Error::custom)
+    // Parsing inside the visitor makes serde_yaml stamp a bad name with the value's own position.
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<T: FromStr> Visitor<'_> for V<T>
+    where
+        T::Err: fmt::Display,
+    {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
+            s.parse().map_err(E::custom)
+        }
+    }
+    d.deserialize_any(V(std::marker::PhantomData))
+}
+
+/// A string that must be written as one: `prompt: 5` or `name: yes` is a type error, not "5"/"yes".
+fn strict_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    from_str_value(d)
+}
+
+/// [`strict_string`] or null.
+fn strict_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a string or null")
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            Ok(Some(s.to_string()))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
 }
 
 /// What went wrong, broadly.
@@ -420,35 +462,32 @@ impl Config {
         }) {
             return Err(schema_error(None, None, None, "the file is empty (it needs at least `model` and `cases`)".into()));
         }
+        // Well-formed YAML first, so syntax errors are reported as such and without a key.
+        if let Err(e) = serde_yaml::from_str::<serde_yaml::Value>(text) {
+            let mut err = yaml_error(path, &e);
+            err.kind = ConfigErrorKind::Syntax;
+            return Err(err);
+        }
         let de = serde_yaml::Deserializer::from_str(text);
         let mut config: Config = match serde_path_to_error::deserialize(de) {
             Ok(c) => c,
             Err(e) => {
-                let yaml_path = e.path().to_string();
-                let inner = e.into_inner();
-                let (line, column) = match inner.location() {
-                    Some(l) => (Some(l.line()), Some(l.column())),
-                    None => (None, None),
-                };
-                let mut message = strip_marks(&inner.to_string());
-                if let Some(rest) = message.strip_prefix(&format!("{yaml_path}: ")) {
-                    message = rest.to_string();
+                let key_path = e.path().to_string();
+                let mut err = yaml_error(path, e.inner());
+                // serde_yaml prefixes the message with its own (sometimes parent) path; ours is exact.
+                if let Some((head, rest)) = err.message.split_once(": ") {
+                    if key_path == head || key_path.starts_with(&format!("{head}.")) || key_path.starts_with(&format!("{head}[")) {
+                        err.message = rest.to_string();
+                    }
                 }
-                let mut key = (yaml_path != ".").then_some(yaml_path);
-                // An unknown key is reported at the key itself.
-                if let Some(name) = message.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
-                    key = Some(match key {
-                        Some(k) => format!("{k}.{name}"),
-                        None => name.to_string(),
-                    });
-                }
-                let looks_like_syntax = key.is_none()
-                    && !message.starts_with("missing field")
-                    && !message.starts_with("unknown field")
-                    && !message.starts_with("invalid type");
-                let mut err = schema_error(line, column, key, message);
-                if looks_like_syntax {
-                    err.kind = ConfigErrorKind::Syntax;
+                if key_path != "." {
+                    // serde_yaml places some errors at the enclosing mapping; the value itself is
+                    // better (an unknown key is already placed at the key).
+                    let relocate = !err.message.starts_with("unknown field");
+                    if let Some((line, column)) = locate_key(text, &key_path).filter(|_| relocate) {
+                        (err.line, err.column) = (Some(line), Some(column));
+                    }
+                    err.key = Some(key_path);
                 }
                 return Err(err);
             }
@@ -652,6 +691,22 @@ pub fn resolve_path(base: &Path, p: &Path) -> PathBuf {
         out.push(".");
     }
     out
+}
+
+/// A serde_yaml error as a schema error: its position, its message without the position.
+fn yaml_error(path: &Path, e: &serde_yaml::Error) -> ConfigError {
+    let (line, column) = match e.location() {
+        Some(l) => (Some(l.line()), Some(l.column())),
+        None => (None, None),
+    };
+    ConfigError {
+        kind: ConfigErrorKind::Schema,
+        file: path.to_path_buf(),
+        line,
+        column,
+        key: None,
+        message: strip_marks(&e.to_string()),
+    }
 }
 
 /// Strips serde_yaml's ` at line L column C` / ` at position N` from a message (we print them first).

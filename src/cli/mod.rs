@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::sd::runtime::{ConvAlgoSearch, ExecutionProvider, RuntimeSettings};
 
 mod bench;
+pub mod config;
 mod generate;
 mod progress;
 mod tokenize;
@@ -32,6 +33,8 @@ enum Command {
     Tokenize(tokenize::TokenizeArgs),
     /// Time each pipeline stage on a model and report the share spent outside ONNX Runtime.
     Bench(bench::BenchArgs),
+    /// Work with the config file (`validate`).
+    Config(config::ConfigArgs),
 }
 
 /// ONNX Runtime location and every setting that can change output bits.
@@ -86,6 +89,7 @@ pub fn main() -> u8 {
         Command::Generate(a) => generate::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Config(a) => config::run(a),
     };
     match result {
         Ok(code) => code,
