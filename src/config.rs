@@ -510,7 +510,8 @@ impl Config {
         }
     }
 
-    /// Semantic checks on a parsed config (`text` is the file's text, to find line numbers).
+    /// Semantic checks on a parsed config (`text` is the file's text, to find line numbers; `""`
+    /// gives errors without positions).
     /// Returns every problem, in file order; empty means valid. Reads no model, only checks that
     /// files and folders exist.
     pub fn validate(&self, text: &str) -> Vec<ConfigError> {
@@ -654,6 +655,10 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn locate(&self, key: &str) -> Option<(usize, usize)> {
+        // A config built in code is validated with no text: no positions then.
+        if self.text.trim().is_empty() {
+            return None;
+        }
         locate_key(self.text, key)
     }
 
