@@ -6,6 +6,8 @@ pub mod case;
 pub mod cli;
 pub mod clock;
 pub mod compare;
+pub mod config;
 pub mod fingerprint;
 pub mod fsutil;
 pub mod sd;
+pub mod worker;

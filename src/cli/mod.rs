@@ -9,10 +9,12 @@ use clap::{Args, Parser, Subcommand};
 use crate::sd::runtime::{ConvAlgoSearch, ExecutionProvider, RuntimeSettings};
 
 mod bench;
+pub mod config;
 mod generate;
 mod noise;
 mod progress;
 mod tokenize;
+mod worker;
 
 /// Exit code for "could not do it".
 pub const EXIT_ERROR: u8 = 2;
@@ -35,6 +37,11 @@ enum Command {
     Noise(noise::NoiseArgs),
     /// Time each pipeline stage on a model and report the share spent outside ONNX Runtime.
     Bench(bench::BenchArgs),
+    /// Work with the config file (`validate`).
+    Config(config::ConfigArgs),
+    /// Runs model cases for check/rebaseline in a child process (internal).
+    #[command(hide = true)]
+    Worker(worker::WorkerArgs),
 }
 
 /// ONNX Runtime location and every setting that can change output bits.
@@ -94,6 +101,8 @@ pub fn main() -> u8 {
         Command::Tokenize(a) => tokenize::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Noise(a) => noise::run(a),
+        Command::Config(a) => config::run(a),
+        Command::Worker(a) => worker::run(a),
     };
     match result {
         Ok(code) => code,

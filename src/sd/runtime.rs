@@ -9,7 +9,7 @@ use std::process::Command;
 use ort::environment::Environment;
 use ort::ep;
 use ort::session::Session;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The release the install hint names; any release ort's API level accepts will load.
 pub const RECOMMENDED_ORT: &str = "1.31.1";
@@ -73,7 +73,7 @@ pub enum RuntimeError {
 }
 
 /// Which execution provider runs the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecutionProvider {
     /// ONNX Runtime's default CPU provider.
@@ -107,7 +107,7 @@ impl ExecutionProvider {
 }
 
 /// cuDNN convolution algorithm search; a drift source, so it is always recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ConvAlgoSearch {
     /// Benchmarks every algorithm on first run; measured bitwise-stable on H100 and equal to heuristic.
@@ -132,7 +132,7 @@ impl std::str::FromStr for ConvAlgoSearch {
 }
 
 /// Every runtime setting that can change output bits; all of it goes into result metadata.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RuntimeSettings {
     /// Execution provider.
     pub execution_provider: ExecutionProvider,

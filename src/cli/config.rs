@@ -1,0 +1,65 @@
+//! `monitor config validate`: load and check a config file without touching ONNX Runtime.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+use crate::config::{config_path, Config};
+
+/// `--config FILE`, shared by every command that reads the config file.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigFileArg {
+    /// Config file (default: $MONITOR_CONFIG, else configs/monitor.yaml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigFileArg {
+    /// The file to read: `--config`, else `$MONITOR_CONFIG`, else `configs/monitor.yaml`.
+    pub fn path(&self) -> PathBuf {
+        config_path(self.config.as_deref())
+    }
+}
+
+/// `monitor config ...`.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    command: ConfigCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check the config file (schema, values, model folder) and print a one-line summary.
+    Validate(ValidateArgs),
+}
+
+/// Flags of `monitor config validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    config: ConfigFileArg,
+}
+
+/// Runs the command.
+pub fn run(a: ConfigArgs) -> Result<u8> {
+    match a.command {
+        ConfigCommand::Validate(v) => validate(v),
+    }
+}
+
+fn validate(a: ValidateArgs) -> Result<u8> {
+    let path = a.config.path();
+    let config = Config::load(&path)?;
+    let names: Vec<&str> = config.cases.iter().map(|c| c.name.as_str()).collect();
+    println!(
+        "{}: ok ({} case{}: {}; model {})",
+        path.display(),
+        names.len(),
+        if names.len() == 1 { "" } else { "s" },
+        names.join(", "),
+        config.model.path.display()
+    );
+    Ok(0)
+}
