@@ -22,6 +22,9 @@
 //!   baselines: baselines              # baseline folder                     (default baselines)
 //!   database: monitor.db              # history database                    (default monitor.db)
 //!   retention_days: 90                # history kept; 0 = keep forever      (default 90)
+//!   reports: reports                  # outputs + diff.png of non-identical results (default reports)
+//! worker:
+//!   timeout_s: 1800                   # kill the model worker after this long (default 1800)
 //! thresholds:                         # drift limits, each case may override any of them
 //!   latent_max_abs: 1.0e-3            # max |Δ| of final latents, ≥ 0        (default 1.0e-3)
 //!   latent_cosine_min: 0.9999         # min cosine similarity, in (0, 1]    (default 0.9999)
@@ -103,11 +106,29 @@ pub struct Config {
     /// Drift limits for every case (each case may override them).
     #[serde(default)]
     pub thresholds: Thresholds,
+    /// The model worker process.
+    #[serde(default)]
+    pub worker: WorkerConfig,
     /// The fixed test cases, in file order.
     pub cases: Vec<Case>,
     /// The file this was loaded from (not a YAML key).
     #[serde(skip)]
     pub source: PathBuf,
+}
+
+/// `worker:` — the child process that runs the model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Seconds after which a worker is killed and its unfinished cases become `error`
+    /// (default 1800: a real SD1.5 check on a busy GPU can take minutes, a hang must not last).
+    pub timeout_s: f64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig { timeout_s: 1800.0 }
+    }
 }
 
 /// `model:` — the export and every runtime setting that can change output bits.
@@ -174,6 +195,9 @@ pub struct StorageConfig {
     pub database: PathBuf,
     /// Days of history kept; 0 keeps everything (default 90).
     pub retention_days: u32,
+    /// Folder for the outputs, diff heatmaps and comparison reports of non-identical results
+    /// (default `reports`); resolved against the config file's folder.
+    pub reports: PathBuf,
 }
 
 impl Default for StorageConfig {
@@ -182,6 +206,7 @@ impl Default for StorageConfig {
             baselines: PathBuf::from("baselines"),
             database: PathBuf::from("monitor.db"),
             retention_days: 90,
+            reports: PathBuf::from("reports"),
         }
     }
 }
@@ -462,6 +487,7 @@ impl Config {
         self.onnxruntime.library = self.onnxruntime.library.as_deref().map(r);
         self.storage.baselines = r(&self.storage.baselines);
         self.storage.database = r(&self.storage.database);
+        self.storage.reports = r(&self.storage.reports);
         for c in &mut self.cases {
             c.noise_file = c.noise_file.as_deref().map(r);
         }
@@ -484,6 +510,10 @@ impl Config {
             }
         }
         check_thresholds(&mut v, "thresholds", &self.thresholds, None);
+        let t = self.worker.timeout_s;
+        if !(t.is_finite() && t > 0.0) {
+            v.error("worker.timeout_s", format!("timeout_s {t} must be a positive number of seconds"));
+        }
         if self.cases.is_empty() {
             v.error("cases", "no cases; at least one is needed".into());
         }

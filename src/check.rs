@@ -1,0 +1,352 @@
+//! The product's core loop: run the configured cases in a worker, compare each with its stored
+//! baseline, keep what a human needs to see, and record everything in the history.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::baseline::{Baseline, BaselineStore};
+use crate::case::{pretty_json, CaseSpec};
+use crate::compare::{self, CompareReport, Outputs, Thresholds, Verdict};
+use crate::config::{Case, Config};
+use crate::fsutil::atomic_write;
+use crate::history::{CaseResult, History, NewRun};
+use crate::sd::image::RgbImage;
+use crate::sd::npy::read_npy;
+use crate::worker::{self, Job, Outcome, WorkerRun};
+
+/// Exit code when every case is identical or within tolerance.
+pub const EXIT_OK: u8 = 0;
+/// Exit code when a case drifted or its model changed.
+pub const EXIT_DRIFT: u8 = 1;
+/// Exit code when a case could not be checked (takes precedence: the check is incomplete).
+pub const EXIT_ERROR: u8 = 2;
+
+/// One case's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseCheck {
+    /// Case name.
+    pub name: String,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The baseline version compared against.
+    pub baseline_version: Option<u32>,
+    /// Metrics, reasons and environment differences (absent when the case could not run).
+    pub report: Option<CompareReport>,
+    /// Why the case is `error`.
+    pub error: Option<String>,
+    /// Folder with the run's outputs and the diff heatmap, kept for non-identical results.
+    pub artifacts: Option<PathBuf>,
+    /// Pipeline warnings.
+    pub warnings: Vec<String>,
+    /// Seconds the case took in the worker.
+    pub duration_s: f64,
+}
+
+/// Where a check's time went, to keep the monitor's own overhead visible.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckTimings {
+    /// The whole check.
+    pub total_s: f64,
+    /// The worker process, start to exit (model load and generation).
+    pub worker_s: f64,
+    /// Session creation inside the worker.
+    pub load_s: f64,
+    /// Sum of the cases' generation times.
+    pub generation_s: f64,
+    /// Everything outside the worker: config, baselines, comparison, history, reports.
+    pub outside_worker_s: f64,
+}
+
+/// A finished check.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckRun {
+    /// History row id.
+    pub run_id: i64,
+    /// Per case, in config order.
+    pub cases: Vec<CaseCheck>,
+    /// 0, 1 or 2 (see the constants).
+    pub exit_code: u8,
+    /// Timings.
+    pub timings: CheckTimings,
+}
+
+/// Settings of one check beyond the config file.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// Only these cases (empty: all).
+    pub cases: Vec<String>,
+    /// Kill the worker after this long.
+    pub worker_timeout: Duration,
+}
+
+/// The config's cases named in `names` (all when empty); an unknown name is an error.
+pub fn select_cases<'c>(config: &'c Config, names: &[String]) -> Result<Vec<&'c Case>> {
+    if names.is_empty() {
+        return Ok(config.cases.iter().collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            config.cases.iter().find(|c| &c.name == n).with_context(|| {
+                let all: Vec<&str> = config.cases.iter().map(|c| c.name.as_str()).collect();
+                format!("no case named {n:?} in {} (cases: {})", config.source.display(), all.join(", "))
+            })
+        })
+        .collect()
+}
+
+/// Runs `cases` in a worker with the config's model and runtime settings.
+pub fn run_worker(config: &Config, cases: &[&Case], out_dir: &Path, timeout: Duration) -> Result<WorkerRun> {
+    let job = Job {
+        model: config.model.path.clone(),
+        ort_library: config.onnxruntime.library.clone(),
+        runtime: config.model.runtime_settings(),
+        cases: cases.iter().map(|c| c.spec()).collect(),
+    };
+    worker::run_in_worker(&job, out_dir, timeout)
+}
+
+/// A generation's files as read back from disk.
+pub struct RunFiles {
+    /// Final latents.
+    pub latents: Vec<f32>,
+    /// Their shape.
+    pub shape: Vec<usize>,
+    /// The image.
+    pub image: RgbImage,
+    /// metadata.json.
+    pub metadata: Value,
+}
+
+impl RunFiles {
+    /// Reads `latents.npy`, `image.png` and `metadata.json` from `dir`.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let npy = read_npy(&dir.join("latents.npy"))?;
+        let png_path = dir.join("image.png");
+        let png = std::fs::read(&png_path).with_context(|| format!("reading {}", png_path.display()))?;
+        let image = RgbImage::from_png(&png).with_context(|| format!("decoding {}", png_path.display()))?;
+        let meta_path = dir.join("metadata.json");
+        let metadata: Value = serde_json::from_slice(
+            &std::fs::read(&meta_path).with_context(|| format!("reading {}", meta_path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", meta_path.display()))?;
+        Ok(Self { latents: npy.data, shape: npy.shape, image, metadata })
+    }
+
+    /// `metadata.model.files_sha256`.
+    pub fn model_files(&self) -> BTreeMap<String, String> {
+        model_files(&self.metadata)
+    }
+}
+
+fn model_files(metadata: &Value) -> BTreeMap<String, String> {
+    serde_json::from_value(metadata["model"]["files_sha256"].clone()).unwrap_or_default()
+}
+
+/// Runs a check: worker, comparison, reports, history. Errors here are about the monitor itself
+/// (config, database, storage); a case that cannot run is an `error` verdict, not an `Err`.
+pub fn check(config: &Config, opts: &CheckOptions) -> Result<CheckRun> {
+    let start = Instant::now();
+    let cases = select_cases(config, &opts.cases)?;
+    // Open the history first: a locked or corrupt database must fail before minutes of GPU work.
+    let mut history = History::open(&config.storage.database)?;
+    let store = BaselineStore::new(&config.storage.baselines);
+    let run_id = history.begin_run(&NewRun {
+        model_path: Some(config.model.path.display().to_string()),
+        environment: Some(serde_json::to_value(crate::fingerprint::collect())?),
+        ..NewRun::now("check")
+    })?;
+    let work = tempfile::Builder::new().prefix("monitor-check-").tempdir().context("creating a work folder")?;
+    let run = run_worker(config, &cases, work.path(), opts.worker_timeout)?;
+
+    let mut results = Vec::new();
+    for (case, (name, outcome)) in cases.iter().zip(&run.outcomes) {
+        debug_assert_eq!(&case.name, name);
+        let thresholds = case.thresholds(&config.thresholds);
+        let checked = check_case(&store, case, outcome, &thresholds, &config.storage.reports, run_id)?;
+        results.push(checked);
+    }
+    let exit_code = exit_code(&results);
+    let rows: Vec<CaseResult> = results.iter().map(history_row).collect();
+    history.record_results(run_id, &rows)?;
+    let total_s = start.elapsed().as_secs_f64();
+    history.finish_run(run_id, i32::from(exit_code), total_s)?;
+    if config.storage.retention_days > 0 {
+        history.prune(config.storage.retention_days)?;
+    }
+    let generation_s = results.iter().map(|r| r.duration_s).sum();
+    let timings = CheckTimings {
+        total_s,
+        worker_s: run.wall_s,
+        load_s: run.report.load_s.unwrap_or(0.0),
+        generation_s,
+        outside_worker_s: total_s - run.wall_s,
+    };
+    Ok(CheckRun { run_id, cases: results, exit_code, timings })
+}
+
+fn check_case(
+    store: &BaselineStore,
+    case: &Case,
+    outcome: &Outcome,
+    thresholds: &Thresholds,
+    reports: &Path,
+    run_id: i64,
+) -> Result<CaseCheck> {
+    let mut out = CaseCheck {
+        name: case.name.clone(),
+        verdict: Verdict::Error,
+        baseline_version: None,
+        report: None,
+        error: None,
+        artifacts: None,
+        warnings: Vec::new(),
+        duration_s: 0.0,
+    };
+    let dir = match outcome {
+        Outcome::Failed(e) => {
+            out.error = Some(e.clone());
+            return Ok(out);
+        }
+        Outcome::Done { dir, warnings, duration_s } => {
+            out.warnings = warnings.clone();
+            out.duration_s = *duration_s;
+            dir
+        }
+    };
+    let baseline = match store.current(&case.name) {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            out.error = Some(format!(
+                "no baseline for case {} in {}; create one with `monitor rebaseline --case {} --reason ...`",
+                case.name,
+                store.root().display(),
+                case.name
+            ));
+            return Ok(out);
+        }
+        Err(e) => {
+            out.error = Some(format!("baseline of case {}: {e}", case.name));
+            return Ok(out);
+        }
+    };
+    out.baseline_version = Some(baseline.version);
+    let run = match RunFiles::read(dir) {
+        Ok(r) => r,
+        Err(e) => {
+            out.error = Some(format!("{e:#}"));
+            return Ok(out);
+        }
+    };
+    if let Some(diff) = parameter_difference(&case.spec(), &baseline.metadata) {
+        out.error = Some(format!(
+            "case {} no longer matches baseline v{:04}: {diff}; accept the new parameters with `monitor rebaseline --case {}`",
+            case.name, baseline.version, case.name
+        ));
+        return Ok(out);
+    }
+    let (mut report, heatmap) = compare_with(&run, &baseline, thresholds);
+    out.verdict = report.classification.verdict;
+    if out.verdict != Verdict::Identical {
+        let keep = reports.join(format!("run-{run_id:06}")).join(&case.name);
+        keep_artifacts(dir, &keep, heatmap.map(|h| h.image), &mut report)?;
+        out.artifacts = Some(keep);
+    }
+    out.error = report.classification.error.clone();
+    out.report = Some(report);
+    Ok(out)
+}
+
+/// Compares a run's files with a baseline under `thresholds`.
+pub fn compare_with(run: &RunFiles, baseline: &Baseline, thresholds: &Thresholds) -> (CompareReport, Option<compare::DiffHeatmap>) {
+    let run_models = run.model_files();
+    let base_models = model_files(&baseline.metadata);
+    let a = Outputs {
+        latents: &run.latents,
+        latent_shape: &run.shape,
+        image: &run.image,
+        model_files: &run_models,
+        metadata: &run.metadata,
+    };
+    let b = Outputs {
+        latents: &baseline.latents,
+        latent_shape: &baseline.shape,
+        image: &baseline.image,
+        model_files: &base_models,
+        metadata: &baseline.metadata,
+    };
+    compare::compare(&a, &b, thresholds)
+}
+
+/// The first parameter where a case differs from what its baseline was made with, if any.
+/// Comparing outputs of different inputs would report drift that is only a config edit.
+pub fn parameter_difference(spec: &CaseSpec, baseline_meta: &Value) -> Option<String> {
+    let now = spec.metadata();
+    let then = &baseline_meta["parameters"];
+    let keys = ["prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height", "scheduler", "karras_sigmas", "noise"];
+    keys.iter().find_map(|k| {
+        let (a, b) = (&then[*k], &now[*k]);
+        let same = match (a.as_f64(), b.as_f64()) {
+            (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+            _ => a == b || (*k == "karras_sigmas" && a.is_null() && b == &json!(false)),
+        };
+        (!same).then(|| format!("{k} {a} → {b}"))
+    })
+}
+
+fn keep_artifacts(run_dir: &Path, keep: &Path, heatmap: Option<RgbImage>, report: &mut CompareReport) -> Result<()> {
+    std::fs::create_dir_all(keep).with_context(|| format!("creating {}", keep.display()))?;
+    for f in ["latents.npy", "image.png", "metadata.json"] {
+        let (from, to) = (run_dir.join(f), keep.join(f));
+        std::fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    }
+    if let Some(h) = heatmap {
+        let p = keep.join("diff.png");
+        atomic_write(&p, &h.to_png().context("encoding diff.png")?).with_context(|| format!("writing {}", p.display()))?;
+        report.heatmap = Some("diff.png".into());
+    }
+    let p = keep.join("compare.json");
+    atomic_write(&p, &pretty_json(&serde_json::to_value(&*report)?)).with_context(|| format!("writing {}", p.display()))?;
+    Ok(())
+}
+
+/// 2 if any case errored, else 1 if any drifted or changed model, else 0.
+pub fn exit_code(results: &[CaseCheck]) -> u8 {
+    if results.iter().any(|r| r.verdict == Verdict::Error) {
+        EXIT_ERROR
+    } else if results.iter().any(|r| matches!(r.verdict, Verdict::Drift | Verdict::ModelChanged)) {
+        EXIT_DRIFT
+    } else {
+        EXIT_OK
+    }
+}
+
+/// The history row of a case.
+pub fn history_row(r: &CaseCheck) -> CaseResult {
+    let report = r.report.as_ref();
+    let lat = report.and_then(|r| r.latents.as_ref());
+    let img = report.and_then(|r| r.image.as_ref());
+    CaseResult {
+        case_name: r.name.clone(),
+        verdict: r.verdict.to_string(),
+        baseline_version: r.baseline_version.map(i64::from),
+        latents_sha256: lat.map(|l| l.run_sha256.clone()),
+        latent_max_abs: lat.map(|l| l.max_abs),
+        latent_mean_abs: lat.map(|l| l.mean_abs),
+        latent_rmse: lat.map(|l| l.rmse),
+        latent_cosine: lat.map(|l| l.cosine),
+        ssim: img.map(|i| i.ssim),
+        psnr_db: img.map(|i| i.psnr_db),
+        pixels_differing: img.map(|i| i.pixels_differing as i64),
+        reasons: report.map(|r| json!({"failures": r.classification.failures, "model_changes": r.classification.model_changes})),
+        env_diff: report.map(|r| json!(r.env_differences)),
+        error: r.error.clone(),
+        duration_s: Some(r.duration_s),
+        timings: None,
+    }
+}

@@ -1,0 +1,97 @@
+//! `monitor check`: run the configured cases, compare with baselines, record, exit 0/1/2.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::config::ConfigFileArg;
+use crate::check::{check, CaseCheck, CheckOptions, CheckRun};
+use crate::compare::Verdict;
+use crate::config::Config;
+
+/// Flags of `monitor check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigFileArg,
+    /// Only this case (repeatable; default all).
+    #[arg(long = "case", value_name = "NAME")]
+    cases: Vec<String>,
+    /// Print the full result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the command; the exit code is the check's (0 ok, 1 drift/model change, 2 error).
+pub fn run(a: CheckArgs) -> Result<u8> {
+    let config = Config::load(&a.config.path())?;
+    let opts = CheckOptions { cases: a.cases, worker_timeout: Duration::from_secs_f64(config.worker.timeout_s) };
+    let result = check(&config, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print_table(&result);
+    }
+    Ok(result.exit_code)
+}
+
+fn print_table(run: &CheckRun) {
+    println!("{:<20} {:<17} {:>5} {:>10} {:>10} {:>8} {:>7}", "case", "verdict", "base", "max|Δlat|", "cosine", "SSIM", "time");
+    for c in &run.cases {
+        let lat = c.report.as_ref().and_then(|r| r.latents.as_ref());
+        let img = c.report.as_ref().and_then(|r| r.image.as_ref());
+        println!(
+            "{:<20} {:<17} {:>5} {:>10} {:>10} {:>8} {:>6.2}s",
+            c.name,
+            c.verdict.to_string(),
+            c.baseline_version.map_or("-".into(), |v| format!("v{v}")),
+            lat.map_or("-".into(), |l| format!("{:.2e}", l.max_abs)),
+            lat.map_or("-".into(), |l| format!("{:.6}", l.cosine)),
+            img.map_or("-".into(), |i| format!("{:.4}", i.ssim)),
+            c.duration_s,
+        );
+        print_details(c);
+    }
+    let mut counts: Vec<(Verdict, usize)> = Vec::new();
+    for c in &run.cases {
+        match counts.iter_mut().find(|(v, _)| *v == c.verdict) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((c.verdict, 1)),
+        }
+    }
+    let summary: Vec<String> = counts.iter().map(|(v, n)| format!("{n} {v}")).collect();
+    println!(
+        "{} case{}: {} (run {}, {:.1}s, exit {})",
+        run.cases.len(),
+        if run.cases.len() == 1 { "" } else { "s" },
+        summary.join(", "),
+        run.run_id,
+        run.timings.total_s,
+        run.exit_code
+    );
+}
+
+fn print_details(c: &CaseCheck) {
+    if let Some(e) = &c.error {
+        println!("    error: {e}");
+    }
+    if let Some(r) = &c.report {
+        for f in &r.classification.failures {
+            println!("    {}", f.message);
+        }
+        for m in &r.classification.model_changes {
+            println!("    model file changed: {}", m.file);
+        }
+        for d in &r.env_differences {
+            let show = |v: &Option<serde_json::Value>| v.as_ref().map_or("(absent)".to_string(), |v| v.to_string());
+            println!("    environment: {} {} → {}", d.key, show(&d.baseline), show(&d.run));
+        }
+    }
+    if let Some(dir) = &c.artifacts {
+        println!("    outputs and diff: {}", dir.display());
+    }
+    for w in &c.warnings {
+        println!("    warning: {w}");
+    }
+}
