@@ -2,6 +2,7 @@
 //!
 //! `sd` is the pipeline (knows nothing of monitoring); the rest of the crate builds the monitor on it.
 
+pub mod baseline;
 pub mod cli;
 pub mod clock;
 pub mod fsutil;
