@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::sd::runtime::{ConvAlgoSearch, ExecutionProvider, RuntimeSettings};
 
+mod baselines;
 mod bench;
 mod generate;
 mod noise;
@@ -35,6 +36,8 @@ enum Command {
     Noise(noise::NoiseArgs),
     /// Time each pipeline stage on a model and report the share spent outside ONNX Runtime.
     Bench(bench::BenchArgs),
+    /// List the stored baselines, or show one (`list`, `show CASE`).
+    Baselines(baselines::BaselinesArgs),
 }
 
 /// ONNX Runtime location and every setting that can change output bits.
@@ -94,6 +97,7 @@ pub fn main() -> u8 {
         Command::Tokenize(a) => tokenize::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Noise(a) => noise::run(a),
+        Command::Baselines(a) => baselines::run(a),
     };
     match result {
         Ok(code) => code,
