@@ -152,7 +152,9 @@ pub enum BaselineError {
         reason: String,
     },
     /// Writing failed; earlier versions are untouched and the temp folder was removed.
-    #[error("{path}: {action} failed: {source} (no new baseline written; earlier versions untouched)")]
+    #[error(
+        "{path}: {action} failed: {source} (no new baseline written; earlier versions untouched)"
+    )]
     Write {
         /// File or folder being written.
         path: PathBuf,
@@ -469,7 +471,9 @@ impl BaselineStore {
                 created_at: s("created_at"),
                 who: s("who"),
                 why: s("why"),
-                restored_from: b["restored_from"].as_u64().and_then(|x| u32::try_from(x).ok()),
+                restored_from: b["restored_from"]
+                    .as_u64()
+                    .and_then(|x| u32::try_from(x).ok()),
             });
         }
         Ok(out)
@@ -496,6 +500,19 @@ impl BaselineStore {
                 w * 8,
                 h * 8
             )));
+        }
+        let want_len = new.image.width as usize * new.image.height as usize * 3;
+        if new.image.pixels.len() != want_len {
+            return Err(BaselineError::Encode {
+                case: case.to_string(),
+                file: IMAGE_FILE,
+                reason: format!(
+                    "{}x{} RGB needs {want_len} bytes, got {}",
+                    new.image.width,
+                    new.image.height,
+                    new.image.pixels.len()
+                ),
+            });
         }
         let encode = |file, reason: String| BaselineError::Encode {
             case: case.to_string(),
@@ -570,8 +587,7 @@ impl BaselineStore {
             .write(true)
             .open(&lock_path)
             .map_err(write_err(&lock_path, "opening lock file"))?;
-        lock.lock()
-            .map_err(write_err(&lock_path, "locking"))?;
+        lock.lock().map_err(write_err(&lock_path, "locking"))?;
 
         self.remove_stale_temps(&case_dir)?;
         let version = self.latest_version(case)?.unwrap_or(0) + 1;
@@ -698,7 +714,16 @@ mod tests {
         assert_eq!(version_dir_name(12345), "v12345");
         assert_eq!(parse_version_dir_name("v0001"), Some(1));
         assert_eq!(parse_version_dir_name("v12345"), Some(12345));
-        for bad in ["v0000", "v001", "v00001", "v", "x0001", "v00a1", ".tmp-v0001-3", "v-001"] {
+        for bad in [
+            "v0000",
+            "v001",
+            "v00001",
+            "v",
+            "x0001",
+            "v00a1",
+            ".tmp-v0001-3",
+            "v-001",
+        ] {
             assert_eq!(parse_version_dir_name(bad), None, "{bad}");
         }
     }

@@ -177,7 +177,9 @@ fn show(a: ShowArgs) -> Result<u8> {
         let parts: Vec<String> = p.iter().map(|(k, v)| format!("{k}={}", text(v))).collect();
         println!("parameters: {}", parts.join(" "));
     }
-    let model_files = m["model"]["files_sha256"].as_object().map_or(0, |o| o.len());
+    let model_files = m["model"]["files_sha256"]
+        .as_object()
+        .map_or(0, |o| o.len());
     println!(
         "model:      {} ({} files with sha256)",
         text(&m["model"]["path"]),
