@@ -574,10 +574,31 @@ impl BaselineStore {
     ) -> Result<u32> {
         let case_dir = self.case_dir(case)?;
         if !case_dir.is_dir() {
+            // The nearest existing ancestor: every folder below it is new and its entry must be
+            // made durable by syncing its parent.
+            let mut existing = case_dir.as_path();
+            while !existing.is_dir() {
+                match existing.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => existing = p,
+                    _ => {
+                        existing = Path::new(".");
+                        break;
+                    }
+                }
+            }
             fs::create_dir_all(&case_dir).map_err(write_err(&case_dir, "creating case folder"))?;
-            // Make the new case folder's entry durable.
-            if let Some(parent) = case_dir.parent() {
+            let mut dir = case_dir.as_path();
+            while let Some(parent) = dir.parent() {
+                let parent = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
                 fsync_dir(parent).map_err(write_err(parent, "syncing folder"))?;
+                if parent == existing || parent == Path::new(".") {
+                    break;
+                }
+                dir = parent;
             }
         }
         let lock_path = case_dir.join(LOCK_FILE);
