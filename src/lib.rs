@@ -2,12 +2,15 @@
 //!
 //! `sd` is the pipeline (knows nothing of monitoring); the rest of the crate builds the monitor on it.
 
+pub mod baseline;
 pub mod case;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod compare;
 pub mod config;
 pub mod fingerprint;
 pub mod fsutil;
+pub mod rebaseline;
 pub mod sd;
 pub mod worker;

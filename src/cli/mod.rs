@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::sd::runtime::{ConvAlgoSearch, ExecutionProvider, RuntimeSettings};
 
+mod baselines;
 mod bench;
 pub mod config;
 mod generate;
@@ -42,6 +43,8 @@ enum Command {
     /// Runs model cases for check/rebaseline in a child process (internal).
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
+    /// List the stored baselines, or show one (`list`, `show CASE`).
+    Baselines(baselines::BaselinesArgs),
 }
 
 /// ONNX Runtime location and every setting that can change output bits.
@@ -103,6 +106,7 @@ pub fn main() -> u8 {
         Command::Noise(a) => noise::run(a),
         Command::Config(a) => config::run(a),
         Command::Worker(a) => worker::run(a),
+        Command::Baselines(a) => baselines::run(a),
     };
     match result {
         Ok(code) => code,
