@@ -5,4 +5,5 @@
 pub mod cli;
 pub mod clock;
 pub mod fsutil;
+pub mod history;
 pub mod sd;
