@@ -276,7 +276,7 @@ impl History {
         let mode: String = self
             .conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(|e| self.err("enabling WAL", e))?;
+            .map_err(|e| self.err("opening the history", e))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(HistoryError::Other {
                 path: self.path.clone(),

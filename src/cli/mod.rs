@@ -10,6 +10,7 @@ use crate::sd::runtime::{ConvAlgoSearch, ExecutionProvider, RuntimeSettings};
 
 mod bench;
 mod generate;
+mod history;
 mod noise;
 mod progress;
 mod tokenize;
@@ -35,6 +36,8 @@ enum Command {
     Noise(noise::NoiseArgs),
     /// Time each pipeline stage on a model and report the share spent outside ONNX Runtime.
     Bench(bench::BenchArgs),
+    /// Show the newest recorded results (table, or --json).
+    History(history::HistoryArgs),
 }
 
 /// ONNX Runtime location and every setting that can change output bits.
@@ -94,6 +97,7 @@ pub fn main() -> u8 {
         Command::Tokenize(a) => tokenize::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Noise(a) => noise::run(a),
+        Command::History(a) => history::run(a),
     };
     match result {
         Ok(code) => code,
