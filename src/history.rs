@@ -211,7 +211,8 @@ impl fmt::Debug for History {
     }
 }
 
-const RESULT_COLUMNS: &str = "case_name, verdict, baseline_version, latents_sha256, latent_max_abs, \
+const RESULT_COLUMNS: &str =
+    "case_name, verdict, baseline_version, latents_sha256, latent_max_abs, \
     latent_mean_abs, latent_rmse, latent_cosine, ssim, psnr_db, pixels_differing, reasons_json, \
     env_diff_json, error, duration_s, timings_json";
 
@@ -246,7 +247,8 @@ impl History {
                 message: e.to_string(),
             })?;
         }
-        let conn = Connection::open(&path).map_err(|e| map_err(&path, busy_timeout, "opening", e))?;
+        let conn =
+            Connection::open(&path).map_err(|e| map_err(&path, busy_timeout, "opening", e))?;
         let mut h = History {
             conn,
             path,
@@ -272,7 +274,14 @@ impl History {
             .busy_timeout(self.busy_timeout)
             .map_err(|e| self.err("setting the busy timeout", e))?;
         // The first statement that reads the file: a non-database fails here, before anything
-        // is written (SQLite checks the header before it would change the journal mode).
+        // is written. A newer schema is refused before the journal mode could change the header.
+        let found: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.err("opening the history", e))?;
+        if found > SCHEMA_VERSION {
+            return Err(self.too_new(found));
+        }
         let mode: String = self
             .conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
@@ -357,7 +366,13 @@ impl History {
             .execute(
                 "INSERT INTO runs (kind, started_at, model_path, environment_json, skipped_reason)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![run.kind, run.started_at, run.model_path, env, run.skipped_reason],
+                params![
+                    run.kind,
+                    run.started_at,
+                    run.model_path,
+                    env,
+                    run.skipped_reason
+                ],
             )
             .map_err(|e| self.err(format!("recording the start of a {} run", run.kind), e))?;
         Ok(self.conn.last_insert_rowid())

@@ -59,8 +59,13 @@ pub fn table(entries: &[HistoryEntry]) -> String {
                 e.created_at.clone(),
                 r.case_name.clone(),
                 r.verdict.clone(),
-                r.latent_max_abs
-                    .map_or("-".into(), |v| if v == 0.0 { "0".into() } else { format!("{v:.3e}") }),
+                r.latent_max_abs.map_or("-".into(), |v| {
+                    if v == 0.0 {
+                        "0".into()
+                    } else {
+                        format!("{v:.3e}")
+                    }
+                }),
                 r.ssim.map_or("-".into(), |v| format!("{v:.6}")),
                 r.baseline_version.map_or("-".into(), |v| format!("v{v}")),
             ]
