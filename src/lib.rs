@@ -11,6 +11,7 @@ pub mod compare;
 pub mod config;
 pub mod fingerprint;
 pub mod fsutil;
+pub mod history;
 pub mod rebaseline;
 pub mod sd;
 pub mod worker;

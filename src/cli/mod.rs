@@ -10,10 +10,13 @@ use crate::sd::runtime::{ConvAlgoSearch, ExecutionProvider, RuntimeSettings};
 
 mod baselines;
 mod bench;
+mod check;
 pub mod config;
 mod generate;
+mod history;
 mod noise;
 mod progress;
+mod rebaseline;
 mod tokenize;
 mod worker;
 
@@ -30,6 +33,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the configured cases and compare them with their baselines (exit 0 ok, 1 drift, 2 error).
+    Check(check::CheckArgs),
+    /// Accept new baselines (after showing what changes), or restore an old version.
+    Rebaseline(rebaseline::RebaselineArgs),
     /// Run one txt2img generation and write latents.npy, image.png and metadata.json.
     Generate(generate::GenerateArgs),
     /// Print the 77 CLIP token ids the model would be fed for TEXT.
@@ -45,6 +52,8 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// List the stored baselines, or show one (`list`, `show CASE`).
     Baselines(baselines::BaselinesArgs),
+    /// Show the newest recorded results (table, or --json).
+    History(history::HistoryArgs),
 }
 
 /// ONNX Runtime location and every setting that can change output bits.
@@ -100,6 +109,8 @@ impl RuntimeArgs {
 pub fn main() -> u8 {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Check(a) => check::run(a),
+        Command::Rebaseline(a) => rebaseline::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Bench(a) => bench::run(a),
@@ -107,6 +118,7 @@ pub fn main() -> u8 {
         Command::Config(a) => config::run(a),
         Command::Worker(a) => worker::run(a),
         Command::Baselines(a) => baselines::run(a),
+        Command::History(a) => history::run(a),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,705 @@
+//! The run history: one SQLite file (WAL) holding every `check`/`rebaseline` run and each case's
+//! result with all its metrics and verdict.
+//!
+//! Safe with several `monitor` processes at once: WAL lets readers run beside one writer, every
+//! write transaction starts `IMMEDIATE` (takes the write lock up front, so the busy timeout
+//! applies instead of an instant `SQLITE_BUSY` on a read-to-write upgrade), and a writer waits up
+//! to the busy timeout (5 s) for another to finish. A write that still cannot get the lock fails
+//! with [`HistoryError::Locked`] and its transaction rolls back: nothing half-written.
+//!
+//! A file that is not a SQLite database, or is corrupt, is never deleted, recreated or written:
+//! every operation on it fails with [`HistoryError::Corrupt`], one line naming the file.
+//! `PRAGMA quick_check` is not run on open: it reads every page (about a second per few hundred MB;
+//! see `cargo bench --bench history`), while SQLite reports corruption on the pages it touches
+//! anyway, and those errors are mapped to the same clear message.
+//!
+//! Only what is listed in the schema is stored: metrics, verdicts, the environment fingerprint and
+//! timings — never configuration blobs (which could later hold secrets).
+//!
+//! Verdicts are plain strings here (`identical|within_tolerance|drift|model_changed|error`) so this
+//! module does not depend on the comparison code.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+
+use crate::clock::{rfc3339, utc_now_rfc3339};
+
+/// How long a writer waits for another process's write transaction before giving up.
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Schema migrations, in order; migration `i` takes `PRAGMA user_version` from `i` to `i + 1`.
+/// Append only: never edit a script that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // v1
+    "CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,              -- check | rebaseline
+        started_at TEXT NOT NULL,        -- RFC 3339 UTC, e.g. 2026-11-27T03:23:10Z
+        finished_at TEXT,
+        exit_code INTEGER,
+        duration_s REAL,
+        model_path TEXT,
+        environment_json TEXT,           -- environment fingerprint snapshot
+        skipped_reason TEXT
+    );
+    CREATE TABLE results (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        case_name TEXT NOT NULL,
+        verdict TEXT NOT NULL,           -- identical | within_tolerance | drift | model_changed | error
+        baseline_version INTEGER,
+        latents_sha256 TEXT,
+        latent_max_abs REAL,
+        latent_mean_abs REAL,
+        latent_rmse REAL,
+        latent_cosine REAL,
+        ssim REAL,
+        psnr_db REAL,
+        pixels_differing INTEGER,
+        reasons_json TEXT,
+        env_diff_json TEXT,
+        error TEXT,
+        duration_s REAL,
+        timings_json TEXT,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX results_case_id ON results(case_name, id DESC);
+    CREATE INDEX results_run_id ON results(run_id);
+    CREATE INDEX runs_started_at ON runs(started_at);",
+];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// A history failure; `Display` is one line naming the database file.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// Another connection held the write lock longer than the busy timeout.
+    #[error("{action} in {}: database is locked (another monitor process held it longer than the {timeout_s} s busy timeout); nothing was written, try again", .path.display())]
+    Locked {
+        path: PathBuf,
+        action: String,
+        timeout_s: f64,
+    },
+    /// Not a SQLite database, or a damaged one.
+    #[error("{action} in {}: {detail}; the file was left untouched (move it aside to start a new history)", .path.display())]
+    Corrupt {
+        path: PathBuf,
+        action: String,
+        detail: String,
+    },
+    /// Written by a newer `monitor`.
+    #[error("{} has history schema version {found}, newer than this monitor knows ({known}); upgrade monitor (the file was left untouched)", .path.display())]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    /// `history` pointed at a file that does not exist.
+    #[error("{}: no such history database (monitor check creates it)", .path.display())]
+    Missing { path: PathBuf },
+    /// Any other SQLite or I/O failure.
+    #[error("{action} in {}: {message}", .path.display())]
+    Other {
+        path: PathBuf,
+        action: String,
+        message: String,
+    },
+}
+
+impl HistoryError {
+    /// True for [`HistoryError::Locked`].
+    pub fn is_locked(&self) -> bool {
+        matches!(self, HistoryError::Locked { .. })
+    }
+}
+
+/// A run about to start.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NewRun {
+    /// `check` or `rebaseline`.
+    pub kind: String,
+    /// RFC 3339 UTC (`YYYY-MM-DDTHH:MM:SSZ`; retention compares these as text).
+    pub started_at: String,
+    pub model_path: Option<String>,
+    /// Environment fingerprint snapshot.
+    pub environment: Option<serde_json::Value>,
+    /// Set when the run was skipped as a whole (e.g. model unreachable).
+    pub skipped_reason: Option<String>,
+}
+
+impl NewRun {
+    /// A run of `kind` starting now, with nothing else set.
+    pub fn now(kind: &str) -> NewRun {
+        NewRun {
+            kind: kind.to_string(),
+            started_at: utc_now_rfc3339(),
+            model_path: None,
+            environment: None,
+            skipped_reason: None,
+        }
+    }
+}
+
+/// One case's outcome within a run. JSON fields are stored as JSON text.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct CaseResult {
+    pub case_name: String,
+    /// `identical`, `within_tolerance`, `drift`, `model_changed` or `error`.
+    pub verdict: String,
+    pub baseline_version: Option<i64>,
+    pub latents_sha256: Option<String>,
+    pub latent_max_abs: Option<f64>,
+    pub latent_mean_abs: Option<f64>,
+    pub latent_rmse: Option<f64>,
+    pub latent_cosine: Option<f64>,
+    pub ssim: Option<f64>,
+    /// Infinite for identical images (SQLite stores ±inf; NaN is stored as NULL).
+    pub psnr_db: Option<f64>,
+    pub pixels_differing: Option<i64>,
+    pub reasons: Option<serde_json::Value>,
+    pub env_diff: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub duration_s: Option<f64>,
+    pub timings: Option<serde_json::Value>,
+}
+
+/// A stored result joined with its run, as `recent` returns it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryEntry {
+    /// The result's row id (increases with insertion order).
+    pub id: i64,
+    pub run_id: i64,
+    pub run_kind: String,
+    pub run_started_at: String,
+    pub run_finished_at: Option<String>,
+    pub run_exit_code: Option<i64>,
+    /// When the result was recorded (RFC 3339 UTC).
+    pub created_at: String,
+    #[serde(flatten)]
+    pub result: CaseResult,
+}
+
+/// A run row as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunInfo {
+    pub id: i64,
+    pub kind: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub exit_code: Option<i64>,
+    pub duration_s: Option<f64>,
+    pub model_path: Option<String>,
+    pub environment: Option<serde_json::Value>,
+    pub skipped_reason: Option<String>,
+}
+
+/// An open history database.
+pub struct History {
+    conn: Connection,
+    path: PathBuf,
+    busy_timeout: Duration,
+}
+
+impl fmt::Debug for History {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("History").field("path", &self.path).finish()
+    }
+}
+
+const RESULT_COLUMNS: &str =
+    "case_name, verdict, baseline_version, latents_sha256, latent_max_abs, \
+    latent_mean_abs, latent_rmse, latent_cosine, ssim, psnr_db, pixels_differing, reasons_json, \
+    env_diff_json, error, duration_s, timings_json";
+
+impl History {
+    /// Opens (creating it and its folder if needed) and migrates the database at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<History, HistoryError> {
+        Self::open_with_busy_timeout(path, DEFAULT_BUSY_TIMEOUT)
+    }
+
+    /// Opens an existing database; [`HistoryError::Missing`] if there is no file (read commands
+    /// should not create one at a mistyped path).
+    pub fn open_existing(path: impl AsRef<Path>) -> Result<History, HistoryError> {
+        let path = path.as_ref();
+        if !path.exists() {
+            return Err(HistoryError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        Self::open(path)
+    }
+
+    /// [`History::open`] with another busy timeout (tests use a short one).
+    pub fn open_with_busy_timeout(
+        path: impl AsRef<Path>,
+        busy_timeout: Duration,
+    ) -> Result<History, HistoryError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| HistoryError::Other {
+                path: path.clone(),
+                action: format!("creating folder {}", dir.display()),
+                message: e.to_string(),
+            })?;
+        }
+        let conn =
+            Connection::open(&path).map_err(|e| map_err(&path, busy_timeout, "opening", e))?;
+        let mut h = History {
+            conn,
+            path,
+            busy_timeout,
+        };
+        h.configure()?;
+        h.migrate()?;
+        Ok(h)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, action: impl Into<String>, e: rusqlite::Error) -> HistoryError {
+        map_err(&self.path, self.busy_timeout, action, e)
+    }
+
+    fn configure(&mut self) -> Result<(), HistoryError> {
+        // The busy timeout first: switching to WAL itself may wait for another process.
+        self.conn
+            .busy_timeout(self.busy_timeout)
+            .map_err(|e| self.err("setting the busy timeout", e))?;
+        // The first statement that reads the file: a non-database fails here, before anything
+        // is written. A newer schema is refused before the journal mode could change the header.
+        let found: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.err("opening the history", e))?;
+        if found > SCHEMA_VERSION {
+            return Err(self.too_new(found));
+        }
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(|e| self.err("opening the history", e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(HistoryError::Other {
+                path: self.path.clone(),
+                action: "enabling WAL".into(),
+                message: format!(
+                    "journal mode stayed {mode:?} (a file system without shared memory?)"
+                ),
+            });
+        }
+        // NORMAL is corruption-safe in WAL mode: it skips the fsync per commit and syncs at
+        // checkpoints, so a power loss can drop the last few commits but never damages the file.
+        // Losing the newest run's rows on power loss is acceptable (the next scheduled check
+        // records again); an fsync per result would only lengthen the time a writer holds the lock.
+        self.conn
+            .execute_batch("PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;")
+            .map_err(|e| self.err("configuring the connection", e))?;
+        Ok(())
+    }
+
+    /// The schema version stored in the file.
+    pub fn schema_version(&self) -> Result<i64, HistoryError> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.err("reading the schema version", e))
+    }
+
+    fn too_new(&self, found: i64) -> HistoryError {
+        HistoryError::TooNew {
+            path: self.path.clone(),
+            found,
+            known: SCHEMA_VERSION,
+        }
+    }
+
+    fn migrate(&mut self) -> Result<(), HistoryError> {
+        let found = self.schema_version()?;
+        if found > SCHEMA_VERSION {
+            return Err(self.too_new(found));
+        }
+        if found == SCHEMA_VERSION {
+            return Ok(());
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate() {
+            let target = i as i64 + 1;
+            let action = format!("migrating the schema to version {target}");
+            let path = self.path.clone();
+            let timeout = self.busy_timeout;
+            let e = |e| map_err(&path, timeout, action.clone(), e);
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(e)?;
+            // Re-read under the write lock: another process may have migrated meanwhile.
+            let now: i64 = tx
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(e)?;
+            if now > SCHEMA_VERSION {
+                return Err(HistoryError::TooNew {
+                    path,
+                    found: now,
+                    known: SCHEMA_VERSION,
+                });
+            }
+            if now >= target {
+                continue;
+            }
+            tx.execute_batch(sql).map_err(e)?;
+            tx.pragma_update(None, "user_version", target).map_err(e)?;
+            tx.commit().map_err(e)?;
+        }
+        Ok(())
+    }
+
+    /// Records the start of a run; returns its id.
+    pub fn begin_run(&mut self, run: &NewRun) -> Result<i64, HistoryError> {
+        let env = run.environment.as_ref().map(|v| v.to_string());
+        self.conn
+            .execute(
+                "INSERT INTO runs (kind, started_at, model_path, environment_json, skipped_reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    run.kind,
+                    run.started_at,
+                    run.model_path,
+                    env,
+                    run.skipped_reason
+                ],
+            )
+            .map_err(|e| self.err(format!("recording the start of a {} run", run.kind), e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Records one case's result (one transaction).
+    pub fn record_result(&mut self, run_id: i64, result: &CaseResult) -> Result<(), HistoryError> {
+        self.record_results(run_id, std::slice::from_ref(result))
+    }
+
+    /// Records several results of one run in one transaction: all of them or none.
+    pub fn record_results(
+        &mut self,
+        run_id: i64,
+        results: &[CaseResult],
+    ) -> Result<(), HistoryError> {
+        let created_at = utc_now_rfc3339();
+        let path = self.path.clone();
+        let timeout = self.busy_timeout;
+        let action = |case: &str| format!("recording result for case {case} (run {run_id})");
+        let first = results.first().map(|r| r.case_name.as_str()).unwrap_or("-");
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| map_err(&path, timeout, action(first), e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO results (run_id, {RESULT_COLUMNS}, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+                ))
+                .map_err(|e| map_err(&path, timeout, action(first), e))?;
+            for r in results {
+                stmt.execute(params![
+                    run_id,
+                    r.case_name,
+                    r.verdict,
+                    r.baseline_version,
+                    r.latents_sha256,
+                    r.latent_max_abs,
+                    r.latent_mean_abs,
+                    r.latent_rmse,
+                    r.latent_cosine,
+                    r.ssim,
+                    r.psnr_db,
+                    r.pixels_differing,
+                    r.reasons.as_ref().map(|v| v.to_string()),
+                    r.env_diff.as_ref().map(|v| v.to_string()),
+                    r.error,
+                    r.duration_s,
+                    r.timings.as_ref().map(|v| v.to_string()),
+                    created_at,
+                ])
+                .map_err(|e| map_err(&path, timeout, action(&r.case_name), e))?;
+            }
+        }
+        tx.commit()
+            .map_err(|e| map_err(&path, timeout, action(first), e))
+    }
+
+    /// Records the end of a run (sets `finished_at` to now).
+    pub fn finish_run(
+        &mut self,
+        run_id: i64,
+        exit_code: i32,
+        duration_s: f64,
+    ) -> Result<(), HistoryError> {
+        let action = format!("recording the end of run {run_id}");
+        let n = self
+            .conn
+            .execute(
+                "UPDATE runs SET finished_at = ?1, exit_code = ?2, duration_s = ?3 WHERE id = ?4",
+                params![utc_now_rfc3339(), exit_code, duration_s, run_id],
+            )
+            .map_err(|e| self.err(action.clone(), e))?;
+        if n == 0 {
+            return Err(HistoryError::Other {
+                path: self.path.clone(),
+                action,
+                message: "no such run".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Marks a run as skipped as a whole, with the reason.
+    pub fn mark_skipped(&mut self, run_id: i64, reason: &str) -> Result<(), HistoryError> {
+        self.conn
+            .execute(
+                "UPDATE runs SET skipped_reason = ?1 WHERE id = ?2",
+                params![reason, run_id],
+            )
+            .map_err(|e| self.err(format!("marking run {run_id} skipped"), e))?;
+        Ok(())
+    }
+
+    /// One run, if it exists.
+    pub fn run(&self, run_id: i64) -> Result<Option<RunInfo>, HistoryError> {
+        self.conn
+            .query_row(
+                "SELECT id, kind, started_at, finished_at, exit_code, duration_s, model_path,
+                        environment_json, skipped_reason
+                 FROM runs WHERE id = ?1",
+                [run_id],
+                |r| {
+                    Ok(RunInfo {
+                        id: r.get(0)?,
+                        kind: r.get(1)?,
+                        started_at: r.get(2)?,
+                        finished_at: r.get(3)?,
+                        exit_code: r.get(4)?,
+                        duration_s: r.get(5)?,
+                        model_path: r.get(6)?,
+                        environment: json_col(r, 7)?,
+                        skipped_reason: r.get(8)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(format!("reading run {run_id}"), e))
+    }
+
+    /// The newest `limit` results (of `case`, or of all cases), newest first, with their run.
+    /// "Newest" is insertion order (result id), which a wall-clock step cannot reorder.
+    pub fn recent(
+        &self,
+        case: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, HistoryError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Two statements, not `?1 IS NULL OR case_name = ?1`, so each gets its index.
+        let select = format!(
+            "SELECT r.id, r.run_id, u.kind, u.started_at, u.finished_at, u.exit_code, r.created_at,
+                    {}
+             FROM results r JOIN runs u ON u.id = r.run_id",
+            RESULT_COLUMNS
+                .split(", ")
+                .map(|c| format!("r.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let action = match case {
+            Some(c) => format!("reading the history of case {c}"),
+            None => "reading the history".to_string(),
+        };
+        let run = || -> rusqlite::Result<Vec<HistoryEntry>> {
+            match case {
+                Some(c) => {
+                    let mut stmt = self.conn.prepare_cached(&format!(
+                        "{select} WHERE r.case_name = ?1 ORDER BY r.id DESC LIMIT ?2"
+                    ))?;
+                    let rows = stmt.query_map(params![c, limit], entry_from_row)?;
+                    rows.collect()
+                }
+                None => {
+                    let mut stmt = self
+                        .conn
+                        .prepare_cached(&format!("{select} ORDER BY r.id DESC LIMIT ?1"))?;
+                    let rows = stmt.query_map(params![limit], entry_from_row)?;
+                    rows.collect()
+                }
+            }
+        };
+        run().map_err(|e| self.err(action, e))
+    }
+
+    /// The last `n` verdicts of `case`, newest first (for "N failures in a row" alerts).
+    pub fn last_verdicts(&self, case: &str, n: usize) -> Result<Vec<String>, HistoryError> {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        let run = || -> rusqlite::Result<Vec<String>> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT verdict FROM results WHERE case_name = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![case, n], |r| r.get(0))?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(format!("reading the last verdicts of case {case}"), e))
+    }
+
+    /// Number of runs and of results stored.
+    pub fn counts(&self) -> Result<(i64, i64), HistoryError> {
+        self.conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM results)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.err("counting rows", e))
+    }
+
+    /// Deletes runs that started more than `retention_days` days ago (their results go with
+    /// them); returns the number of runs deleted. `retention_days` must be at least 1 (keeping
+    /// everything is "don't call prune"). See [`History::prune_before`].
+    pub fn prune(&mut self, retention_days: u32) -> Result<usize, HistoryError> {
+        if retention_days == 0 {
+            return Err(HistoryError::Other {
+                path: self.path.clone(),
+                action: "pruning the history".into(),
+                message: "retention must be at least 1 day".into(),
+            });
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let cutoff = rfc3339(now.saturating_sub(u64::from(retention_days) * 86_400));
+        self.prune_before(&cutoff)
+    }
+
+    /// Deletes runs with `started_at` before `cutoff` (RFC 3339 UTC) in one transaction, then
+    /// truncates the WAL. No VACUUM: it rewrites the whole file under an exclusive lock (blocking
+    /// a concurrent check for seconds on a large history) and needs up to twice the disk space,
+    /// while the freed pages are reused by the next inserts, so under a fixed retention the file
+    /// stays at its steady-state size anyway.
+    pub fn prune_before(&mut self, cutoff: &str) -> Result<usize, HistoryError> {
+        let action = format!("pruning runs started before {cutoff}");
+        let path = self.path.clone();
+        let timeout = self.busy_timeout;
+        let e = |e| map_err(&path, timeout, action.clone(), e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(e)?;
+        let n = tx
+            .execute("DELETE FROM runs WHERE started_at < ?1", [cutoff])
+            .map_err(e)?;
+        tx.commit().map_err(e)?;
+        // Best effort: a reader in another process can keep part of the WAL alive; that is no
+        // error (the checkpoint reports it as busy and the next one finishes the job).
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(e)?;
+        Ok(n)
+    }
+
+    /// Runs `PRAGMA quick_check` (reads every page); `Ok(())` or a [`HistoryError::Corrupt`].
+    pub fn quick_check(&self) -> Result<(), HistoryError> {
+        let action = "checking the database";
+        let mut stmt = self
+            .conn
+            .prepare("PRAGMA quick_check")
+            .map_err(|e| self.err(action, e))?;
+        let msgs: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(action, e))?;
+        if msgs.len() == 1 && msgs[0] == "ok" {
+            Ok(())
+        } else {
+            Err(HistoryError::Corrupt {
+                path: self.path.clone(),
+                action: action.into(),
+                detail: format!("database disk image is malformed: {}", msgs.join("; ")),
+            })
+        }
+    }
+}
+
+fn json_col(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<serde_json::Value>> {
+    let s: Option<String> = r.get(i)?;
+    s.map(|s| {
+        serde_json::from_str(&s).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+        })
+    })
+    .transpose()
+}
+
+fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryEntry> {
+    Ok(HistoryEntry {
+        id: r.get(0)?,
+        run_id: r.get(1)?,
+        run_kind: r.get(2)?,
+        run_started_at: r.get(3)?,
+        run_finished_at: r.get(4)?,
+        run_exit_code: r.get(5)?,
+        created_at: r.get(6)?,
+        result: CaseResult {
+            case_name: r.get(7)?,
+            verdict: r.get(8)?,
+            baseline_version: r.get(9)?,
+            latents_sha256: r.get(10)?,
+            latent_max_abs: r.get(11)?,
+            latent_mean_abs: r.get(12)?,
+            latent_rmse: r.get(13)?,
+            latent_cosine: r.get(14)?,
+            ssim: r.get(15)?,
+            psnr_db: r.get(16)?,
+            pixels_differing: r.get(17)?,
+            reasons: json_col(r, 18)?,
+            env_diff: json_col(r, 19)?,
+            error: r.get(20)?,
+            duration_s: r.get(21)?,
+            timings: json_col(r, 22)?,
+        },
+    })
+}
+
+/// Maps a SQLite error to a one-line [`HistoryError`] naming the file.
+fn map_err(
+    path: &Path,
+    timeout: Duration,
+    action: impl Into<String>,
+    e: rusqlite::Error,
+) -> HistoryError {
+    let action = action.into();
+    let path = path.to_path_buf();
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => HistoryError::Locked {
+            path,
+            action,
+            timeout_s: timeout.as_secs_f64(),
+        },
+        Some(ErrorCode::NotADatabase) => HistoryError::Corrupt {
+            path,
+            action,
+            detail: "file is not a database".into(),
+        },
+        Some(ErrorCode::DatabaseCorrupt) => HistoryError::Corrupt {
+            path,
+            action,
+            detail: "database disk image is malformed".into(),
+        },
+        _ => HistoryError::Other {
+            path,
+            action,
+            message: e.to_string().replace('\n', " "),
+        },
+    }
+}
