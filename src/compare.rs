@@ -690,9 +690,11 @@ pub struct EnvDiff {
 }
 
 /// Fixed keys compared between `metadata.json` documents (see `monitor generate`).
+// The library's path is left out on purpose: it differs on every host (venv locations) while
+// the version, provider and settings are what change bits.
 pub const ENV_KEYS: [&str; 8] = [
     "onnxruntime.version",
-    "onnxruntime.library",
+    "environment.cpu_features",
     "environment.gpu_name",
     "environment.driver",
     "environment.cuda",

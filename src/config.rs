@@ -215,7 +215,7 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Case {
-    /// Unique name (required); names the case's baseline folder, so no `/`, `\` or control characters.
+    /// Unique name (required); names the case's baseline folder: letters, digits, `.`, `_`, `-`.
     #[serde(deserialize_with = "strict_string")]
     pub name: String,
     /// Prompt (required).
@@ -530,8 +530,9 @@ impl Config {
             } else {
                 seen.insert(&case.name, i);
             }
-            if let Some(why) = bad_name(&case.name) {
-                v.error(&k("name"), format!("case name {:?} {why} (it names the case's baseline folder)", case.name));
+            // The name becomes a baseline folder: the store's own rule decides.
+            if let Err(e) = crate::baseline::validate_case(&case.name) {
+                v.error(&k("name"), format!("{e} (it names the case's baseline folder)"));
             }
             if case.seed > u64::from(u32::MAX) && case.noise == NoiseKind::Numpy {
                 v.error(&k("seed"), format!("seed {} is out of range for noise numpy (numpy's RandomState accepts 0..=4294967295)", case.seed));
@@ -597,23 +598,6 @@ impl Config {
         if self.model.threads == Some(0) {
             v.error("model.threads", "threads is 0; use null (or leave it out) for ONNX Runtime's choice".into());
         }
-    }
-}
-
-/// Why a case name cannot name a folder, if it cannot.
-fn bad_name(name: &str) -> Option<&'static str> {
-    if name.trim().is_empty() {
-        Some("is empty")
-    } else if name == "." || name == ".." {
-        Some("is not a usable name")
-    } else if name.contains(['/', '\\']) {
-        Some("contains a slash")
-    } else if name.chars().any(char::is_control) {
-        Some("contains a control character")
-    } else if name.trim() != name {
-        Some("starts or ends with whitespace")
-    } else {
-        None
     }
 }
 

@@ -149,7 +149,7 @@ fn outcome(case: &CaseSpec, out_dir: &Path, report: &Report, exit: &Exit, timeou
         return Outcome::Done { dir, warnings: Vec::new(), duration_s: 0.0 };
     }
     Outcome::Failed(match exit {
-        Exit::TimedOut => format!("worker killed after the {:.0} s timeout before case {} finished", timeout.as_secs_f64(), case.name),
+        Exit::TimedOut => format!("worker killed after the {} s timeout before case {} finished", timeout.as_secs_f64(), case.name),
         Exit::Status(s) => format!("worker exited ({}) before case {} finished", describe(s), case.name),
     })
 }

@@ -1,0 +1,318 @@
+//! End to end on the tiny model: `monitor rebaseline` then `monitor check`, and every way the
+//! stored state can be wrong. Each test works in its own temp folder with its own config.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{copy_tree, repo, repo_path};
+use monitor::baseline::BaselineStore;
+use monitor::sd::npy::{read_npy, write_npy_f32};
+use serde_json::Value;
+
+/// A scratch deployment: config, baselines, database, reports in a temp folder.
+struct Site {
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    /// Two small cases on `model` (default: the repo's tiny model), `extra` appended to the YAML.
+    fn new(model: Option<&Path>, extra: &str) -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let model = model.map_or_else(|| repo_path("onnx/tiny-sd15"), Path::to_path_buf);
+        let yaml = format!(
+            "model: {{path: {model}, threads: 1}}\n\
+             storage: {{baselines: baselines, database: monitor.db, reports: reports}}\n\
+             cases:\n\
+             \x20 - {{name: fox, prompt: \"a red fox\", seed: 1, steps: 3, width: 64, height: 64, scheduler: pndm, noise: numpy}}\n\
+             \x20 - {{name: owl, prompt: \"an owl\", negative_prompt: \"blurry\", seed: 2, steps: 3, width: 64, height: 48, scheduler: euler, noise: torch-cpu}}\n\
+             {extra}",
+            model = model.display()
+        );
+        std::fs::write(dir.path().join("monitor.yaml"), yaml).unwrap();
+        Site { dir }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let config = self.path("monitor.yaml");
+        Command::new(env!("CARGO_BIN_EXE_monitor"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .current_dir(repo())
+            .output()
+            .unwrap()
+    }
+
+    fn rebaseline(&self) {
+        let o = self.run(&["rebaseline", "--reason", "test baselines", "--yes"]);
+        assert!(o.status.success(), "rebaseline failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    /// `monitor check --json`: (exit code, parsed JSON or Null, stderr).
+    fn check(&self) -> (i32, Value, String) {
+        let o = self.run(&["check", "--json"]);
+        let json = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        (o.status.code().unwrap(), json, String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+
+    fn store(&self) -> BaselineStore {
+        BaselineStore::new(self.path("baselines"))
+    }
+}
+
+fn verdicts(v: &Value) -> Vec<String> {
+    v["cases"].as_array().unwrap().iter().map(|c| c["verdict"].as_str().unwrap().to_string()).collect()
+}
+
+fn case<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["cases"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()
+}
+
+/// Adds `delta` to the first latent of the case's current baseline (a baseline that no longer
+/// matches what the model produces).
+fn perturb_baseline(site: &Site, case: &str, delta: f32) {
+    let v = site.store().latest_version(case).unwrap().unwrap();
+    let p = site.store().version_dir(case, v).unwrap().join("latents.npy");
+    let mut a = read_npy(&p).unwrap();
+    a.data[0] += delta;
+    let mut bytes = Vec::new();
+    write_npy_f32(&mut bytes, &a.shape, &a.data).unwrap();
+    std::fs::write(&p, bytes).unwrap();
+}
+
+#[test]
+fn rebaseline_then_check_is_identical_and_recorded() {
+    let site = Site::new(None, "");
+    site.rebaseline();
+    let (code, v, err) = site.check();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(verdicts(&v), ["identical", "identical"]);
+    assert_eq!(case(&v, "fox")["baseline_version"], 1);
+
+    // Human output: a table with one row per case and the summary line.
+    let o = site.run(&["check"]);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("fox") && table.contains("owl") && table.contains("2 cases: 2 identical"), "{table}");
+
+    // History holds both checks and the rebaseline, newest first.
+    let o = Command::new(env!("CARGO_BIN_EXE_monitor"))
+        .args(["history", "--json", "--database"])
+        .arg(site.path("monitor.db"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    let kinds: Vec<&str> = rows.iter().map(|r| r["run_kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["check", "check", "check", "check", "rebaseline", "rebaseline"], "{rows:?}");
+    let first = &rows[0];
+    assert_eq!(first["verdict"], "identical");
+    assert_eq!(first["run_exit_code"], 0);
+}
+
+#[test]
+fn a_changed_model_file_is_model_changed_not_drift() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    copy_tree(&repo_path("onnx/tiny-sd15"), &model);
+    let site = Site::new(Some(&model), "");
+    site.rebaseline();
+    // Same weights, one config byte different: outputs stay identical, the model is not the same.
+    let index = model.join("model_index.json");
+    let mut text = std::fs::read_to_string(&index).unwrap();
+    text.push('\n');
+    std::fs::write(&index, text).unwrap();
+    let (code, v, err) = site.check();
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(verdicts(&v), ["model_changed", "model_changed"]);
+    let changes = &case(&v, "fox")["report"]["model_changes"];
+    assert_eq!(changes[0]["file"], "model_index.json", "{changes}");
+}
+
+#[test]
+fn a_perturbed_baseline_is_drift_with_metrics_and_artifacts() {
+    let site = Site::new(None, "");
+    site.rebaseline();
+    perturb_baseline(&site, "fox", 0.01);
+    let (code, v, err) = site.check();
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(verdicts(&v), ["drift", "identical"]);
+    let fox = case(&v, "fox");
+    let max_abs = fox["report"]["latents"]["max_abs"].as_f64().unwrap();
+    assert!((max_abs - 0.01).abs() < 1e-4, "max_abs {max_abs}");
+    let failures = fox["report"]["failures"].as_array().unwrap();
+    assert!(failures.iter().any(|f| f["message"].as_str().unwrap().contains("latent max|Δ|")), "{failures:?}");
+    let artifacts = PathBuf::from(fox["artifacts"].as_str().unwrap());
+    for f in ["latents.npy", "image.png", "metadata.json", "compare.json"] {
+        assert!(artifacts.join(f).exists(), "{f} missing in {}", artifacts.display());
+    }
+}
+
+#[test]
+fn per_case_thresholds_are_respected() {
+    let site = Site::new(None, "thresholds: {latent_max_abs: 0.5, latent_cosine_min: 0.99}\n");
+    site.rebaseline();
+    perturb_baseline(&site, "fox", 0.01);
+    let (code, v, err) = site.check();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(verdicts(&v), ["within_tolerance", "identical"]);
+}
+
+#[test]
+fn restore_makes_an_old_version_current_again() {
+    let site = Site::new(None, "");
+    site.rebaseline();
+    perturb_baseline(&site, "fox", 0.01);
+    site.rebaseline(); // v2 from a fresh run: identical output again
+    let o = site.run(&["rebaseline", "--case", "fox", "--restore", "1", "--reason", "undo", "--yes"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v3 = site.store().load("fox", 3).unwrap();
+    assert_eq!(v3.metadata["baseline"]["restored_from"], 1);
+    // v1 was perturbed, so the restored baseline drifts from a fresh run: the restore is real.
+    let (code, v, _) = site.check();
+    assert_eq!((code, verdicts(&v)[0].as_str()), (1, "drift"));
+    assert_eq!(case(&v, "fox")["baseline_version"], 3);
+}
+
+#[test]
+fn rebaseline_refuses_without_confirmation_or_reason() {
+    let site = Site::new(None, "");
+    let o = site.run(&["rebaseline", "--reason", "x"]); // stdin is not a terminal, no --yes
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--yes"));
+    assert!(site.store().cases().unwrap().is_empty());
+}
+
+/// A way to damage one baseline file.
+type Damage = Box<dyn Fn(&Path)>;
+
+#[test]
+fn damaged_baselines_are_errors_naming_the_file() {
+    let site = Site::new(None, "");
+    site.rebaseline();
+    let dir = site.store().version_dir("fox", 1).unwrap();
+    let cases: [(&str, Damage); 4] = [
+        ("latents.npy", Box::new(|p: &Path| std::fs::remove_file(p).unwrap())),
+        ("latents.npy", Box::new(|p: &Path| std::fs::write(p, b"\x93NUMPY garbage").unwrap())),
+        ("image.png", Box::new(|p: &Path| {
+            let small = monitor::sd::image::RgbImage { width: 8, height: 8, pixels: vec![0; 192] };
+            std::fs::write(p, small.to_png().unwrap()).unwrap()
+        })),
+        ("metadata.json", Box::new(|p: &Path| std::fs::write(p, b"{not json").unwrap())),
+    ];
+    for (file, damage) in cases {
+        let p = dir.join(file);
+        let saved = std::fs::read(&p).unwrap();
+        damage(&p);
+        let (code, v, err) = site.check();
+        assert_eq!(code, 2, "{file}: {err}");
+        assert_eq!(verdicts(&v), ["error", "identical"], "{file}");
+        let msg = case(&v, "fox")["error"].as_str().unwrap().to_string();
+        assert!(msg.contains(&p.display().to_string()), "{file}: {msg}");
+        std::fs::write(&p, saved).unwrap();
+    }
+}
+
+#[test]
+fn a_case_without_a_baseline_says_how_to_make_one() {
+    let site = Site::new(None, "");
+    let (code, v, _) = site.check();
+    assert_eq!(code, 2);
+    let msg = case(&v, "owl")["error"].as_str().unwrap();
+    assert!(msg.contains("monitor rebaseline"), "{msg}");
+}
+
+#[test]
+fn a_changed_case_parameter_is_not_called_drift() {
+    let site = Site::new(None, "");
+    site.rebaseline();
+    let cfg = site.path("monitor.yaml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("seed: 1,", "seed: 5,");
+    std::fs::write(&cfg, text).unwrap();
+    let (code, v, _) = site.check();
+    assert_eq!(code, 2);
+    let msg = case(&v, "fox")["error"].as_str().unwrap();
+    assert!(msg.contains("seed 1 → 5"), "{msg}");
+}
+
+#[test]
+fn a_corrupt_database_is_named_and_left_untouched() {
+    let site = Site::new(None, "");
+    let db = site.path("monitor.db");
+    std::fs::write(&db, b"this is not a sqlite database, it is a text file that got here").unwrap();
+    let before = std::fs::read(&db).unwrap();
+    let (code, _, err) = site.check();
+    assert_eq!(code, 2);
+    assert!(err.contains(&db.display().to_string()), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+}
+
+#[test]
+fn a_locked_database_fails_before_running_the_model() {
+    let site = Site::new(None, "");
+    site.rebaseline();
+    let conn = rusqlite::Connection::open(site.path("monitor.db")).unwrap();
+    conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let start = std::time::Instant::now();
+    let (code, _, err) = site.check();
+    assert_eq!(code, 2);
+    assert!(err.contains("locked") && err.contains("monitor.db"), "{err}");
+    assert!(start.elapsed().as_secs() < 30);
+    conn.execute_batch("ROLLBACK").unwrap();
+    let (code, _, err) = site.check();
+    assert_eq!(code, 0, "after the lock is gone: {err}");
+}
+
+#[test]
+fn a_worker_past_its_timeout_is_killed_and_reported() {
+    let site = Site::new(None, "worker: {timeout_s: 0.05}\n");
+    let (code, v, err) = site.check();
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(verdicts(&v), ["error", "error"]);
+    let msg = case(&v, "fox")["error"].as_str().unwrap();
+    assert!(msg.contains("worker killed after the 0.05 s timeout"), "{msg}");
+}
+
+/// Kill -9 of `monitor rebaseline` at seeded random moments: whatever the moment, the store
+/// holds only complete baselines, numbered without gaps.
+#[test]
+fn kill_9_of_rebaseline_never_leaves_a_half_baseline() {
+    let site = Site::new(None, "");
+    let config = site.path("monitor.yaml");
+    let mut seed: u64 = 0x5eed;
+    let mut landed_after_write = 0;
+    let iterations = 50;
+    for _ in 0..iterations {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let delay_ms = (seed >> 33) % 700;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_monitor"))
+            .args(["rebaseline", "--reason", "crash test", "--yes", "--config"])
+            .arg(&config)
+            .current_dir(repo())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        for name in ["fox", "owl"] {
+            let versions = site.store().version_numbers(name).unwrap();
+            let expected: Vec<u32> = (1..=versions.len() as u32).collect();
+            assert_eq!(versions, expected, "versions of {name} have a gap");
+            for v in &versions {
+                site.store().load(name, *v).unwrap_or_else(|e| panic!("{name} v{v} is not complete: {e}"));
+            }
+        }
+        landed_after_write = site.store().version_numbers("fox").unwrap().len();
+    }
+    // The delays must have covered both sides of the write, or the test proved nothing.
+    assert!(landed_after_write > 0 && landed_after_write < iterations, "{landed_after_write} of {iterations} runs wrote fox");
+}
