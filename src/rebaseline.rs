@@ -56,9 +56,13 @@ pub fn propose(config: &Config, cases: &[&Case], work: &Path, timeout: Duration)
     Ok(out)
 }
 
-/// Who is accepting: `$SUDO_USER`, else `$USER`, else "unknown", at this host.
+/// Who is accepting: `$SUDO_USER`, else `$USER`, else `$LOGNAME`, else the uid, at this host.
 pub fn who() -> String {
-    let user = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "unknown".into());
+    let user = ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        // SAFETY: getuid has no preconditions and cannot fail.
+        .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }));
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
     if host.is_empty() {
         user

@@ -46,7 +46,7 @@ fn print_table(run: &CheckRun) {
             c.name,
             c.verdict.to_string(),
             c.baseline_version.map_or("-".into(), |v| format!("v{v}")),
-            lat.map_or("-".into(), |l| format!("{:.2e}", l.max_abs)),
+            lat.map_or("-".into(), |l| if l.max_abs == 0.0 { "0".into() } else { format!("{:.2e}", l.max_abs) }),
             lat.map_or("-".into(), |l| format!("{:.6}", l.cosine)),
             img.map_or("-".into(), |i| format!("{:.4}", i.ssim)),
             c.duration_s,
