@@ -532,12 +532,20 @@ fn two_processes_write_at_once() {
             Command::new(std::env::current_exe().unwrap())
                 .args(["--exact", "child_writer", "--test-threads", "1"])
                 .env("MONITOR_HISTORY_TEST_CHILD_DB", &path)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap()
         })
         .collect();
-    for mut c in children {
-        assert!(c.wait().unwrap().success());
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let h = History::open(&path).unwrap();
     assert_eq!(h.counts().unwrap(), (60, 300));
