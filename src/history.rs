@@ -21,7 +21,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
@@ -282,10 +282,22 @@ impl History {
         if found > SCHEMA_VERSION {
             return Err(self.too_new(found));
         }
-        let mode: String = self
-            .conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(|e| self.err("opening the history", e))?;
+        // Switching a new file to WAL while another process opens it too fails with SQLITE_BUSY
+        // at once, without calling the busy handler (seen in `two_processes_write_at_once`), so
+        // retry by hand until the busy timeout. Once a file is in WAL mode (it stays so), this
+        // pragma takes no lock.
+        let deadline = Instant::now() + self.busy_timeout;
+        let mode: String = loop {
+            match self
+                .conn
+                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            {
+                Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                r => break r.map_err(|e| self.err("switching the history to WAL", e))?,
+            }
+        };
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(HistoryError::Other {
                 path: self.path.clone(),
@@ -669,6 +681,13 @@ fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryEntry> {
             timings: json_col(r, 22)?,
         },
     })
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
 }
 
 /// Maps a SQLite error to a one-line [`HistoryError`] naming the file.

@@ -504,3 +504,49 @@ fn cli_table_and_json() {
     assert!(err.contains("missing.db"), "{err}");
     assert!(!missing.exists());
 }
+
+/// Helper for `two_processes_write_at_once`: a no-op unless started by it with the variable set.
+#[test]
+fn child_writer() {
+    let Ok(path) = std::env::var("MONITOR_HISTORY_TEST_CHILD_DB") else {
+        return;
+    };
+    let tag = std::process::id();
+    let mut h = History::open(&path).unwrap();
+    for _ in 0..30 {
+        let run = h.begin_run(&NewRun::now("check")).unwrap();
+        let results: Vec<_> = (0..5)
+            .map(|c| result(&format!("p{tag}-c{c}"), "identical", 0.0))
+            .collect();
+        h.record_results(run, &results).unwrap();
+        h.finish_run(run, 0, 1.0).unwrap();
+    }
+}
+
+#[test]
+fn two_processes_write_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("procs.db");
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "child_writer", "--test-threads", "1"])
+                .env("MONITOR_HISTORY_TEST_CHILD_DB", &path)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let h = History::open(&path).unwrap();
+    assert_eq!(h.counts().unwrap(), (60, 300));
+}
