@@ -126,7 +126,14 @@ impl<'r> CaseRunner<'r> {
         let start = Instant::now();
         let files = loaded.model.dir().file_hashes()?;
         let hash_s = start.elapsed().as_secs_f64();
-        Ok(Self { runtime, loaded, model_path: model_path.to_path_buf(), files, hash_s, environment })
+        Ok(Self {
+            runtime,
+            loaded,
+            model_path: model_path.to_path_buf(),
+            files,
+            hash_s,
+            environment,
+        })
     }
 
     /// sha256 of every model file the pipeline reads.
@@ -140,7 +147,11 @@ impl<'r> CaseRunner<'r> {
     }
 
     /// Runs one case; `on_step(done, total)` after each UNet call.
-    pub fn run(&mut self, case: &CaseSpec, on_step: &mut dyn FnMut(usize, usize)) -> Result<(Generation, Value)> {
+    pub fn run(
+        &mut self,
+        case: &CaseSpec,
+        on_step: &mut dyn FnMut(usize, usize),
+    ) -> Result<(Generation, Value)> {
         if case.karras && !case.scheduler.supports_karras() {
             bail!(
                 "karras: scheduler {} has no Karras sigmas option in diffusers; use euler, lms or dpmpp-2m",
@@ -151,10 +162,19 @@ impl<'r> CaseRunner<'r> {
         self.loaded.scheduler_config.use_karras_sigmas = saved || case.karras;
         let mut source = noise::build(case.noise, case.seed, case.noise_file.as_deref())
             .with_context(|| format!("case {}: noise", case.name))?;
-        let result = self.loaded.generate(&case.params(), source.as_mut(), on_step);
-        let karras = self.loaded.scheduler_config.use_karras_sigmas && case.scheduler.supports_karras();
+        let result = self
+            .loaded
+            .generate(&case.params(), source.as_mut(), on_step);
+        let karras =
+            self.loaded.scheduler_config.use_karras_sigmas && case.scheduler.supports_karras();
         self.loaded.scheduler_config.use_karras_sigmas = saved;
-        let gen = result.with_context(|| format!("case {}: generating with {}", case.name, self.model_path.display()))?;
+        let gen = result.with_context(|| {
+            format!(
+                "case {}: generating with {}",
+                case.name,
+                self.model_path.display()
+            )
+        })?;
         let meta = self.metadata(case, karras, &gen);
         Ok((gen, meta))
     }
@@ -193,7 +213,8 @@ impl<'r> CaseRunner<'r> {
 /// Writes `latents.npy`, `image.png` and `metadata.json` into `dir`, each atomically, and adds
 /// an `outputs` block (shapes, hashes) to the metadata.
 pub fn write_generation(dir: &Path, gen: &Generation, meta: &Value) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating output folder {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating output folder {}", dir.display()))?;
     let mut npy_bytes = Vec::new();
     let shape: Vec<usize> = gen.latents.shape().to_vec();
     let values: Vec<f32> = gen.latents.iter().copied().collect();
@@ -204,7 +225,11 @@ pub fn write_generation(dir: &Path, gen: &Generation, meta: &Value) -> Result<()
         "latents": {"file": "latents.npy", "shape": shape, "dtype": "float32", "sha256": sha256(&npy_bytes)},
         "image": {"file": "image.png", "width": gen.image.width, "height": gen.image.height, "sha256_rgb": sha256(&gen.image.pixels)},
     });
-    for (name, bytes) in [("latents.npy", npy_bytes), ("image.png", png), ("metadata.json", pretty_json(&meta))] {
+    for (name, bytes) in [
+        ("latents.npy", npy_bytes),
+        ("image.png", png),
+        ("metadata.json", pretty_json(&meta)),
+    ] {
         let p = dir.join(name);
         atomic_write(&p, &bytes).with_context(|| format!("writing {}", p.display()))?;
     }

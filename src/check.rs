@@ -73,6 +73,9 @@ pub struct CheckRun {
     pub exit_code: u8,
     /// Timings.
     pub timings: CheckTimings,
+    /// Set when the results could not be written to the history (they are still reported).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_error: Option<String>,
 }
 
 /// Settings of one check beyond the config file.
@@ -94,14 +97,23 @@ pub fn select_cases<'c>(config: &'c Config, names: &[String]) -> Result<Vec<&'c 
         .map(|n| {
             config.cases.iter().find(|c| &c.name == n).with_context(|| {
                 let all: Vec<&str> = config.cases.iter().map(|c| c.name.as_str()).collect();
-                format!("no case named {n:?} in {} (cases: {})", config.source.display(), all.join(", "))
+                format!(
+                    "no case named {n:?} in {} (cases: {})",
+                    config.source.display(),
+                    all.join(", ")
+                )
             })
         })
         .collect()
 }
 
 /// Runs `cases` in a worker with the config's model and runtime settings.
-pub fn run_worker(config: &Config, cases: &[&Case], out_dir: &Path, timeout: Duration) -> Result<WorkerRun> {
+pub fn run_worker(
+    config: &Config,
+    cases: &[&Case],
+    out_dir: &Path,
+    timeout: Duration,
+) -> Result<WorkerRun> {
     let job = Job {
         model: config.model.path.clone(),
         ort_library: config.onnxruntime.library.clone(),
@@ -128,14 +140,22 @@ impl RunFiles {
     pub fn read(dir: &Path) -> Result<Self> {
         let npy = read_npy(&dir.join("latents.npy"))?;
         let png_path = dir.join("image.png");
-        let png = std::fs::read(&png_path).with_context(|| format!("reading {}", png_path.display()))?;
-        let image = RgbImage::from_png(&png).with_context(|| format!("decoding {}", png_path.display()))?;
+        let png =
+            std::fs::read(&png_path).with_context(|| format!("reading {}", png_path.display()))?;
+        let image =
+            RgbImage::from_png(&png).with_context(|| format!("decoding {}", png_path.display()))?;
         let meta_path = dir.join("metadata.json");
         let metadata: Value = serde_json::from_slice(
-            &std::fs::read(&meta_path).with_context(|| format!("reading {}", meta_path.display()))?,
+            &std::fs::read(&meta_path)
+                .with_context(|| format!("reading {}", meta_path.display()))?,
         )
         .with_context(|| format!("parsing {}", meta_path.display()))?;
-        Ok(Self { latents: npy.data, shape: npy.shape, image, metadata })
+        Ok(Self {
+            latents: npy.data,
+            shape: npy.shape,
+            image,
+            metadata,
+        })
     }
 
     /// `metadata.model.files_sha256`.
@@ -161,23 +181,41 @@ pub fn check(config: &Config, opts: &CheckOptions) -> Result<CheckRun> {
         environment: Some(serde_json::to_value(crate::fingerprint::collect())?),
         ..NewRun::now("check")
     })?;
-    let work = tempfile::Builder::new().prefix("monitor-check-").tempdir().context("creating a work folder")?;
+    let work = tempfile::Builder::new()
+        .prefix("monitor-check-")
+        .tempdir()
+        .context("creating a work folder")?;
     let run = run_worker(config, &cases, work.path(), opts.worker_timeout)?;
 
     let mut results = Vec::new();
     for (case, (name, outcome)) in cases.iter().zip(&run.outcomes) {
         debug_assert_eq!(&case.name, name);
         let thresholds = case.thresholds(&config.thresholds);
-        let checked = check_case(&store, case, outcome, &thresholds, &config.storage.reports, run_id)?;
+        let checked = check_case(
+            &store,
+            case,
+            outcome,
+            &thresholds,
+            &config.storage.reports,
+            run_id,
+        )?;
         results.push(checked);
     }
-    let exit_code = exit_code(&results);
+    let mut exit_code = exit_code(&results);
     let rows: Vec<CaseResult> = results.iter().map(history_row).collect();
-    history.record_results(run_id, &rows)?;
     let total_s = start.elapsed().as_secs_f64();
-    history.finish_run(run_id, i32::from(exit_code), total_s)?;
-    if config.storage.retention_days > 0 {
-        history.prune(config.storage.retention_days)?;
+    // The model run is done and its results are worth showing even if they cannot be stored
+    // (e.g. the database stayed locked past the busy timeout): report, don't discard.
+    let recorded = history
+        .record_results(run_id, &rows)
+        .and_then(|()| history.finish_run(run_id, i32::from(exit_code), total_s))
+        .and_then(|()| match config.storage.retention_days {
+            0 => Ok(0),
+            days => history.prune(days),
+        });
+    let history_error = recorded.err().map(|e| e.to_string());
+    if history_error.is_some() {
+        exit_code = EXIT_ERROR;
     }
     let generation_s = results.iter().map(|r| r.duration_s).sum();
     let timings = CheckTimings {
@@ -187,7 +225,13 @@ pub fn check(config: &Config, opts: &CheckOptions) -> Result<CheckRun> {
         generation_s,
         outside_worker_s: total_s - run.wall_s,
     };
-    Ok(CheckRun { run_id, cases: results, exit_code, timings })
+    Ok(CheckRun {
+        run_id,
+        cases: results,
+        exit_code,
+        timings,
+        history_error,
+    })
 }
 
 fn check_case(
@@ -213,7 +257,11 @@ fn check_case(
             out.error = Some(e.clone());
             return Ok(out);
         }
-        Outcome::Done { dir, warnings, duration_s } => {
+        Outcome::Done {
+            dir,
+            warnings,
+            duration_s,
+        } => {
             out.warnings = warnings.clone();
             out.duration_s = *duration_s;
             dir
@@ -263,7 +311,11 @@ fn check_case(
 }
 
 /// Compares a run's files with a baseline under `thresholds`.
-pub fn compare_with(run: &RunFiles, baseline: &Baseline, thresholds: &Thresholds) -> (CompareReport, Option<compare::DiffHeatmap>) {
+pub fn compare_with(
+    run: &RunFiles,
+    baseline: &Baseline,
+    thresholds: &Thresholds,
+) -> (CompareReport, Option<compare::DiffHeatmap>) {
     let run_models = run.model_files();
     let base_models = model_files(&baseline.metadata);
     let a = Outputs {
@@ -288,7 +340,18 @@ pub fn compare_with(run: &RunFiles, baseline: &Baseline, thresholds: &Thresholds
 pub fn parameter_difference(spec: &CaseSpec, baseline_meta: &Value) -> Option<String> {
     let now = spec.metadata();
     let then = &baseline_meta["parameters"];
-    let keys = ["prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height", "scheduler", "karras_sigmas", "noise"];
+    let keys = [
+        "prompt",
+        "negative_prompt",
+        "seed",
+        "steps",
+        "guidance_scale",
+        "width",
+        "height",
+        "scheduler",
+        "karras_sigmas",
+        "noise",
+    ];
     keys.iter().find_map(|k| {
         let (a, b) = (&then[*k], &now[*k]);
         let same = match (a.as_f64(), b.as_f64()) {
@@ -299,19 +362,27 @@ pub fn parameter_difference(spec: &CaseSpec, baseline_meta: &Value) -> Option<St
     })
 }
 
-fn keep_artifacts(run_dir: &Path, keep: &Path, heatmap: Option<RgbImage>, report: &mut CompareReport) -> Result<()> {
+fn keep_artifacts(
+    run_dir: &Path,
+    keep: &Path,
+    heatmap: Option<RgbImage>,
+    report: &mut CompareReport,
+) -> Result<()> {
     std::fs::create_dir_all(keep).with_context(|| format!("creating {}", keep.display()))?;
     for f in ["latents.npy", "image.png", "metadata.json"] {
         let (from, to) = (run_dir.join(f), keep.join(f));
-        std::fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        std::fs::copy(&from, &to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     }
     if let Some(h) = heatmap {
         let p = keep.join("diff.png");
-        atomic_write(&p, &h.to_png().context("encoding diff.png")?).with_context(|| format!("writing {}", p.display()))?;
+        atomic_write(&p, &h.to_png().context("encoding diff.png")?)
+            .with_context(|| format!("writing {}", p.display()))?;
         report.heatmap = Some("diff.png".into());
     }
     let p = keep.join("compare.json");
-    atomic_write(&p, &pretty_json(&serde_json::to_value(&*report)?)).with_context(|| format!("writing {}", p.display()))?;
+    atomic_write(&p, &pretty_json(&serde_json::to_value(&*report)?))
+        .with_context(|| format!("writing {}", p.display()))?;
     Ok(())
 }
 
@@ -319,7 +390,10 @@ fn keep_artifacts(run_dir: &Path, keep: &Path, heatmap: Option<RgbImage>, report
 pub fn exit_code(results: &[CaseCheck]) -> u8 {
     if results.iter().any(|r| r.verdict == Verdict::Error) {
         EXIT_ERROR
-    } else if results.iter().any(|r| matches!(r.verdict, Verdict::Drift | Verdict::ModelChanged)) {
+    } else if results
+        .iter()
+        .any(|r| matches!(r.verdict, Verdict::Drift | Verdict::ModelChanged))
+    {
         EXIT_DRIFT
     } else {
         EXIT_OK

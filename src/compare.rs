@@ -54,7 +54,9 @@ pub enum CompareError {
         baseline_height: u32,
     },
     /// An image's pixel buffer does not hold `width * height * 3` bytes.
-    #[error("{which} image is {width}x{height} but has {len} bytes ({expected} expected for RGB8)")]
+    #[error(
+        "{which} image is {width}x{height} but has {len} bytes ({expected} expected for RGB8)"
+    )]
     ImageBuffer {
         /// "run" or "baseline".
         which: &'static str,
@@ -141,10 +143,19 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn check_latent_len(which: &'static str, values: &[f32], shape: &[usize]) -> Result<(), CompareError> {
+fn check_latent_len(
+    which: &'static str,
+    values: &[f32],
+    shape: &[usize],
+) -> Result<(), CompareError> {
     let expected: usize = shape.iter().product();
     if values.len() != expected {
-        return Err(CompareError::LatentLength { which, shape: shape.to_vec(), len: values.len(), expected });
+        return Err(CompareError::LatentLength {
+            which,
+            shape: shape.to_vec(),
+            len: values.len(),
+            expected,
+        });
     }
     Ok(())
 }
@@ -181,7 +192,10 @@ pub fn latent_metrics(
     baseline_shape: &[usize],
 ) -> Result<LatentMetrics, CompareError> {
     if run_shape != baseline_shape {
-        return Err(CompareError::LatentShape { run: run_shape.to_vec(), baseline: baseline_shape.to_vec() });
+        return Err(CompareError::LatentShape {
+            run: run_shape.to_vec(),
+            baseline: baseline_shape.to_vec(),
+        });
     }
     check_latent_len("run", run, run_shape)?;
     check_latent_len("baseline", baseline, baseline_shape)?;
@@ -189,7 +203,11 @@ pub fn latent_metrics(
     let baseline_sha256 = latent_sha256(baseline);
     let (max_abs, sum_abs, sum_sq) = diff_sums(run, baseline);
     let n = run.len() as f64;
-    let (mean_abs, rmse) = if run.is_empty() { (0.0, 0.0) } else { (sum_abs / n, (sum_sq / n).sqrt()) };
+    let (mean_abs, rmse) = if run.is_empty() {
+        (0.0, 0.0)
+    } else {
+        (sum_abs / n, (sum_sq / n).sqrt())
+    };
     Ok(LatentMetrics {
         identical: run_sha256 == baseline_sha256,
         run_sha256,
@@ -274,7 +292,8 @@ fn check_images(run: &RgbImage, baseline: &RgbImage) -> Result<(), CompareError>
 pub fn image_metrics(run: &RgbImage, baseline: &RgbImage) -> Result<ImageMetrics, CompareError> {
     check_images(run, baseline)?;
     let identical = run.pixels == baseline.pixels;
-    let (pixels_differing, max_level_diff, sum_sq) = pixel_diff_stats(&run.pixels, &baseline.pixels);
+    let (pixels_differing, max_level_diff, sum_sq) =
+        pixel_diff_stats(&run.pixels, &baseline.pixels);
     let ssim = if identical { 1.0 } else { ssim(run, baseline)? };
     Ok(ImageMetrics {
         identical,
@@ -294,13 +313,21 @@ fn pixel_diff_stats(run: &[u8], baseline: &[u8]) -> (u64, u8, u64) {
         let d = pixel_max_diff(r, b);
         differing += u64::from(d != 0);
         max = max.max(d);
-        sum_sq += r.iter().zip(b).map(|(&x, &y)| u64::from(x.abs_diff(y)).pow(2)).sum::<u64>();
+        sum_sq += r
+            .iter()
+            .zip(b)
+            .map(|(&x, &y)| u64::from(x.abs_diff(y)).pow(2))
+            .sum::<u64>();
     }
     (differing, max, sum_sq)
 }
 
 fn pixel_max_diff(r: &[u8], b: &[u8]) -> u8 {
-    r.iter().zip(b).map(|(&x, &y)| x.abs_diff(y)).max().unwrap_or(0)
+    r.iter()
+        .zip(b)
+        .map(|(&x, &y)| x.abs_diff(y))
+        .max()
+        .unwrap_or(0)
 }
 
 /// PSNR = 10·log10(255² / MSE); +inf for MSE 0 (and for empty images, which are trivially equal).
@@ -337,7 +364,9 @@ fn psnr_db(sum_sq: u64, n_values: usize) -> f64 {
 /// rounded mean in floating point.)
 pub fn ssim(run: &RgbImage, baseline: &RgbImage) -> Result<f64, CompareError> {
     check_images(run, baseline)?;
-    let score = (0..3).map(|c| channel_mssim(run, baseline, c)).fold(1.0, f64::min);
+    let score = (0..3)
+        .map(|c| channel_mssim(run, baseline, c))
+        .fold(1.0, f64::min);
     Ok(score)
 }
 
@@ -369,7 +398,13 @@ fn channel_mssim(a: &RgbImage, b: &RgbImage, channel: usize) -> f64 {
 /// SSIM of one window as image-compare computes it: means, and (co)variances as **sums** of
 /// centred products (not divided by the pixel count). Integer sums make the centring exact:
 /// Σ(x−μx)(y−μy) = (n·Σxy − Σx·Σy) / n.
-fn window_ssim(a: &RgbImage, b: &RgbImage, channel: usize, (x0, x1): (u32, u32), (y0, y1): (u32, u32)) -> f64 {
+fn window_ssim(
+    a: &RgbImage,
+    b: &RgbImage,
+    channel: usize,
+    (x0, x1): (u32, u32),
+    (y0, y1): (u32, u32),
+) -> f64 {
     let (mut sx, mut sy, mut sxx, mut syy, mut sxy) = (0i64, 0i64, 0i64, 0i64, 0i64);
     let stride = a.width as usize * 3;
     for y in y0 as usize..y1 as usize {
@@ -390,7 +425,8 @@ fn window_ssim(a: &RgbImage, b: &RgbImage, channel: usize, (x0, x1): (u32, u32),
     let var_x = (n * sxx - sx * sx) as f64 / nf;
     let var_y = (n * syy - sy * sy) as f64 / nf;
     let cov = (n * sxy - sx * sy) as f64 / nf;
-    ((2.0 * mx * my + SSIM_C1) * (2.0 * cov + SSIM_C2)) / ((mx * mx + my * my + SSIM_C1) * (var_x + var_y + SSIM_C2))
+    ((2.0 * mx * my + SSIM_C1) * (2.0 * cov + SSIM_C2))
+        / ((mx * mx + my * my + SSIM_C1) * (var_x + var_y + SSIM_C2))
 }
 
 /// The same SSIM as [`ssim`], computed by image-compare itself
@@ -407,8 +443,14 @@ pub fn ssim_image_compare(run: &RgbImage, baseline: &RgbImage) -> Result<f64, Co
 
 fn to_image_crate(img: &RgbImage) -> Result<image::RgbImage, CompareError> {
     // The buffer length was checked by the caller, so from_raw only fails on a bug; say so anyway.
-    image::RgbImage::from_raw(img.width, img.height, img.pixels.clone())
-        .ok_or_else(|| CompareError::Ssim(format!("{}x{} buffer of {} bytes", img.width, img.height, img.pixels.len())))
+    image::RgbImage::from_raw(img.width, img.height, img.pixels.clone()).ok_or_else(|| {
+        CompareError::Ssim(format!(
+            "{}x{} buffer of {} bytes",
+            img.width,
+            img.height,
+            img.pixels.len()
+        ))
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -432,11 +474,22 @@ pub struct DiffHeatmap {
 /// the maximum. Encode with [`RgbImage::to_png`].
 pub fn diff_heatmap(run: &RgbImage, baseline: &RgbImage) -> Result<DiffHeatmap, CompareError> {
     check_images(run, baseline)?;
-    let diffs: Vec<u8> =
-        run.pixels.chunks_exact(3).zip(baseline.pixels.chunks_exact(3)).map(|(r, b)| pixel_max_diff(r, b)).collect();
+    let diffs: Vec<u8> = run
+        .pixels
+        .chunks_exact(3)
+        .zip(baseline.pixels.chunks_exact(3))
+        .map(|(r, b)| pixel_max_diff(r, b))
+        .collect();
     let max = diffs.iter().copied().max().unwrap_or(0);
     let pixels = diffs.iter().flat_map(|&d| hot_colour(d, max)).collect();
-    Ok(DiffHeatmap { image: RgbImage { width: run.width, height: run.height, pixels }, max_level_diff: max })
+    Ok(DiffHeatmap {
+        image: RgbImage {
+            width: run.width,
+            height: run.height,
+            pixels,
+        },
+        max_level_diff: max,
+    })
 }
 
 fn hot_colour(d: u8, max: u8) -> [u8; 3] {
@@ -467,7 +520,11 @@ pub struct Thresholds {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Self { latent_max_abs: 1.0e-3, latent_cosine_min: 0.9999, ssim_min: 0.99 }
+        Self {
+            latent_max_abs: 1.0e-3,
+            latent_cosine_min: 0.9999,
+            ssim_min: 0.99,
+        }
     }
 }
 
@@ -576,7 +633,12 @@ pub struct Classification {
 
 impl Classification {
     fn plain(verdict: Verdict) -> Self {
-        Self { verdict, model_changes: Vec::new(), failures: Vec::new(), error: None }
+        Self {
+            verdict,
+            model_changes: Vec::new(),
+            failures: Vec::new(),
+            error: None,
+        }
     }
 }
 
@@ -598,11 +660,19 @@ pub fn classify(
 ) -> Classification {
     let (latents, image) = match metrics {
         Ok(m) => m,
-        Err(e) => return Classification { error: Some(e.to_string()), ..Classification::plain(Verdict::Error) },
+        Err(e) => {
+            return Classification {
+                error: Some(e.to_string()),
+                ..Classification::plain(Verdict::Error)
+            }
+        }
     };
     let model_changes = model_changes(run_models, baseline_models);
     if !model_changes.is_empty() {
-        return Classification { model_changes, ..Classification::plain(Verdict::ModelChanged) };
+        return Classification {
+            model_changes,
+            ..Classification::plain(Verdict::ModelChanged)
+        };
     }
     let failures = threshold_failures(latents, image, thresholds);
     if latents.identical && image.identical && latents.run_non_finite == 0 {
@@ -611,27 +681,44 @@ pub fn classify(
     if failures.is_empty() {
         return Classification::plain(Verdict::WithinTolerance);
     }
-    Classification { failures, ..Classification::plain(Verdict::Drift) }
+    Classification {
+        failures,
+        ..Classification::plain(Verdict::Drift)
+    }
 }
 
 /// Files whose hash differs, was added or was removed, in key order.
-pub fn model_changes(run: &BTreeMap<String, String>, baseline: &BTreeMap<String, String>) -> Vec<ModelFileChange> {
+pub fn model_changes(
+    run: &BTreeMap<String, String>,
+    baseline: &BTreeMap<String, String>,
+) -> Vec<ModelFileChange> {
     let keys: std::collections::BTreeSet<&String> = run.keys().chain(baseline.keys()).collect();
     keys.into_iter()
         .filter(|k| run.get(*k) != baseline.get(*k))
-        .map(|k| ModelFileChange { file: k.clone(), baseline: baseline.get(k).cloned(), run: run.get(k).cloned() })
+        .map(|k| ModelFileChange {
+            file: k.clone(),
+            baseline: baseline.get(k).cloned(),
+            run: run.get(k).cloned(),
+        })
         .collect()
 }
 
 /// Every failed threshold. A NaN metric is incomparable, so it fails every check.
-pub fn threshold_failures(latents: &LatentMetrics, image: &ImageMetrics, t: &Thresholds) -> Vec<ThresholdFailure> {
+pub fn threshold_failures(
+    latents: &LatentMetrics,
+    image: &ImageMetrics,
+    t: &Thresholds,
+) -> Vec<ThresholdFailure> {
     let mut out = Vec::new();
     if latents.run_non_finite > 0 {
         out.push(ThresholdFailure {
             check: "latent_non_finite",
             value: latents.run_non_finite as f64,
             limit: 0.0,
-            message: format!("run latents contain {} NaN/inf values", latents.run_non_finite),
+            message: format!(
+                "run latents contain {} NaN/inf values",
+                latents.run_non_finite
+            ),
         });
     }
     if !at_most(latents.max_abs, t.latent_max_abs) {
@@ -648,7 +735,12 @@ pub fn threshold_failures(latents: &LatentMetrics, image: &ImageMetrics, t: &Thr
         });
     }
     if !at_least(latents.cosine, t.latent_cosine_min) {
-        out.push(below("latent_cosine_min", "latent cosine", latents.cosine, t.latent_cosine_min));
+        out.push(below(
+            "latent_cosine_min",
+            "latent cosine",
+            latents.cosine,
+            t.latent_cosine_min,
+        ));
     }
     if !at_least(image.ssim, t.ssim_min) {
         out.push(below("ssim_min", "image SSIM", image.ssim, t.ssim_min));
@@ -658,12 +750,18 @@ pub fn threshold_failures(latents: &LatentMetrics, image: &ImageMetrics, t: &Thr
 
 /// `value <= limit`, false when either is NaN.
 fn at_most(value: f64, limit: f64) -> bool {
-    matches!(value.partial_cmp(&limit), Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal))
+    matches!(
+        value.partial_cmp(&limit),
+        Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
+    )
 }
 
 /// `value >= limit`, false when either is NaN.
 fn at_least(value: f64, limit: f64) -> bool {
-    matches!(value.partial_cmp(&limit), Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal))
+    matches!(
+        value.partial_cmp(&limit),
+        Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
+    )
 }
 
 fn below(check: &'static str, what: &str, value: f64, limit: f64) -> ThresholdFailure {
@@ -671,7 +769,10 @@ fn below(check: &'static str, what: &str, value: f64, limit: f64) -> ThresholdFa
         check,
         value,
         limit,
-        message: format!("{what} {value:.6} < {limit} (short by {:.2e})", limit - value),
+        message: format!(
+            "{what} {value:.6} < {limit} (short by {:.2e})",
+            limit - value
+        ),
     }
 }
 
@@ -719,14 +820,20 @@ pub fn env_differences(run: &serde_json::Value, baseline: &serde_json::Value) ->
     keys.into_iter()
         .filter_map(|key| {
             let (b, r) = (lookup(baseline, &key), lookup(run, &key));
-            (b != r).then(|| EnvDiff { key, baseline: b.cloned(), run: r.cloned() })
+            (b != r).then(|| EnvDiff {
+                key,
+                baseline: b.cloned(),
+                run: r.cloned(),
+            })
         })
         .collect()
 }
 
 fn flatten_keys(prefix: &str, v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
     match v.as_object() {
-        Some(map) => map.iter().for_each(|(k, v)| flatten_keys(&format!("{prefix}.{k}"), v, out)),
+        Some(map) => map
+            .iter()
+            .for_each(|(k, v)| flatten_keys(&format!("{prefix}.{k}"), v, out)),
         None => {
             out.insert(prefix.to_string());
         }
@@ -778,7 +885,11 @@ pub struct CompareReport {
 /// Compares a run with its baseline. The heatmap is returned for every non-identical image (the
 /// caller writes it and records its name in [`CompareReport::heatmap`]). A shape or size mismatch
 /// is verdict `error` unless a model file changed, which takes precedence as it explains it.
-pub fn compare(run: &Outputs<'_>, baseline: &Outputs<'_>, thresholds: &Thresholds) -> (CompareReport, Option<DiffHeatmap>) {
+pub fn compare(
+    run: &Outputs<'_>,
+    baseline: &Outputs<'_>,
+    thresholds: &Thresholds,
+) -> (CompareReport, Option<DiffHeatmap>) {
     let measured = measure(run, baseline);
     let metrics: MetricsOrError<'_> = match &measured {
         Ok((l, i, _)) => Ok((l, i)),
@@ -811,10 +922,19 @@ pub fn compare(run: &Outputs<'_>, baseline: &Outputs<'_>, thresholds: &Threshold
 type Measured = (LatentMetrics, ImageMetrics, Option<DiffHeatmap>);
 
 fn measure(run: &Outputs<'_>, baseline: &Outputs<'_>) -> Result<Measured, String> {
-    let l = latent_metrics(run.latents, run.latent_shape, baseline.latents, baseline.latent_shape)
-        .map_err(|e| e.to_string())?;
+    let l = latent_metrics(
+        run.latents,
+        run.latent_shape,
+        baseline.latents,
+        baseline.latent_shape,
+    )
+    .map_err(|e| e.to_string())?;
     let i = image_metrics(run.image, baseline.image).map_err(|e| e.to_string())?;
-    let h = if i.identical { None } else { Some(diff_heatmap(run.image, baseline.image).map_err(|e| e.to_string())?) };
+    let h = if i.identical {
+        None
+    } else {
+        Some(diff_heatmap(run.image, baseline.image).map_err(|e| e.to_string())?)
+    };
     Ok((l, i, h))
 }
 
@@ -851,15 +971,27 @@ mod tests {
     fn image_compare_gives_exactly_one_for_equal_images() {
         // image_metrics short-cuts identical images to 1.0; check the library agrees.
         let px: Vec<u8> = (0..20 * 13 * 3).map(|i| (i * 37 % 256) as u8).collect();
-        let img = RgbImage { width: 20, height: 13, pixels: px };
+        let img = RgbImage {
+            width: 20,
+            height: 13,
+            pixels: px,
+        };
         assert_eq!(ssim(&img, &img), Ok(1.0));
         assert_eq!(ssim_image_compare(&img, &img), Ok(1.0));
     }
 
     #[test]
     fn non_finite_serializes_as_string() {
-        let f = ThresholdFailure { check: "x", value: f64::NAN, limit: f64::INFINITY, message: String::new() };
+        let f = ThresholdFailure {
+            check: "x",
+            value: f64::NAN,
+            limit: f64::INFINITY,
+            message: String::new(),
+        };
         let s = serde_json::to_string(&f).unwrap();
-        assert!(s.contains("\"value\":\"NaN\"") && s.contains("\"limit\":\"inf\""), "{s}");
+        assert!(
+            s.contains("\"value\":\"NaN\"") && s.contains("\"limit\":\"inf\""),
+            "{s}"
+        );
     }
 }

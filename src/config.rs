@@ -258,7 +258,9 @@ pub struct Case {
 impl Case {
     /// This case's thresholds: the global ones with this case's overrides on top.
     pub fn thresholds(&self, global: &Thresholds) -> Thresholds {
-        self.thresholds.as_ref().map_or(*global, |o| global.with_overrides(o))
+        self.thresholds
+            .as_ref()
+            .map_or(*global, |o| global.with_overrides(o))
     }
 
     /// What the worker runs for this case.
@@ -442,7 +444,12 @@ impl Config {
             let l = l.trim();
             l.is_empty() || l.starts_with('#') || l == "---"
         }) {
-            return Err(schema_error(None, None, None, "the file is empty (it needs at least `model` and `cases`)".into()));
+            return Err(schema_error(
+                None,
+                None,
+                None,
+                "the file is empty (it needs at least `model` and `cases`)".into(),
+            ));
         }
         // Well-formed YAML first, so syntax errors are reported as such and without a key.
         if let Err(e) = serde_yaml::from_str::<serde_yaml::Value>(text) {
@@ -458,7 +465,10 @@ impl Config {
                 let mut err = yaml_error(path, e.inner());
                 // serde_yaml prefixes the message with its own (sometimes parent) path; ours is exact.
                 if let Some((head, rest)) = err.message.split_once(": ") {
-                    if key_path == head || key_path.starts_with(&format!("{head}.")) || key_path.starts_with(&format!("{head}[")) {
+                    if key_path == head
+                        || key_path.starts_with(&format!("{head}."))
+                        || key_path.starts_with(&format!("{head}["))
+                    {
                         err.message = rest.to_string();
                     }
                 }
@@ -481,7 +491,11 @@ impl Config {
 
     /// Makes every relative path relative to the config file's folder (lexically normalised).
     fn resolve_paths(&mut self) {
-        let base = self.source.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = self
+            .source
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         let r = |p: &Path| resolve_path(&base, p);
         self.model.path = r(&self.model.path);
         self.onnxruntime.library = self.onnxruntime.library.as_deref().map(r);
@@ -506,13 +520,19 @@ impl Config {
         self.validate_model(&mut v);
         if let Some(lib) = &self.onnxruntime.library {
             if !lib.exists() {
-                v.error("onnxruntime.library", format!("ONNX Runtime library {} does not exist", lib.display()));
+                v.error(
+                    "onnxruntime.library",
+                    format!("ONNX Runtime library {} does not exist", lib.display()),
+                );
             }
         }
         check_thresholds(&mut v, "thresholds", &self.thresholds, None);
         let t = self.worker.timeout_s;
         if !(t.is_finite() && t > 0.0) {
-            v.error("worker.timeout_s", format!("timeout_s {t} must be a positive number of seconds"));
+            v.error(
+                "worker.timeout_s",
+                format!("timeout_s {t} must be a positive number of seconds"),
+            );
         }
         if self.cases.is_empty() {
             v.error("cases", "no cases; at least one is needed".into());
@@ -526,13 +546,19 @@ impl Config {
                     Some((line, _)) => format!("{first_key}, line {line}"),
                     None => first_key,
                 };
-                v.error(&k("name"), format!("duplicate case name {:?} (first used by {at})", case.name));
+                v.error(
+                    &k("name"),
+                    format!("duplicate case name {:?} (first used by {at})", case.name),
+                );
             } else {
                 seen.insert(&case.name, i);
             }
             // The name becomes a baseline folder: the store's own rule decides.
             if let Err(e) = crate::baseline::validate_case(&case.name) {
-                v.error(&k("name"), format!("{e} (it names the case's baseline folder)"));
+                v.error(
+                    &k("name"),
+                    format!("{e} (it names the case's baseline folder)"),
+                );
             }
             if case.seed > u64::from(u32::MAX) && case.noise == NoiseKind::Numpy {
                 v.error(&k("seed"), format!("seed {} is out of range for noise numpy (numpy's RandomState accepts 0..=4294967295)", case.seed));
@@ -540,17 +566,30 @@ impl Config {
             if case.steps == 0 {
                 v.error(&k("steps"), "steps is 0; at least 1 is needed".into());
             } else if case.steps > MAX_STEPS {
-                v.error(&k("steps"), format!("steps {} is more than SD1.5's {MAX_STEPS} training timesteps", case.steps));
+                v.error(
+                    &k("steps"),
+                    format!(
+                        "steps {} is more than SD1.5's {MAX_STEPS} training timesteps",
+                        case.steps
+                    ),
+                );
             }
             if !case.guidance_scale.is_finite() || case.guidance_scale < 0.0 {
-                v.error(&k("guidance_scale"), format!("guidance_scale {} must be a finite number ≥ 0", case.guidance_scale));
+                v.error(
+                    &k("guidance_scale"),
+                    format!(
+                        "guidance_scale {} must be a finite number ≥ 0",
+                        case.guidance_scale
+                    ),
+                );
             }
             for (field, value) in [("width", case.width), ("height", case.height)] {
                 if value == 0 || value % 8 != 0 {
                     v.error(&k(field), format!("{field} {value} is not a positive multiple of 8 (the VAE works on 8×8 pixel blocks)"));
                 }
             }
-            if case.scheduler == SchedulerKind::EulerAncestral && !case.noise.supports_step_noise() {
+            if case.scheduler == SchedulerKind::EulerAncestral && !case.noise.supports_step_noise()
+            {
                 let why = match case.noise {
                     NoiseKind::File => "a noise file holds only the initial latents",
                     _ => "diffusers draws that noise from torch's global RNG, which no numpy seed reproduces",
@@ -575,7 +614,12 @@ impl Config {
                     format!("karras: true cannot be used: the {} scheduler has no Karras sigmas option in diffusers; use euler, lms or dpmpp-2m", case.scheduler),
                 );
             }
-            check_thresholds(&mut v, &k("thresholds"), &case.thresholds(&self.thresholds), case.thresholds.as_ref());
+            check_thresholds(
+                &mut v,
+                &k("thresholds"),
+                &case.thresholds(&self.thresholds),
+                case.thresholds.as_ref(),
+            );
         }
         v.errors
     }
@@ -583,9 +627,15 @@ impl Config {
     fn validate_model(&self, v: &mut Validator) {
         let p = &self.model.path;
         if !p.exists() {
-            v.error("model.path", format!("model folder {} does not exist", p.display()));
+            v.error(
+                "model.path",
+                format!("model folder {} does not exist", p.display()),
+            );
         } else if !p.is_dir() {
-            v.error("model.path", format!("model path {} is not a folder", p.display()));
+            v.error(
+                "model.path",
+                format!("model path {} is not a folder", p.display()),
+            );
         } else if !p.join("model_index.json").is_file() && !p.join("unet/model.onnx").is_file() {
             v.error(
                 "model.path",
@@ -593,27 +643,52 @@ impl Config {
             );
         }
         if self.model.device_id < 0 {
-            v.error("model.device_id", format!("device_id {} is negative", self.model.device_id));
+            v.error(
+                "model.device_id",
+                format!("device_id {} is negative", self.model.device_id),
+            );
         }
         if self.model.threads == Some(0) {
-            v.error("model.threads", "threads is 0; use null (or leave it out) for ONNX Runtime's choice".into());
+            v.error(
+                "model.threads",
+                "threads is 0; use null (or leave it out) for ONNX Runtime's choice".into(),
+            );
         }
     }
 }
 
 /// Range checks; `overrides` limits the checks to the fields a case sets (the rest are global).
-fn check_thresholds(v: &mut Validator, key: &str, t: &Thresholds, overrides: Option<&PartialThresholds>) {
+fn check_thresholds(
+    v: &mut Validator,
+    key: &str,
+    t: &Thresholds,
+    overrides: Option<&PartialThresholds>,
+) {
     let set = |o: fn(&PartialThresholds) -> Option<f64>| overrides.is_none_or(|ov| o(ov).is_some());
     let is_case = overrides.is_some();
-    if (!is_case || set(|o| o.latent_max_abs)) && !(t.latent_max_abs.is_finite() && t.latent_max_abs >= 0.0) {
-        v.error(&format!("{key}.latent_max_abs"), format!("latent_max_abs {} must be a finite number ≥ 0", t.latent_max_abs));
+    if (!is_case || set(|o| o.latent_max_abs))
+        && !(t.latent_max_abs.is_finite() && t.latent_max_abs >= 0.0)
+    {
+        v.error(
+            &format!("{key}.latent_max_abs"),
+            format!(
+                "latent_max_abs {} must be a finite number ≥ 0",
+                t.latent_max_abs
+            ),
+        );
     }
     let unit = |x: f64| x > 0.0 && x <= 1.0;
     if (!is_case || set(|o| o.latent_cosine_min)) && !unit(t.latent_cosine_min) {
-        v.error(&format!("{key}.latent_cosine_min"), format!("latent_cosine_min {} is not in (0, 1]", t.latent_cosine_min));
+        v.error(
+            &format!("{key}.latent_cosine_min"),
+            format!("latent_cosine_min {} is not in (0, 1]", t.latent_cosine_min),
+        );
     }
     if (!is_case || set(|o| o.ssim_min)) && !unit(t.ssim_min) {
-        v.error(&format!("{key}.ssim_min"), format!("ssim_min {} is not in (0, 1]", t.ssim_min));
+        v.error(
+            &format!("{key}.ssim_min"),
+            format!("ssim_min {} is not in (0, 1]", t.ssim_min),
+        );
     }
 }
 
@@ -647,7 +722,11 @@ impl Validator<'_> {
 
 /// `base/p`, lexically normalised (`configs/../onnx/x` → `onnx/x`); absolute `p` stays as is.
 pub fn resolve_path(base: &Path, p: &Path) -> PathBuf {
-    let joined = if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
     let mut out = PathBuf::new();
     for c in joined.components() {
         match c {
@@ -820,10 +899,22 @@ mod tests {
 
     #[test]
     fn normalises_paths() {
-        assert_eq!(resolve_path(Path::new("configs"), Path::new("../onnx/tiny")), PathBuf::from("onnx/tiny"));
-        assert_eq!(resolve_path(Path::new(""), Path::new("a/./b")), PathBuf::from("a/b"));
-        assert_eq!(resolve_path(Path::new("c"), Path::new("../../x")), PathBuf::from("../x"));
-        assert_eq!(resolve_path(Path::new("c"), Path::new("/abs/../p")), PathBuf::from("/p"));
+        assert_eq!(
+            resolve_path(Path::new("configs"), Path::new("../onnx/tiny")),
+            PathBuf::from("onnx/tiny")
+        );
+        assert_eq!(
+            resolve_path(Path::new(""), Path::new("a/./b")),
+            PathBuf::from("a/b")
+        );
+        assert_eq!(
+            resolve_path(Path::new("c"), Path::new("../../x")),
+            PathBuf::from("../x")
+        );
+        assert_eq!(
+            resolve_path(Path::new("c"), Path::new("/abs/../p")),
+            PathBuf::from("/p")
+        );
     }
 
     #[test]
@@ -837,7 +928,12 @@ mod tests {
     fn parses_keys() {
         assert_eq!(
             parse_key("cases[1].thresholds.ssim_min"),
-            vec![Seg::Key("cases".into()), Seg::Index(1), Seg::Key("thresholds".into()), Seg::Key("ssim_min".into())]
+            vec![
+                Seg::Key("cases".into()),
+                Seg::Index(1),
+                Seg::Key("thresholds".into()),
+                Seg::Key("ssim_min".into())
+            ]
         );
     }
 

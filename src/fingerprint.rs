@@ -49,7 +49,10 @@ pub fn collect() -> Environment {
 }
 
 fn read_trim(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 fn os_release() -> Option<String> {
@@ -103,18 +106,29 @@ fn nvidia_smi() -> (Option<String>, Option<String>, Option<String>) {
     if rows.is_empty() {
         return (None, None, None);
     }
-    let names = rows.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
+    let names = rows
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
     let driver = rows[0].1.clone();
     // The plain output's header carries "CUDA Version: 13.0".
     let cuda = run_with_timeout("nvidia-smi", &[], Duration::from_secs(2)).and_then(|out| {
-        out.split("CUDA Version:").nth(1).and_then(|rest| rest.split_whitespace().next()).map(str::to_string)
+        out.split("CUDA Version:")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string)
     });
     (Some(names), Some(driver), cuda)
 }
 
 fn run_with_timeout(program: &str, args: &[&str], limit: Duration) -> Option<String> {
-    let mut child =
-        Command::new(program).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().ok()?;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
     let start = Instant::now();
     loop {
         match child.try_wait() {
@@ -138,7 +152,9 @@ fn run_with_timeout(program: &str, args: &[&str], limit: Duration) -> Option<Str
 fn cudnn_version() -> Option<String> {
     let paths = std::env::var("LD_LIBRARY_PATH").ok()?;
     for dir in paths.split(':').filter(|d| !d.is_empty()) {
-        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(v) = name.strip_prefix("libcudnn.so.") {
@@ -166,6 +182,13 @@ mod tests {
 
     #[test]
     fn missing_program_is_none_not_a_hang() {
-        assert_eq!(run_with_timeout("definitely-not-a-program-xyz", &[], Duration::from_millis(100)), None);
+        assert_eq!(
+            run_with_timeout(
+                "definitely-not-a-program-xyz",
+                &[],
+                Duration::from_millis(100)
+            ),
+            None
+        );
     }
 }

@@ -29,12 +29,23 @@ pub struct Proposal {
 }
 
 /// Runs `cases` in a worker (outputs under `work`) and compares each with its current baseline.
-pub fn propose(config: &Config, cases: &[&Case], work: &Path, timeout: Duration) -> Result<Vec<Proposal>> {
+pub fn propose(
+    config: &Config,
+    cases: &[&Case],
+    work: &Path,
+    timeout: Duration,
+) -> Result<Vec<Proposal>> {
     let store = BaselineStore::new(&config.storage.baselines);
     let run = run_worker(config, cases, work, timeout)?;
     let mut out = Vec::new();
     for (case, (name, outcome)) in cases.iter().zip(&run.outcomes) {
-        let mut p = Proposal { name: name.clone(), dir: None, previous: None, report: None, error: None };
+        let mut p = Proposal {
+            name: name.clone(),
+            dir: None,
+            previous: None,
+            report: None,
+            error: None,
+        };
         match outcome {
             Outcome::Failed(e) => p.error = Some(e.clone()),
             Outcome::Done { dir, .. } => {
@@ -46,7 +57,9 @@ pub fn propose(config: &Config, cases: &[&Case], work: &Path, timeout: Duration)
                         p.report = Some(compare_with(&files, &base, &thresholds).0);
                     }
                     (Ok(None), Ok(_)) => {}
-                    (Err(e), _) => p.error = Some(format!("current baseline of {}: {e}", case.name)),
+                    (Err(e), _) => {
+                        p.error = Some(format!("current baseline of {}: {e}", case.name))
+                    }
                     (_, Err(e)) => p.error = Some(format!("{e:#}")),
                 }
             }
@@ -63,7 +76,9 @@ pub fn who() -> String {
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
         // SAFETY: getuid has no preconditions and cannot fail.
         .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }));
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
     if host.is_empty() {
         user
     } else {
@@ -73,7 +88,12 @@ pub fn who() -> String {
 
 /// Writes every proposal as a new version and records a `rebaseline` run. All proposals must be
 /// free of errors (checked by the caller); returns (case, new version) pairs.
-pub fn accept(config: &Config, proposals: &[Proposal], who: &str, why: &str) -> Result<Vec<(String, u32)>> {
+pub fn accept(
+    config: &Config,
+    proposals: &[Proposal],
+    who: &str,
+    why: &str,
+) -> Result<Vec<(String, u32)>> {
     let store = BaselineStore::new(&config.storage.baselines);
     let mut history = History::open(&config.storage.database)?;
     let run_id = history.begin_run(&NewRun {
@@ -85,7 +105,10 @@ pub fn accept(config: &Config, proposals: &[Proposal], who: &str, why: &str) -> 
     let mut written = Vec::new();
     let mut rows = Vec::new();
     for p in proposals {
-        let dir = p.dir.as_deref().with_context(|| format!("case {} has no output to accept", p.name))?;
+        let dir = p
+            .dir
+            .as_deref()
+            .with_context(|| format!("case {} has no output to accept", p.name))?;
         let files = RunFiles::read(dir)?;
         let version = store.write(
             &p.name,
@@ -102,7 +125,10 @@ pub fn accept(config: &Config, proposals: &[Proposal], who: &str, why: &str) -> 
         rows.push(CaseResult {
             case_name: p.name.clone(),
             // The verdict of the accepted output against the baseline it replaces.
-            verdict: p.report.as_ref().map_or("new".to_string(), |r| r.classification.verdict.to_string()),
+            verdict: p
+                .report
+                .as_ref()
+                .map_or("new".to_string(), |r| r.classification.verdict.to_string()),
             baseline_version: Some(i64::from(version)),
             latents_sha256: Some(crate::compare::latent_sha256(&files.latents)),
             reasons: Some(json!({"reason": why, "who": who, "replaces": p.previous})),
@@ -127,7 +153,10 @@ pub fn describe(p: &Proposal) -> String {
             let mut s = format!("v{v} → v{}: {verdict}", v + 1);
             if verdict != Verdict::Identical {
                 if let Some(l) = &r.latents {
-                    s.push_str(&format!(" (latent max|Δ| {:.2e}, cosine {:.6}", l.max_abs, l.cosine));
+                    s.push_str(&format!(
+                        " (latent max|Δ| {:.2e}, cosine {:.6}",
+                        l.max_abs, l.cosine
+                    ));
                     if let Some(i) = &r.image {
                         s.push_str(&format!(", SSIM {:.4}", i.ssim));
                     }

@@ -88,11 +88,13 @@ const JOB: &str = "job.json";
 
 /// Parent side: runs `job` in `monitor worker`, writing into `out_dir`, killing it after `timeout`.
 pub fn run_in_worker(job: &Job, out_dir: &Path, timeout: Duration) -> Result<WorkerRun> {
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating worker folder {}", out_dir.display()))?;
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("creating worker folder {}", out_dir.display()))?;
     let job_file = out_dir.join(JOB);
     let body = serde_json::to_vec_pretty(job).context("encoding worker job")?;
     atomic_write(&job_file, &body).with_context(|| format!("writing {}", job_file.display()))?;
-    let exe = std::env::current_exe().context("finding the monitor executable to start a worker")?;
+    let exe =
+        std::env::current_exe().context("finding the monitor executable to start a worker")?;
     let start = Instant::now();
     let mut child = Command::new(&exe)
         .arg("worker")
@@ -123,9 +125,18 @@ pub fn run_in_worker(job: &Job, out_dir: &Path, timeout: Duration) -> Result<Wor
     let outcomes = job
         .cases
         .iter()
-        .map(|c| (c.name.clone(), outcome(c, out_dir, &report, &status, timeout)))
+        .map(|c| {
+            (
+                c.name.clone(),
+                outcome(c, out_dir, &report, &status, timeout),
+            )
+        })
         .collect();
-    Ok(WorkerRun { outcomes, report, wall_s })
+    Ok(WorkerRun {
+        outcomes,
+        report,
+        wall_s,
+    })
 }
 
 enum Exit {
@@ -133,11 +144,21 @@ enum Exit {
     TimedOut,
 }
 
-fn outcome(case: &CaseSpec, out_dir: &Path, report: &Report, exit: &Exit, timeout: Duration) -> Outcome {
+fn outcome(
+    case: &CaseSpec,
+    out_dir: &Path,
+    report: &Report,
+    exit: &Exit,
+    timeout: Duration,
+) -> Outcome {
     if let Some(r) = report.cases.iter().find(|r| r.name == case.name) {
         return match &r.error {
             Some(e) => Outcome::Failed(e.clone()),
-            None => Outcome::Done { dir: out_dir.join(&case.name), warnings: r.warnings.clone(), duration_s: r.duration_s },
+            None => Outcome::Done {
+                dir: out_dir.join(&case.name),
+                warnings: r.warnings.clone(),
+                duration_s: r.duration_s,
+            },
         };
     }
     if let Some(f) = &report.fatal {
@@ -146,11 +167,23 @@ fn outcome(case: &CaseSpec, out_dir: &Path, report: &Report, exit: &Exit, timeou
     // No report for this case: metadata.json is written last, so its presence means complete.
     let dir = out_dir.join(&case.name);
     if dir.join("metadata.json").exists() {
-        return Outcome::Done { dir, warnings: Vec::new(), duration_s: 0.0 };
+        return Outcome::Done {
+            dir,
+            warnings: Vec::new(),
+            duration_s: 0.0,
+        };
     }
     Outcome::Failed(match exit {
-        Exit::TimedOut => format!("worker killed after the {} s timeout before case {} finished", timeout.as_secs_f64(), case.name),
-        Exit::Status(s) => format!("worker exited ({}) before case {} finished", describe(s), case.name),
+        Exit::TimedOut => format!(
+            "worker killed after the {} s timeout before case {} finished",
+            timeout.as_secs_f64(),
+            case.name
+        ),
+        Exit::Status(s) => format!(
+            "worker exited ({}) before case {} finished",
+            describe(s),
+            case.name
+        ),
     })
 }
 
@@ -170,15 +203,21 @@ fn describe(s: &ExitStatus) -> String {
 
 /// Child side: runs the job file's cases and writes `<out>/<case>/...` and `<out>/report.json`.
 pub fn work(job_file: &Path, out_dir: &Path) -> Result<()> {
-    let bytes = std::fs::read(job_file).with_context(|| format!("reading worker job {}", job_file.display()))?;
-    let job: Job = serde_json::from_slice(&bytes).with_context(|| format!("parsing worker job {}", job_file.display()))?;
-    let mut report = Report { environment: Some(fingerprint::collect()), ..Report::default() };
+    let bytes = std::fs::read(job_file)
+        .with_context(|| format!("reading worker job {}", job_file.display()))?;
+    let job: Job = serde_json::from_slice(&bytes)
+        .with_context(|| format!("parsing worker job {}", job_file.display()))?;
+    let mut report = Report {
+        environment: Some(fingerprint::collect()),
+        ..Report::default()
+    };
     let result = run_cases(&job, out_dir, &mut report);
     if let Err(e) = result {
         report.fatal = Some(format!("{e:#}"));
     }
     let p = out_dir.join(REPORT);
-    atomic_write(&p, &pretty_json(&serde_json::to_value(&report)?)).with_context(|| format!("writing {}", p.display()))
+    atomic_write(&p, &pretty_json(&serde_json::to_value(&report)?))
+        .with_context(|| format!("writing {}", p.display()))
 }
 
 fn run_cases(job: &Job, out_dir: &Path, report: &mut Report) -> Result<()> {
@@ -194,8 +233,18 @@ fn run_cases(job: &Job, out_dir: &Path, report: &mut Report) -> Result<()> {
         });
         let duration_s = start.elapsed().as_secs_f64();
         report.cases.push(match result {
-            Ok(warnings) => CaseReport { name: case.name.clone(), error: None, warnings, duration_s },
-            Err(e) => CaseReport { name: case.name.clone(), error: Some(format!("{e:#}")), warnings: vec![], duration_s },
+            Ok(warnings) => CaseReport {
+                name: case.name.clone(),
+                error: None,
+                warnings,
+                duration_s,
+            },
+            Err(e) => CaseReport {
+                name: case.name.clone(),
+                error: Some(format!("{e:#}")),
+                warnings: vec![],
+                duration_s,
+            },
         });
     }
     Ok(())

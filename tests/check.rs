@@ -51,14 +51,22 @@ impl Site {
 
     fn rebaseline(&self) {
         let o = self.run(&["rebaseline", "--reason", "test baselines", "--yes"]);
-        assert!(o.status.success(), "rebaseline failed: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "rebaseline failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 
     /// `monitor check --json`: (exit code, parsed JSON or Null, stderr).
     fn check(&self) -> (i32, Value, String) {
         let o = self.run(&["check", "--json"]);
         let json = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
-        (o.status.code().unwrap(), json, String::from_utf8_lossy(&o.stderr).into_owned())
+        (
+            o.status.code().unwrap(),
+            json,
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
     }
 
     fn store(&self) -> BaselineStore {
@@ -67,18 +75,32 @@ impl Site {
 }
 
 fn verdicts(v: &Value) -> Vec<String> {
-    v["cases"].as_array().unwrap().iter().map(|c| c["verdict"].as_str().unwrap().to_string()).collect()
+    v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["verdict"].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn case<'a>(v: &'a Value, name: &str) -> &'a Value {
-    v["cases"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()
+    v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap()
 }
 
 /// Adds `delta` to the first latent of the case's current baseline (a baseline that no longer
 /// matches what the model produces).
 fn perturb_baseline(site: &Site, case: &str, delta: f32) {
     let v = site.store().latest_version(case).unwrap().unwrap();
-    let p = site.store().version_dir(case, v).unwrap().join("latents.npy");
+    let p = site
+        .store()
+        .version_dir(case, v)
+        .unwrap()
+        .join("latents.npy");
     let mut a = read_npy(&p).unwrap();
     a.data[0] += delta;
     let mut bytes = Vec::new();
@@ -98,7 +120,10 @@ fn rebaseline_then_check_is_identical_and_recorded() {
     // Human output: a table with one row per case and the summary line.
     let o = site.run(&["check"]);
     let table = String::from_utf8_lossy(&o.stdout);
-    assert!(table.contains("fox") && table.contains("owl") && table.contains("2 cases: 2 identical"), "{table}");
+    assert!(
+        table.contains("fox") && table.contains("owl") && table.contains("2 cases: 2 identical"),
+        "{table}"
+    );
 
     // History holds both checks and the rebaseline, newest first.
     let o = Command::new(env!("CARGO_BIN_EXE_monitor"))
@@ -109,8 +134,22 @@ fn rebaseline_then_check_is_identical_and_recorded() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let rows: Value = serde_json::from_slice(&o.stdout).unwrap();
     let rows = rows.as_array().unwrap();
-    let kinds: Vec<&str> = rows.iter().map(|r| r["run_kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["check", "check", "check", "check", "rebaseline", "rebaseline"], "{rows:?}");
+    let kinds: Vec<&str> = rows
+        .iter()
+        .map(|r| r["run_kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "check",
+            "check",
+            "check",
+            "check",
+            "rebaseline",
+            "rebaseline"
+        ],
+        "{rows:?}"
+    );
     let first = &rows[0];
     assert_eq!(first["verdict"], "identical");
     assert_eq!(first["run_exit_code"], 0);
@@ -147,16 +186,28 @@ fn a_perturbed_baseline_is_drift_with_metrics_and_artifacts() {
     let max_abs = fox["report"]["latents"]["max_abs"].as_f64().unwrap();
     assert!((max_abs - 0.01).abs() < 1e-4, "max_abs {max_abs}");
     let failures = fox["report"]["failures"].as_array().unwrap();
-    assert!(failures.iter().any(|f| f["message"].as_str().unwrap().contains("latent max|Δ|")), "{failures:?}");
+    assert!(
+        failures
+            .iter()
+            .any(|f| f["message"].as_str().unwrap().contains("latent max|Δ|")),
+        "{failures:?}"
+    );
     let artifacts = PathBuf::from(fox["artifacts"].as_str().unwrap());
     for f in ["latents.npy", "image.png", "metadata.json", "compare.json"] {
-        assert!(artifacts.join(f).exists(), "{f} missing in {}", artifacts.display());
+        assert!(
+            artifacts.join(f).exists(),
+            "{f} missing in {}",
+            artifacts.display()
+        );
     }
 }
 
 #[test]
 fn per_case_thresholds_are_respected() {
-    let site = Site::new(None, "thresholds: {latent_max_abs: 0.5, latent_cosine_min: 0.99}\n");
+    let site = Site::new(
+        None,
+        "thresholds: {latent_max_abs: 0.5, latent_cosine_min: 0.99}\n",
+    );
     site.rebaseline();
     perturb_baseline(&site, "fox", 0.01);
     let (code, v, err) = site.check();
@@ -170,7 +221,16 @@ fn restore_makes_an_old_version_current_again() {
     site.rebaseline();
     perturb_baseline(&site, "fox", 0.01);
     site.rebaseline(); // v2 from a fresh run: identical output again
-    let o = site.run(&["rebaseline", "--case", "fox", "--restore", "1", "--reason", "undo", "--yes"]);
+    let o = site.run(&[
+        "rebaseline",
+        "--case",
+        "fox",
+        "--restore",
+        "1",
+        "--reason",
+        "undo",
+        "--yes",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v3 = site.store().load("fox", 3).unwrap();
     assert_eq!(v3.metadata["baseline"]["restored_from"], 1);
@@ -198,13 +258,29 @@ fn damaged_baselines_are_errors_naming_the_file() {
     site.rebaseline();
     let dir = site.store().version_dir("fox", 1).unwrap();
     let cases: [(&str, Damage); 4] = [
-        ("latents.npy", Box::new(|p: &Path| std::fs::remove_file(p).unwrap())),
-        ("latents.npy", Box::new(|p: &Path| std::fs::write(p, b"\x93NUMPY garbage").unwrap())),
-        ("image.png", Box::new(|p: &Path| {
-            let small = monitor::sd::image::RgbImage { width: 8, height: 8, pixels: vec![0; 192] };
-            std::fs::write(p, small.to_png().unwrap()).unwrap()
-        })),
-        ("metadata.json", Box::new(|p: &Path| std::fs::write(p, b"{not json").unwrap())),
+        (
+            "latents.npy",
+            Box::new(|p: &Path| std::fs::remove_file(p).unwrap()),
+        ),
+        (
+            "latents.npy",
+            Box::new(|p: &Path| std::fs::write(p, b"\x93NUMPY garbage").unwrap()),
+        ),
+        (
+            "image.png",
+            Box::new(|p: &Path| {
+                let small = monitor::sd::image::RgbImage {
+                    width: 8,
+                    height: 8,
+                    pixels: vec![0; 192],
+                };
+                std::fs::write(p, small.to_png().unwrap()).unwrap()
+            }),
+        ),
+        (
+            "metadata.json",
+            Box::new(|p: &Path| std::fs::write(p, b"{not json").unwrap()),
+        ),
     ];
     for (file, damage) in cases {
         let p = dir.join(file);
@@ -233,7 +309,9 @@ fn a_changed_case_parameter_is_not_called_drift() {
     let site = Site::new(None, "");
     site.rebaseline();
     let cfg = site.path("monitor.yaml");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("seed: 1,", "seed: 5,");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("seed: 1,", "seed: 5,");
     std::fs::write(&cfg, text).unwrap();
     let (code, v, _) = site.check();
     assert_eq!(code, 2);
@@ -245,7 +323,11 @@ fn a_changed_case_parameter_is_not_called_drift() {
 fn a_corrupt_database_is_named_and_left_untouched() {
     let site = Site::new(None, "");
     let db = site.path("monitor.db");
-    std::fs::write(&db, b"this is not a sqlite database, it is a text file that got here").unwrap();
+    std::fs::write(
+        &db,
+        b"this is not a sqlite database, it is a text file that got here",
+    )
+    .unwrap();
     let before = std::fs::read(&db).unwrap();
     let (code, _, err) = site.check();
     assert_eq!(code, 2);
@@ -263,7 +345,10 @@ fn a_locked_database_fails_before_running_the_model() {
     let start = std::time::Instant::now();
     let (code, _, err) = site.check();
     assert_eq!(code, 2);
-    assert!(err.contains("locked") && err.contains("monitor.db"), "{err}");
+    assert!(
+        err.contains("locked") && err.contains("monitor.db"),
+        "{err}"
+    );
     assert!(start.elapsed().as_secs() < 30);
     conn.execute_batch("ROLLBACK").unwrap();
     let (code, _, err) = site.check();
@@ -277,7 +362,10 @@ fn a_worker_past_its_timeout_is_killed_and_reported() {
     assert_eq!(code, 2, "{err}");
     assert_eq!(verdicts(&v), ["error", "error"]);
     let msg = case(&v, "fox")["error"].as_str().unwrap();
-    assert!(msg.contains("worker killed after the 0.05 s timeout"), "{msg}");
+    assert!(
+        msg.contains("worker killed after the 0.05 s timeout"),
+        "{msg}"
+    );
 }
 
 /// Kill -9 of `monitor rebaseline` at seeded random moments: whatever the moment, the store
@@ -295,7 +383,9 @@ fn kill_9_of_rebaseline_never_leaves_a_half_baseline() {
     let mut landed_after_write = 0;
     let iterations = 50;
     for _ in 0..iterations {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let delay_ms = (seed >> 33) % span_ms;
         let mut child = Command::new(env!("CARGO_BIN_EXE_monitor"))
             .args(["rebaseline", "--reason", "crash test", "--yes", "--config"])
@@ -313,12 +403,17 @@ fn kill_9_of_rebaseline_never_leaves_a_half_baseline() {
             let expected: Vec<u32> = (1..=versions.len() as u32).collect();
             assert_eq!(versions, expected, "versions of {name} have a gap");
             for v in &versions {
-                site.store().load(name, *v).unwrap_or_else(|e| panic!("{name} v{v} is not complete: {e}"));
+                site.store()
+                    .load(name, *v)
+                    .unwrap_or_else(|e| panic!("{name} v{v} is not complete: {e}"));
             }
         }
         landed_after_write = site.store().version_numbers("fox").unwrap().len() - 1;
     }
     eprintln!("kill -9 loop: {iterations} kills spread over {span_ms} ms; {landed_after_write} came after the fox baseline was written");
     // The delays must have covered both sides of the write, or the test proved nothing.
-    assert!(landed_after_write > 0 && landed_after_write < iterations, "{landed_after_write} of {iterations} killed runs wrote fox");
+    assert!(
+        landed_after_write > 0 && landed_after_write < iterations,
+        "{landed_after_write} of {iterations} killed runs wrote fox"
+    );
 }

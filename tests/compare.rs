@@ -9,41 +9,71 @@ use monitor::sd::image::RgbImage;
 use serde_json::{json, Value};
 
 fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
 }
 
 fn load_json(rel: &str) -> Value {
     let p = fixture(rel);
-    serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).expect("json")
+    serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .expect("json")
 }
 
 fn load_png(rel: &str) -> RgbImage {
     let p = fixture(rel);
-    RgbImage::from_png(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).expect("png")
+    RgbImage::from_png(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .expect("png")
 }
 
 fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number") as f32).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect()
 }
 
 fn usizes(v: &Value) -> Vec<usize> {
-    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("int") as usize).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("int") as usize)
+        .collect()
 }
 
 fn rgb(v: &Value, w: u32, h: u32) -> RgbImage {
-    let pixels = v.as_array().expect("array").iter().map(|x| x.as_u64().expect("int") as u8).collect();
-    RgbImage { width: w, height: h, pixels }
+    let pixels = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("int") as u8)
+        .collect();
+    RgbImage {
+        width: w,
+        height: h,
+        pixels,
+    }
 }
 
 fn assert_rel(what: &str, got: f64, want: f64) {
     let tol = 1e-12 * want.abs().max(1e-300);
-    assert!((got - want).abs() <= tol, "{what}: got {got:e}, numpy {want:e}");
+    assert!(
+        (got - want).abs() <= tol,
+        "{what}: got {got:e}, numpy {want:e}"
+    );
 }
 
 /// A deterministic, non-trivial image.
 fn pattern(w: u32, h: u32) -> RgbImage {
-    let pixels = (0..w * h * 3).map(|i| ((i * 7919 + i / 3 * 31) % 251) as u8).collect();
-    RgbImage { width: w, height: h, pixels }
+    let pixels = (0..w * h * 3)
+        .map(|i| ((i * 7919 + i / 3 * 31) % 251) as u8)
+        .collect();
+    RgbImage {
+        width: w,
+        height: h,
+        pixels,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -57,12 +87,29 @@ fn latent_metrics_match_numpy() {
     for c in cases {
         let name = c["name"].as_str().unwrap_or("?");
         let shape = usizes(&c["shape"]);
-        let m = latent_metrics(&f32s(&c["run"]), &shape, &f32s(&c["baseline"]), &shape).expect(name);
+        let m =
+            latent_metrics(&f32s(&c["run"]), &shape, &f32s(&c["baseline"]), &shape).expect(name);
         assert!(!m.identical, "{name}");
-        assert_rel(&format!("{name} max_abs"), m.max_abs, c["max_abs"].as_f64().unwrap_or(f64::NAN));
-        assert_rel(&format!("{name} mean_abs"), m.mean_abs, c["mean_abs"].as_f64().unwrap_or(f64::NAN));
-        assert_rel(&format!("{name} rmse"), m.rmse, c["rmse"].as_f64().unwrap_or(f64::NAN));
-        assert_rel(&format!("{name} cosine"), m.cosine, c["cosine"].as_f64().unwrap_or(f64::NAN));
+        assert_rel(
+            &format!("{name} max_abs"),
+            m.max_abs,
+            c["max_abs"].as_f64().unwrap_or(f64::NAN),
+        );
+        assert_rel(
+            &format!("{name} mean_abs"),
+            m.mean_abs,
+            c["mean_abs"].as_f64().unwrap_or(f64::NAN),
+        );
+        assert_rel(
+            &format!("{name} rmse"),
+            m.rmse,
+            c["rmse"].as_f64().unwrap_or(f64::NAN),
+        );
+        assert_rel(
+            &format!("{name} cosine"),
+            m.cosine,
+            c["cosine"].as_f64().unwrap_or(f64::NAN),
+        );
     }
 }
 
@@ -71,12 +118,27 @@ fn image_metrics_match_numpy() {
     let f = load_json("compare/metrics.json");
     for c in f["images"].as_array().expect("images") {
         let name = c["name"].as_str().unwrap_or("?");
-        let (w, h) = (c["width"].as_u64().unwrap_or(0) as u32, c["height"].as_u64().unwrap_or(0) as u32);
+        let (w, h) = (
+            c["width"].as_u64().unwrap_or(0) as u32,
+            c["height"].as_u64().unwrap_or(0) as u32,
+        );
         let m = image_metrics(&rgb(&c["run"], w, h), &rgb(&c["baseline"], w, h)).expect(name);
         assert!(!m.identical, "{name}");
-        assert_rel(&format!("{name} psnr"), m.psnr_db, c["psnr_db"].as_f64().unwrap_or(f64::NAN));
-        assert_eq!(m.pixels_differing, c["pixels_differing"].as_u64().unwrap_or(0), "{name}");
-        assert_eq!(u64::from(m.max_level_diff), c["max_level_diff"].as_u64().unwrap_or(0), "{name}");
+        assert_rel(
+            &format!("{name} psnr"),
+            m.psnr_db,
+            c["psnr_db"].as_f64().unwrap_or(f64::NAN),
+        );
+        assert_eq!(
+            m.pixels_differing,
+            c["pixels_differing"].as_u64().unwrap_or(0),
+            "{name}"
+        );
+        assert_eq!(
+            u64::from(m.max_level_diff),
+            c["max_level_diff"].as_u64().unwrap_or(0),
+            "{name}"
+        );
     }
 }
 
@@ -84,7 +146,9 @@ fn image_metrics_match_numpy() {
 // Latents
 
 fn latents() -> Vec<f32> {
-    (0..4 * 8 * 8).map(|i| ((i as f32) * 0.37).sin() * 2.0).collect()
+    (0..4 * 8 * 8)
+        .map(|i| ((i as f32) * 0.37).sin() * 2.0)
+        .collect()
 }
 
 const SHAPE: [usize; 4] = [1, 4, 8, 8];
@@ -96,7 +160,10 @@ fn identical_latents() {
     assert!(m.identical);
     assert_eq!(m.run_sha256, m.baseline_sha256);
     assert_eq!(m.run_sha256.len(), 64);
-    assert_eq!((m.max_abs, m.mean_abs, m.rmse, m.cosine), (0.0, 0.0, 0.0, 1.0));
+    assert_eq!(
+        (m.max_abs, m.mean_abs, m.rmse, m.cosine),
+        (0.0, 0.0, 0.0, 1.0)
+    );
 }
 
 #[test]
@@ -105,12 +172,18 @@ fn latent_hash_is_of_little_endian_f32_bytes() {
     let bytes: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
     assert_eq!(bytes, [0, 0, 0x80, 0x3f, 0, 0, 0, 0x40]);
     use sha2::Digest;
-    let want: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let want: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(latent_sha256(&[1.0, 2.0]), want);
     // And across the 4096-byte chunk boundary the code uses internally.
     let long: Vec<f32> = (0..3000).map(|i| i as f32 * 0.5).collect();
     let bytes: Vec<u8> = long.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let want: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let want: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(latent_sha256(&long), want);
 }
 
@@ -138,11 +211,18 @@ fn nan_in_run_is_drift_with_metrics_reported() {
     let img = pattern(8, 8);
     let im = image_metrics(&img, &img).expect("image");
     // Even with thresholds that accept anything finite.
-    let loose = Thresholds { latent_max_abs: f64::MAX, latent_cosine_min: -1.0, ssim_min: -1.0 };
+    let loose = Thresholds {
+        latent_max_abs: f64::MAX,
+        latent_cosine_min: -1.0,
+        ssim_min: -1.0,
+    };
     let c = classify(&BTreeMap::new(), &BTreeMap::new(), Ok((&m, &im)), &loose);
     assert_eq!(c.verdict, Verdict::Drift);
     let checks: Vec<_> = c.failures.iter().map(|f| f.check).collect();
-    assert_eq!(checks, ["latent_non_finite", "latent_max_abs", "latent_cosine_min"]);
+    assert_eq!(
+        checks,
+        ["latent_non_finite", "latent_max_abs", "latent_cosine_min"]
+    );
     // NaN reaches JSON as "NaN", not null.
     let s = serde_json::to_value(&m).expect("json");
     assert_eq!(s["max_abs"], json!("NaN"));
@@ -156,7 +236,12 @@ fn nan_in_both_is_still_drift_not_identical() {
     assert!(m.identical, "bytes are identical");
     let img = pattern(8, 8);
     let im = image_metrics(&img, &img).expect("image");
-    let c = classify(&BTreeMap::new(), &BTreeMap::new(), Ok((&m, &im)), &Thresholds::default());
+    let c = classify(
+        &BTreeMap::new(),
+        &BTreeMap::new(),
+        Ok((&m, &im)),
+        &Thresholds::default(),
+    );
     assert_eq!(c.verdict, Verdict::Drift);
 }
 
@@ -183,11 +268,31 @@ fn all_zero_latents_have_cosine_one_and_zero_vs_nonzero_cosine_zero() {
 fn latent_shape_mismatch_names_both_shapes() {
     let a = latents();
     let e = latent_metrics(&a, &[1, 4, 8, 8], &a, &[4, 8, 8]).expect_err("mismatch");
-    assert_eq!(e, CompareError::LatentShape { run: vec![1, 4, 8, 8], baseline: vec![4, 8, 8] });
+    assert_eq!(
+        e,
+        CompareError::LatentShape {
+            run: vec![1, 4, 8, 8],
+            baseline: vec![4, 8, 8]
+        }
+    );
     let msg = e.to_string();
-    assert!(msg.contains("[1, 4, 8, 8]") && msg.contains("[4, 8, 8]"), "{msg}");
+    assert!(
+        msg.contains("[1, 4, 8, 8]") && msg.contains("[4, 8, 8]"),
+        "{msg}"
+    );
     let e = latent_metrics(&a[..10], &SHAPE, &a, &SHAPE).expect_err("short");
-    assert!(matches!(e, CompareError::LatentLength { which: "run", len: 10, expected: 256, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            CompareError::LatentLength {
+                which: "run",
+                len: 10,
+                expected: 256,
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -201,18 +306,35 @@ fn identical_images() {
     assert_eq!(m.ssim, 1.0);
     assert_eq!(m.psnr_db, f64::INFINITY);
     assert_eq!((m.pixels_differing, m.max_level_diff), (0, 0));
-    assert_eq!(serde_json::to_value(&m).expect("json")["psnr_db"], json!("inf"));
+    assert_eq!(
+        serde_json::to_value(&m).expect("json")["psnr_db"],
+        json!("inf")
+    );
 }
 
 #[test]
 fn image_size_mismatch_names_both_sizes() {
     let e = image_metrics(&pattern(64, 32), &pattern(32, 64)).expect_err("mismatch");
-    assert_eq!(e.to_string(), "image sizes differ: run 64x32 vs baseline 32x64");
+    assert_eq!(
+        e.to_string(),
+        "image sizes differ: run 64x32 vs baseline 32x64"
+    );
     assert!(diff_heatmap(&pattern(64, 32), &pattern(32, 64)).is_err());
     let mut bad = pattern(4, 4);
     bad.pixels.pop();
     let e = image_metrics(&bad, &pattern(4, 4)).expect_err("short buffer");
-    assert!(matches!(e, CompareError::ImageBuffer { which: "run", len: 47, expected: 48, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            CompareError::ImageBuffer {
+                which: "run",
+                len: 47,
+                expected: 48,
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -226,12 +348,17 @@ fn ssim_decreases_monotonically_with_noise_on_a_reference_image() {
             .pixels
             .iter()
             .map(|&p| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let sign = if state >> 63 == 1 { 1 } else { -1 };
                 (i32::from(p) + sign * amp as i32).clamp(0, 255) as u8
             })
             .collect();
-        let noisy = RgbImage { pixels, ..base.clone() };
+        let noisy = RgbImage {
+            pixels,
+            ..base.clone()
+        };
         let s = image_metrics(&noisy, &base).expect("metrics").ssim;
         assert!(s < last, "amplitude {amp}: SSIM {s} not below {last}");
         last = s;
@@ -244,17 +371,30 @@ fn ssim_decreases_monotonically_with_noise_on_a_reference_image() {
 #[test]
 fn ssim_vs_skimage_table() {
     let f = load_json("compare/ssim.json");
-    println!("{:<26} {:<17} {:>9} {:>9} {:>9}", "reference", "perturbation", "skimage", "img-cmp", "Δ");
+    println!(
+        "{:<26} {:<17} {:>9} {:>9} {:>9}",
+        "reference", "perturbation", "skimage", "img-cmp", "Δ"
+    );
     for c in f["cases"].as_array().expect("cases") {
         let reference = c["reference"].as_str().unwrap_or("?");
         let base = load_png(&format!("reference/{reference}/image.png"));
-        let img = load_png(&format!("compare/ssim/{}", c["file"].as_str().unwrap_or("?")));
+        let img = load_png(&format!(
+            "compare/ssim/{}",
+            c["file"].as_str().unwrap_or("?")
+        ));
         let ours = image_metrics(&img, &base).expect("metrics").ssim;
         let lib = ssim_image_compare(&img, &base).expect("image-compare");
-        assert!((ours - lib).abs() <= 1e-12, "{reference} {p}: fast {ours} vs image-compare {lib}", p = c["perturbation"]);
+        assert!(
+            (ours - lib).abs() <= 1e-12,
+            "{reference} {p}: fast {ours} vs image-compare {lib}",
+            p = c["perturbation"]
+        );
         let sk = c["skimage_gaussian_ssim"].as_f64().unwrap_or(f64::NAN);
         let p = c["perturbation"].as_str().unwrap_or("?");
-        println!("{reference:<26} {p:<17} {sk:>9.5} {ours:>9.5} {:>+9.5}", ours - sk);
+        println!(
+            "{reference:<26} {p:<17} {sk:>9.5} {ours:>9.5} {:>+9.5}",
+            ours - sk
+        );
         if p == "lsb_1pct" {
             assert!(ours > 0.999 && sk > 0.999, "{reference} {p}: {ours} / {sk}");
         }
@@ -270,16 +410,41 @@ fn fast_ssim_equals_image_compare_including_edge_windows_and_flat_images() {
     for (w, h) in sizes {
         let a = pattern(w, h);
         for shift in [1u8, 3, 17, 128] {
-            let pixels = a.pixels.iter().enumerate().map(|(i, &p)| if i % 5 < 2 { p.wrapping_add(shift) } else { p }).collect();
-            let b = RgbImage { pixels, ..a.clone() };
-            let (fast, lib) = (ssim(&b, &a).expect("fast"), ssim_image_compare(&b, &a).expect("lib"));
-            assert!((fast - lib).abs() <= 1e-12, "{w}x{h} shift {shift}: {fast} vs {lib}");
+            let pixels = a
+                .pixels
+                .iter()
+                .enumerate()
+                .map(|(i, &p)| if i % 5 < 2 { p.wrapping_add(shift) } else { p })
+                .collect();
+            let b = RgbImage {
+                pixels,
+                ..a.clone()
+            };
+            let (fast, lib) = (
+                ssim(&b, &a).expect("fast"),
+                ssim_image_compare(&b, &a).expect("lib"),
+            );
+            assert!(
+                (fast - lib).abs() <= 1e-12,
+                "{w}x{h} shift {shift}: {fast} vs {lib}"
+            );
         }
     }
     // Flat images: variances are zero, only the constants keep SSIM defined.
-    let flat = RgbImage { width: 10, height: 10, pixels: vec![100; 300] };
-    let flat2 = RgbImage { width: 10, height: 10, pixels: vec![102; 300] };
-    let (fast, lib) = (ssim(&flat2, &flat).expect("fast"), ssim_image_compare(&flat2, &flat).expect("lib"));
+    let flat = RgbImage {
+        width: 10,
+        height: 10,
+        pixels: vec![100; 300],
+    };
+    let flat2 = RgbImage {
+        width: 10,
+        height: 10,
+        pixels: vec![102; 300],
+    };
+    let (fast, lib) = (
+        ssim(&flat2, &flat).expect("fast"),
+        ssim_image_compare(&flat2, &flat).expect("lib"),
+    );
     assert!((fast - lib).abs() <= 1e-12 && fast < 1.0, "{fast} vs {lib}");
 }
 
@@ -304,7 +469,14 @@ fn heatmap_single_changed_pixel_is_the_one_hot_pixel() {
     let i = (y * 16 + x) * 3 + 1;
     b.pixels[i] = b.pixels[i].wrapping_add(9);
     let h = diff_heatmap(&b, &a).expect("heatmap");
-    let hot: Vec<usize> = h.image.pixels.chunks(3).enumerate().filter(|(_, p)| p != &[0, 0, 0]).map(|(i, _)| i).collect();
+    let hot: Vec<usize> = h
+        .image
+        .pixels
+        .chunks(3)
+        .enumerate()
+        .filter(|(_, p)| p != &[0, 0, 0])
+        .map(|(i, _)| i)
+        .collect();
     assert_eq!(hot, [y * 16 + x]);
     assert_eq!(&h.image.pixels[(y * 16 + x) * 3..][..3], &[255, 255, 255]);
     assert_eq!(h.max_level_diff, a.pixels[i].abs_diff(b.pixels[i]));
@@ -312,8 +484,16 @@ fn heatmap_single_changed_pixel_is_the_one_hot_pixel() {
 
 #[test]
 fn heatmap_scales_to_the_largest_difference() {
-    let a = RgbImage { width: 3, height: 1, pixels: vec![10; 9] };
-    let b = RgbImage { width: 3, height: 1, pixels: vec![10, 10, 10, 13, 10, 10, 40, 10, 10] };
+    let a = RgbImage {
+        width: 3,
+        height: 1,
+        pixels: vec![10; 9],
+    };
+    let b = RgbImage {
+        width: 3,
+        height: 1,
+        pixels: vec![10, 10, 10, 13, 10, 10, 40, 10, 10],
+    };
     let h = diff_heatmap(&b, &a).expect("heatmap");
     assert_eq!(h.max_level_diff, 30);
     // 3/30 of full scale: v = ceil(765 * 0.1) = 77 → (77, 0, 0).
@@ -324,7 +504,10 @@ fn heatmap_scales_to_the_largest_difference() {
 // Thresholds and verdicts
 
 fn models(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 struct Case {
@@ -339,37 +522,84 @@ fn case(delta: f32, noise: u8) -> Case {
     let mut b = a.clone();
     b[10] += delta;
     let base = load_png("reference/pndm_64x64_s10_g7.5_neg/image.png");
-    let pixels =
-        base.pixels.iter().enumerate().map(|(i, &p)| if i % 2 == 0 { p.saturating_add(noise) } else { p.saturating_sub(noise) }).collect();
-    let run = RgbImage { pixels, ..base.clone() };
+    let pixels = base
+        .pixels
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| {
+            if i % 2 == 0 {
+                p.saturating_add(noise)
+            } else {
+                p.saturating_sub(noise)
+            }
+        })
+        .collect();
+    let run = RgbImage {
+        pixels,
+        ..base.clone()
+    };
     Case {
         latents: latent_metrics(&b, &SHAPE, &a, &SHAPE).expect("latents"),
         image: image_metrics(&run, &base).expect("image"),
     }
 }
 
-fn verdict(c: &Case, run: &BTreeMap<String, String>, base: &BTreeMap<String, String>, t: &Thresholds) -> Classification {
+fn verdict(
+    c: &Case,
+    run: &BTreeMap<String, String>,
+    base: &BTreeMap<String, String>,
+    t: &Thresholds,
+) -> Classification {
     classify(run, base, Ok((&c.latents, &c.image)), t)
 }
 
 #[test]
 fn thresholds_default_deserialize_and_override() {
-    assert_eq!(Thresholds::default(), Thresholds { latent_max_abs: 1.0e-3, latent_cosine_min: 0.9999, ssim_min: 0.99 });
+    assert_eq!(
+        Thresholds::default(),
+        Thresholds {
+            latent_max_abs: 1.0e-3,
+            latent_cosine_min: 0.9999,
+            ssim_min: 0.99
+        }
+    );
     let t: Thresholds = serde_json::from_value(json!({"ssim_min": 0.9})).expect("partial config");
-    assert_eq!(t, Thresholds { ssim_min: 0.9, ..Thresholds::default() });
-    assert!(serde_json::from_value::<Thresholds>(json!({"ssim_mim": 0.9})).is_err(), "typo must be an error");
-    let o: PartialThresholds = serde_json::from_value(json!({"latent_max_abs": 0.01})).expect("override");
+    assert_eq!(
+        t,
+        Thresholds {
+            ssim_min: 0.9,
+            ..Thresholds::default()
+        }
+    );
+    assert!(
+        serde_json::from_value::<Thresholds>(json!({"ssim_mim": 0.9})).is_err(),
+        "typo must be an error"
+    );
+    let o: PartialThresholds =
+        serde_json::from_value(json!({"latent_max_abs": 0.01})).expect("override");
     assert!(serde_json::from_value::<PartialThresholds>(json!({"x": 1})).is_err());
     let merged = Thresholds::default().with_overrides(&o);
-    assert_eq!(merged, Thresholds { latent_max_abs: 0.01, ..Thresholds::default() });
-    assert_eq!(Thresholds::default().with_overrides(&PartialThresholds::default()), Thresholds::default());
+    assert_eq!(
+        merged,
+        Thresholds {
+            latent_max_abs: 0.01,
+            ..Thresholds::default()
+        }
+    );
+    assert_eq!(
+        Thresholds::default().with_overrides(&PartialThresholds::default()),
+        Thresholds::default()
+    );
 }
 
 #[test]
 fn identical_verdict() {
     let c = case(0.0, 0);
     let m = models(&[("unet/model.onnx", "aa")]);
-    assert_eq!(verdict(&c, &m, &m, &Thresholds::default()).verdict, Verdict::Identical);
+    assert_eq!(
+        verdict(&c, &m, &m, &Thresholds::default()).verdict,
+        Verdict::Identical
+    );
 }
 
 #[test]
@@ -392,23 +622,45 @@ fn drift_lists_each_failed_threshold_with_numbers() {
     let f = &v.failures[0];
     assert_eq!(f.check, "latent_max_abs");
     assert_eq!(f.limit, 1e-3);
-    assert!(f.message.starts_with("latent max|Δ| 3.20e-3 > 1.00e-3"), "{}", f.message);
+    assert!(
+        f.message.starts_with("latent max|Δ| 3.20e-3 > 1.00e-3"),
+        "{}",
+        f.message
+    );
 
     let c = case(0.5, 20);
     let v = verdict(&c, &m, &m, &Thresholds::default());
     let checks: Vec<_> = v.failures.iter().map(|f| f.check).collect();
-    assert_eq!(checks, ["latent_max_abs", "latent_cosine_min", "ssim_min"], "{:?}", v.failures);
-    assert!(v.failures[2].message.starts_with("image SSIM 0."), "{}", v.failures[2].message);
+    assert_eq!(
+        checks,
+        ["latent_max_abs", "latent_cosine_min", "ssim_min"],
+        "{:?}",
+        v.failures
+    );
+    assert!(
+        v.failures[2].message.starts_with("image SSIM 0."),
+        "{}",
+        v.failures[2].message
+    );
 }
 
 #[test]
 fn per_case_override_turns_drift_into_tolerance_and_back() {
     let c = case(3.2e-3, 0);
     let m = BTreeMap::new();
-    let loose = Thresholds::default().with_overrides(&PartialThresholds { latent_max_abs: Some(5e-3), ..Default::default() });
-    assert_eq!(verdict(&c, &m, &m, &loose).verdict, Verdict::WithinTolerance);
+    let loose = Thresholds::default().with_overrides(&PartialThresholds {
+        latent_max_abs: Some(5e-3),
+        ..Default::default()
+    });
+    assert_eq!(
+        verdict(&c, &m, &m, &loose).verdict,
+        Verdict::WithinTolerance
+    );
     let c = case(1e-4, 1);
-    let strict = Thresholds::default().with_overrides(&PartialThresholds { ssim_min: Some(0.99999), ..Default::default() });
+    let strict = Thresholds::default().with_overrides(&PartialThresholds {
+        ssim_min: Some(0.99999),
+        ..Default::default()
+    });
     let v = verdict(&c, &m, &m, &strict);
     assert_eq!(v.verdict, Verdict::Drift);
     assert_eq!(v.failures[0].check, "ssim_min");
@@ -417,12 +669,24 @@ fn per_case_override_turns_drift_into_tolerance_and_back() {
 #[test]
 fn model_changed_beats_drift_and_lists_files() {
     let c = case(0.5, 20);
-    let base = models(&[("text_encoder/model.onnx", "t1"), ("unet/model.onnx", "u1"), ("vae_decoder/model.onnx", "v1")]);
-    let run = models(&[("text_encoder/model.onnx", "t1"), ("unet/model.onnx", "u2"), ("unet/weights.pb", "w")]);
+    let base = models(&[
+        ("text_encoder/model.onnx", "t1"),
+        ("unet/model.onnx", "u1"),
+        ("vae_decoder/model.onnx", "v1"),
+    ]);
+    let run = models(&[
+        ("text_encoder/model.onnx", "t1"),
+        ("unet/model.onnx", "u2"),
+        ("unet/weights.pb", "w"),
+    ]);
     let v = verdict(&c, &run, &base, &Thresholds::default());
     assert_eq!(v.verdict, Verdict::ModelChanged);
     assert!(v.failures.is_empty(), "metrics are not judged");
-    let files: Vec<_> = v.model_changes.iter().map(|m| (m.file.as_str(), m.baseline.as_deref(), m.run.as_deref())).collect();
+    let files: Vec<_> = v
+        .model_changes
+        .iter()
+        .map(|m| (m.file.as_str(), m.baseline.as_deref(), m.run.as_deref()))
+        .collect();
     assert_eq!(
         files,
         [
@@ -433,23 +697,52 @@ fn model_changed_beats_drift_and_lists_files() {
     );
     // Even when the outputs happen to be identical.
     let same = case(0.0, 0);
-    assert_eq!(verdict(&same, &run, &base, &Thresholds::default()).verdict, Verdict::ModelChanged);
+    assert_eq!(
+        verdict(&same, &run, &base, &Thresholds::default()).verdict,
+        Verdict::ModelChanged
+    );
 }
 
 #[test]
 fn error_beats_everything() {
     let run = models(&[("unet/model.onnx", "u2")]);
     let base = models(&[("unet/model.onnx", "u1")]);
-    let v = classify(&run, &base, Err("UNet session failed: out of memory"), &Thresholds::default());
+    let v = classify(
+        &run,
+        &base,
+        Err("UNet session failed: out of memory"),
+        &Thresholds::default(),
+    );
     assert_eq!(v.verdict, Verdict::Error);
-    assert_eq!(v.error.as_deref(), Some("UNet session failed: out of memory"));
+    assert_eq!(
+        v.error.as_deref(),
+        Some("UNet session failed: out of memory")
+    );
 }
 
 #[test]
 fn verdict_serializes_snake_case() {
-    let all = [Verdict::Identical, Verdict::WithinTolerance, Verdict::Drift, Verdict::ModelChanged, Verdict::Error];
-    let names: Vec<Value> = all.iter().map(|v| serde_json::to_value(v).expect("json")).collect();
-    assert_eq!(names, [json!("identical"), json!("within_tolerance"), json!("drift"), json!("model_changed"), json!("error")]);
+    let all = [
+        Verdict::Identical,
+        Verdict::WithinTolerance,
+        Verdict::Drift,
+        Verdict::ModelChanged,
+        Verdict::Error,
+    ];
+    let names: Vec<Value> = all
+        .iter()
+        .map(|v| serde_json::to_value(v).expect("json"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            json!("identical"),
+            json!("within_tolerance"),
+            json!("drift"),
+            json!("model_changed"),
+            json!("error")
+        ]
+    );
     for v in all {
         assert_eq!(json!(v.as_str()), serde_json::to_value(v).expect("json"));
     }
@@ -477,31 +770,64 @@ fn ep() -> Value {
 
 #[test]
 fn env_same_metadata_has_no_differences() {
-    let m = meta("1.31.1", ep(), Some(json!({"gpu_name": "H100", "driver": "580"})));
+    let m = meta(
+        "1.31.1",
+        ep(),
+        Some(json!({"gpu_name": "H100", "driver": "580"})),
+    );
     assert!(env_differences(&m, &m).is_empty());
 }
 
 #[test]
 fn env_differences_list_changed_and_missing_keys() {
-    let base = meta("1.31.1", ep(), Some(json!({"gpu_name": "NVIDIA H100", "driver": "580.1", "os": "linux"})));
+    let base = meta(
+        "1.31.1",
+        ep(),
+        Some(json!({"gpu_name": "NVIDIA H100", "driver": "580.1", "os": "linux"})),
+    );
     let mut run_ep = ep();
     run_ep["use_tf32"] = json!(true);
-    run_ep.as_object_mut().expect("object").remove("intra_op_threads");
+    run_ep
+        .as_object_mut()
+        .expect("object")
+        .remove("intra_op_threads");
     run_ep["new_flag"] = json!(1);
-    let run = meta("1.24.0", run_ep, Some(json!({"gpu_name": "NVIDIA A100", "driver": "580.1", "cudnn": "9.1"})));
+    let run = meta(
+        "1.24.0",
+        run_ep,
+        Some(json!({"gpu_name": "NVIDIA A100", "driver": "580.1", "cudnn": "9.1"})),
+    );
     let d = env_differences(&run, &base);
-    let got: Vec<(&str, Option<&Value>, Option<&Value>)> =
-        d.iter().map(|e| (e.key.as_str(), e.baseline.as_ref(), e.run.as_ref())).collect();
+    let got: Vec<(&str, Option<&Value>, Option<&Value>)> = d
+        .iter()
+        .map(|e| (e.key.as_str(), e.baseline.as_ref(), e.run.as_ref()))
+        .collect();
     assert_eq!(
         got,
         [
-            ("onnxruntime.version", Some(&json!("1.31.1")), Some(&json!("1.24.0"))),
-            ("environment.gpu_name", Some(&json!("NVIDIA H100")), Some(&json!("NVIDIA A100"))),
+            (
+                "onnxruntime.version",
+                Some(&json!("1.31.1")),
+                Some(&json!("1.24.0"))
+            ),
+            (
+                "environment.gpu_name",
+                Some(&json!("NVIDIA H100")),
+                Some(&json!("NVIDIA A100"))
+            ),
             ("environment.cudnn", None, Some(&json!("9.1"))),
             ("environment.os", Some(&json!("linux")), None),
-            ("execution_provider.intra_op_threads", Some(&Value::Null), None),
+            (
+                "execution_provider.intra_op_threads",
+                Some(&Value::Null),
+                None
+            ),
             ("execution_provider.new_flag", None, Some(&json!(1))),
-            ("execution_provider.use_tf32", Some(&json!(false)), Some(&json!(true))),
+            (
+                "execution_provider.use_tf32",
+                Some(&json!(false)),
+                Some(&json!(true))
+            ),
         ]
     );
 }
@@ -525,7 +851,13 @@ fn compare_bundles_everything_and_returns_heatmap_only_when_images_differ() {
     let img = load_png("reference/pndm_64x64_s10_g7.5_neg/image.png");
     let files = models(&[("unet/model.onnx", "u")]);
     let md = meta("1.31.1", ep(), None);
-    let side = Outputs { latents: &lat, latent_shape: &SHAPE, image: &img, model_files: &files, metadata: &md };
+    let side = Outputs {
+        latents: &lat,
+        latent_shape: &SHAPE,
+        image: &img,
+        model_files: &files,
+        metadata: &md,
+    };
     let (r, h) = compare(&side, &side, &Thresholds::default());
     assert_eq!(r.classification.verdict, Verdict::Identical);
     assert!(h.is_none());
@@ -537,7 +869,11 @@ fn compare_bundles_everything_and_returns_heatmap_only_when_images_differ() {
     let mut other = img.clone();
     other.pixels[0] = other.pixels[0].wrapping_add(1);
     let md2 = meta("1.30.0", ep(), None);
-    let run = Outputs { image: &other, metadata: &md2, ..side };
+    let run = Outputs {
+        image: &other,
+        metadata: &md2,
+        ..side
+    };
     let (r, h) = compare(&run, &side, &Thresholds::default());
     assert_eq!(r.classification.verdict, Verdict::WithinTolerance);
     assert_eq!(r.env_differences.len(), 1);
@@ -551,15 +887,35 @@ fn compare_shape_mismatch_is_error_unless_the_model_changed() {
     let img = pattern(8, 8);
     let files = models(&[("unet/model.onnx", "u")]);
     let md = json!({});
-    let base = Outputs { latents: &lat, latent_shape: &SHAPE, image: &img, model_files: &files, metadata: &md };
-    let run = Outputs { latent_shape: &[1, 4, 4, 16], ..base };
+    let base = Outputs {
+        latents: &lat,
+        latent_shape: &SHAPE,
+        image: &img,
+        model_files: &files,
+        metadata: &md,
+    };
+    let run = Outputs {
+        latent_shape: &[1, 4, 4, 16],
+        ..base
+    };
     let (r, _) = compare(&run, &base, &Thresholds::default());
     assert_eq!(r.classification.verdict, Verdict::Error);
-    assert!(r.classification.error.as_deref().unwrap_or("").contains("[1, 4, 4, 16]"));
+    assert!(r
+        .classification
+        .error
+        .as_deref()
+        .unwrap_or("")
+        .contains("[1, 4, 4, 16]"));
     assert!(r.latents.is_none());
     let other_files = models(&[("unet/model.onnx", "v")]);
-    let run = Outputs { model_files: &other_files, ..run };
+    let run = Outputs {
+        model_files: &other_files,
+        ..run
+    };
     let (r, _) = compare(&run, &base, &Thresholds::default());
     assert_eq!(r.classification.verdict, Verdict::ModelChanged);
-    assert!(r.classification.error.is_some(), "the mismatch stays in the report");
+    assert!(
+        r.classification.error.is_some(),
+        "the mismatch stays in the report"
+    );
 }

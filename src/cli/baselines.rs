@@ -31,8 +31,10 @@ enum BaselinesCommand {
 #[derive(Debug, Args)]
 struct ListArgs {
     /// Baseline store folder.
-    #[arg(long, value_name = "DIR", default_value = "baselines")]
-    baselines: PathBuf,
+    #[arg(long, value_name = "DIR")]
+    baselines: Option<PathBuf>,
+    #[command(flatten)]
+    config: super::config::ConfigFileArg,
 }
 
 /// Flags of `monitor baselines show`.
@@ -44,8 +46,10 @@ struct ShowArgs {
     #[arg(long, value_name = "N")]
     version: Option<u32>,
     /// Baseline store folder.
-    #[arg(long, value_name = "DIR", default_value = "baselines")]
-    baselines: PathBuf,
+    #[arg(long, value_name = "DIR")]
+    baselines: Option<PathBuf>,
+    #[command(flatten)]
+    config: super::config::ConfigFileArg,
     /// Print the full metadata.json instead of a summary.
     #[arg(long)]
     json: bool,
@@ -74,13 +78,24 @@ pub fn run(a: BaselinesArgs) -> Result<u8> {
     }
 }
 
+/// `--baselines`, else the config's `storage.baselines`.
+fn store_dir(explicit: Option<PathBuf>, config: &super::config::ConfigFileArg) -> Result<PathBuf> {
+    match explicit {
+        Some(d) => Ok(d),
+        None => Ok(crate::config::Config::load(&config.path())?
+            .storage
+            .baselines),
+    }
+}
+
 fn list(a: ListArgs) -> Result<u8> {
-    let store = BaselineStore::new(&a.baselines);
+    let dir = store_dir(a.baselines, &a.config)?;
+    let store = BaselineStore::new(&dir);
     let cases = store
         .cases()
-        .with_context(|| format!("listing baselines in {}", a.baselines.display()))?;
+        .with_context(|| format!("listing baselines in {}", dir.display()))?;
     if cases.is_empty() {
-        println!("no baselines in {}", a.baselines.display());
+        println!("no baselines in {}", dir.display());
         return Ok(0);
     }
     let mut rows = vec![[
@@ -131,8 +146,9 @@ fn list(a: ListArgs) -> Result<u8> {
 }
 
 fn show(a: ShowArgs) -> Result<u8> {
-    let store = BaselineStore::new(&a.baselines);
-    let context = || format!("showing baseline {} in {}", a.case, a.baselines.display());
+    let dir = store_dir(a.baselines.clone(), &a.config)?;
+    let store = BaselineStore::new(&dir);
+    let context = || format!("showing baseline {} in {}", a.case, dir.display());
     let version = match a.version {
         Some(v) => v,
         None => store
@@ -140,7 +156,7 @@ fn show(a: ShowArgs) -> Result<u8> {
             .with_context(context)?
             .ok_or_else(|| crate::baseline::BaselineError::NoSuchCase {
                 case: a.case.clone(),
-                path: a.baselines.join(&a.case),
+                path: dir.join(&a.case),
             })
             .with_context(context)?,
     };

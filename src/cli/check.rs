@@ -26,18 +26,27 @@ pub struct CheckArgs {
 /// Runs the command; the exit code is the check's (0 ok, 1 drift/model change, 2 error).
 pub fn run(a: CheckArgs) -> Result<u8> {
     let config = Config::load(&a.config.path())?;
-    let opts = CheckOptions { cases: a.cases, worker_timeout: Duration::from_secs_f64(config.worker.timeout_s) };
+    let opts = CheckOptions {
+        cases: a.cases,
+        worker_timeout: Duration::from_secs_f64(config.worker.timeout_s),
+    };
     let result = check(&config, &opts)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
         print_table(&result);
     }
+    if let Some(e) = &result.history_error {
+        eprintln!("monitor: error: results not recorded: {e}");
+    }
     Ok(result.exit_code)
 }
 
 fn print_table(run: &CheckRun) {
-    println!("{:<20} {:<17} {:>5} {:>10} {:>10} {:>8} {:>7}", "case", "verdict", "base", "max|Δlat|", "cosine", "SSIM", "time");
+    println!(
+        "{:<20} {:<17} {:>5} {:>10} {:>10} {:>8} {:>7}",
+        "case", "verdict", "base", "max|Δlat|", "cosine", "SSIM", "time"
+    );
     for c in &run.cases {
         let lat = c.report.as_ref().and_then(|r| r.latents.as_ref());
         let img = c.report.as_ref().and_then(|r| r.image.as_ref());
@@ -46,7 +55,11 @@ fn print_table(run: &CheckRun) {
             c.name,
             c.verdict.to_string(),
             c.baseline_version.map_or("-".into(), |v| format!("v{v}")),
-            lat.map_or("-".into(), |l| if l.max_abs == 0.0 { "0".into() } else { format!("{:.2e}", l.max_abs) }),
+            lat.map_or("-".into(), |l| if l.max_abs == 0.0 {
+                "0".into()
+            } else {
+                format!("{:.2e}", l.max_abs)
+            }),
             lat.map_or("-".into(), |l| format!("{:.6}", l.cosine)),
             img.map_or("-".into(), |i| format!("{:.4}", i.ssim)),
             c.duration_s,
@@ -84,8 +97,15 @@ fn print_details(c: &CaseCheck) {
             println!("    model file changed: {}", m.file);
         }
         for d in &r.env_differences {
-            let show = |v: &Option<serde_json::Value>| v.as_ref().map_or("(absent)".to_string(), |v| v.to_string());
-            println!("    environment: {} {} → {}", d.key, show(&d.baseline), show(&d.run));
+            let show = |v: &Option<serde_json::Value>| {
+                v.as_ref().map_or("(absent)".to_string(), |v| v.to_string())
+            };
+            println!(
+                "    environment: {} {} → {}",
+                d.key,
+                show(&d.baseline),
+                show(&d.run)
+            );
         }
     }
     if let Some(dir) = &c.artifacts {

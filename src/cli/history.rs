@@ -19,21 +19,31 @@ pub struct HistoryArgs {
     /// Print a JSON array instead of a table.
     #[arg(long)]
     json: bool,
-    /// History database (later: the config's `storage.database`).
-    #[arg(long, default_value = "monitor.db", value_name = "FILE")]
-    database: PathBuf,
+    /// History database (default: the config's `storage.database`).
+    #[arg(long, value_name = "FILE")]
+    database: Option<PathBuf>,
+    #[command(flatten)]
+    config: super::config::ConfigFileArg,
 }
 
 /// Runs the command.
 pub fn run(a: HistoryArgs) -> Result<u8> {
-    let history = History::open_existing(&a.database)?;
+    let database = match &a.database {
+        Some(d) => d.clone(),
+        None => {
+            crate::config::Config::load(&a.config.path())?
+                .storage
+                .database
+        }
+    };
+    let history = History::open_existing(&database)?;
     let entries = history.recent(a.case.as_deref(), a.limit)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
     } else if entries.is_empty() {
         match &a.case {
-            Some(c) => println!("no results for case {c} in {}", a.database.display()),
-            None => println!("no results in {}", a.database.display()),
+            Some(c) => println!("no results for case {c} in {}", database.display()),
+            None => println!("no results in {}", database.display()),
         }
     } else {
         print!("{}", table(&entries));

@@ -4,7 +4,6 @@ use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-
 /// Progress over UNet calls.
 pub struct StepBar {
     bar: Option<ProgressBar>,

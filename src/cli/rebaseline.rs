@@ -41,17 +41,39 @@ pub fn run(a: RebaselineArgs) -> Result<u8> {
         return restore(&config, &a, version);
     }
     let cases = select_cases(&config, &a.cases)?;
-    let work = tempfile::Builder::new().prefix("monitor-rebaseline-").tempdir().context("creating a work folder")?;
-    eprintln!("monitor: generating {} case(s) with {} ...", cases.len(), config.model.path.display());
-    let proposals = propose(&config, &cases, work.path(), Duration::from_secs_f64(config.worker.timeout_s))?;
+    let work = tempfile::Builder::new()
+        .prefix("monitor-rebaseline-")
+        .tempdir()
+        .context("creating a work folder")?;
+    eprintln!(
+        "monitor: generating {} case(s) with {} ...",
+        cases.len(),
+        config.model.path.display()
+    );
+    let proposals = propose(
+        &config,
+        &cases,
+        work.path(),
+        Duration::from_secs_f64(config.worker.timeout_s),
+    )?;
     for p in &proposals {
         println!("{:<20} {}", p.name, describe(p));
     }
-    let failed: Vec<&str> = proposals.iter().filter(|p| p.error.is_some()).map(|p| p.name.as_str()).collect();
+    let failed: Vec<&str> = proposals
+        .iter()
+        .filter(|p| p.error.is_some())
+        .map(|p| p.name.as_str())
+        .collect();
     if !failed.is_empty() {
-        bail!("not writing any baseline: {} failed (select the others with --case)", failed.join(", "));
+        bail!(
+            "not writing any baseline: {} failed (select the others with --case)",
+            failed.join(", ")
+        );
     }
-    if !confirm(a.yes, &format!("write new baselines for {} case(s)?", proposals.len()))? {
+    if !confirm(
+        a.yes,
+        &format!("write new baselines for {} case(s)?", proposals.len()),
+    )? {
         eprintln!("monitor: nothing written");
         return Ok(super::EXIT_ERROR);
     }
@@ -70,7 +92,9 @@ fn restore(config: &Config, a: &RebaselineArgs, version: u32) -> Result<u8> {
     let current = store.latest_version(case)?.unwrap_or(0);
     println!(
         "{case}: restore v{version} (created {}, by {}: {}) as v{}",
-        old.metadata["baseline"]["created_at"].as_str().unwrap_or("?"),
+        old.metadata["baseline"]["created_at"]
+            .as_str()
+            .unwrap_or("?"),
         old.metadata["baseline"]["who"].as_str().unwrap_or("?"),
         old.metadata["baseline"]["why"].as_str().unwrap_or("?"),
         current + 1
@@ -90,11 +114,16 @@ fn confirm(yes: bool, question: &str) -> Result<bool> {
         return Ok(true);
     }
     if !std::io::stdin().is_terminal() {
-        bail!("refusing to write baselines without confirmation: stdin is not a terminal; pass --yes");
+        bail!(
+            "refusing to write baselines without confirmation: stdin is not a terminal; pass --yes"
+        );
     }
     eprint!("{question} [y/N] ");
     std::io::stderr().flush().ok();
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).context("reading the answer")?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the answer")?;
     Ok(matches!(line.trim(), "y" | "Y" | "yes"))
 }
