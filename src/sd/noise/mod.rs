@@ -221,6 +221,22 @@ pub(crate) fn f64_to_f16_bits(x: f64) -> u16 {
     sign | ((e16 as u16) << 10) | (m - 1024) as u16
 }
 
+/// One draw of a float32 generator as `randn` returns it: torch generates float32 and casts to
+/// float16 for fp16 models, so both torch sources share this.
+pub(crate) fn f32_draw(
+    shape: &[usize],
+    dtype: NoiseDtype,
+    draw: impl FnOnce(usize) -> Vec<f32>,
+) -> Result<ArrayD<f32>, NoiseError> {
+    let mut values = draw(numel(shape)?);
+    if dtype == NoiseDtype::F16 {
+        for v in values.iter_mut() {
+            *v = round_f32_to_f16(*v);
+        }
+    }
+    into_array(shape, values)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

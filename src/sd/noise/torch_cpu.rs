@@ -21,7 +21,7 @@
 use ndarray::ArrayD;
 
 use super::mt19937::Mt19937;
-use super::{into_array, numel, round_f32_to_f16, NoiseDtype, NoiseError, NoiseSource};
+use super::{f32_draw, NoiseDtype, NoiseError, NoiseSource};
 
 /// torch CPU generator state: MT19937 plus the cached double normal sample.
 #[derive(Debug, Clone)]
@@ -98,14 +98,7 @@ impl NoiseSource for TorchCpuNoise {
     }
 
     fn randn(&mut self, shape: &[usize], dtype: NoiseDtype) -> Result<ArrayD<f32>, NoiseError> {
-        let n = numel(shape)?;
-        let mut values = self.randn_f32(n);
-        if dtype == NoiseDtype::F16 {
-            for v in values.iter_mut() {
-                *v = round_f32_to_f16(*v);
-            }
-        }
-        into_array(shape, values)
+        f32_draw(shape, dtype, |n| self.randn_f32(n))
     }
 }
 

@@ -17,7 +17,7 @@
 use ndarray::ArrayD;
 
 use super::cuda_sin_table::SIN_TABLE;
-use super::{into_array, numel, round_f32_to_f16, NoiseDtype, NoiseError, NoiseSource};
+use super::{f32_draw, NoiseDtype, NoiseError, NoiseSource};
 
 /// Streaming multiprocessors of the GPU whose launch geometry we reproduce (H100 SXM).
 pub const H100_SMS: u64 = 132;
@@ -111,15 +111,7 @@ impl NoiseSource for TorchCudaNoise {
     }
 
     fn randn(&mut self, shape: &[usize], dtype: NoiseDtype) -> Result<ArrayD<f32>, NoiseError> {
-        let n = numel(shape)?;
-        let mut values = self.randn_f32(n);
-        if dtype == NoiseDtype::F16 {
-            // torch CUDA generates in float32 and casts (verified against an H100).
-            for v in values.iter_mut() {
-                *v = round_f32_to_f16(*v);
-            }
-        }
-        into_array(shape, values)
+        f32_draw(shape, dtype, |n| self.randn_f32(n))
     }
 }
 
