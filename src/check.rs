@@ -181,10 +181,7 @@ pub fn check(config: &Config, opts: &CheckOptions) -> Result<CheckRun> {
         environment: Some(serde_json::to_value(crate::fingerprint::collect())?),
         ..NewRun::now("check")
     })?;
-    let work = tempfile::Builder::new()
-        .prefix("monitor-check-")
-        .tempdir()
-        .context("creating a work folder")?;
+    let work = crate::worker::work_dir("check")?;
     let run = run_worker(config, &cases, work.path(), opts.worker_timeout)?;
 
     let mut results = Vec::new();

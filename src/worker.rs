@@ -201,8 +201,43 @@ fn describe(s: &ExitStatus) -> String {
     }
 }
 
+/// A private work folder for one check or rebaseline, removed when dropped. Its name carries the
+/// owner's pid, so folders left by a process killed with SIGKILL can be swept by the next one.
+pub fn work_dir(kind: &str) -> Result<tempfile::TempDir> {
+    sweep_stale_work_dirs();
+    tempfile::Builder::new()
+        .prefix(&format!("monitor-{kind}-{}-", std::process::id()))
+        .tempdir()
+        .context("creating a work folder")
+}
+
+/// Removes `monitor-<kind>-<pid>-*` folders in the temp dir whose pid is no longer running.
+fn sweep_stale_work_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("monitor-") else {
+            continue;
+        };
+        let pid = rest.split('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
 /// Child side: runs the job file's cases and writes `<out>/<case>/...` and `<out>/report.json`.
 pub fn work(job_file: &Path, out_dir: &Path) -> Result<()> {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl with these arguments only sets this process's parent-death signal.
+    unsafe {
+        // A worker whose check was killed must not keep the GPU busy for nobody.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
     let bytes = std::fs::read(job_file)
         .with_context(|| format!("reading worker job {}", job_file.display()))?;
     let job: Job = serde_json::from_slice(&bytes)

@@ -381,6 +381,7 @@ fn kill_9_of_rebaseline_never_leaves_a_half_baseline() {
     let span_ms = (start.elapsed().as_millis() as u64 * 6 / 5).max(50);
     let mut seed: u64 = 0x5eed;
     let mut landed_after_write = 0;
+    let mut killed_pids = Vec::new();
     let iterations = 50;
     for _ in 0..iterations {
         seed = seed
@@ -398,6 +399,7 @@ fn kill_9_of_rebaseline_never_leaves_a_half_baseline() {
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
+        killed_pids.push(child.id());
         for name in ["fox", "owl"] {
             let versions = site.store().version_numbers(name).unwrap();
             let expected: Vec<u32> = (1..=versions.len() as u32).collect();
@@ -410,6 +412,21 @@ fn kill_9_of_rebaseline_never_leaves_a_half_baseline() {
         }
         landed_after_write = site.store().version_numbers("fox").unwrap().len() - 1;
     }
+    // The next run sweeps the work folders the killed runs could not remove.
+    site.rebaseline();
+    let leftovers: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            killed_pids
+                .iter()
+                .any(|p| n.starts_with(&format!("monitor-rebaseline-{p}-")))
+        })
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "work folders of killed runs left behind: {leftovers:?}"
+    );
     eprintln!("kill -9 loop: {iterations} kills spread over {span_ms} ms; {landed_after_write} came after the fox baseline was written");
     // The delays must have covered both sides of the write, or the test proved nothing.
     assert!(

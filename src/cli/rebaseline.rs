@@ -41,10 +41,7 @@ pub fn run(a: RebaselineArgs) -> Result<u8> {
         return restore(&config, &a, version);
     }
     let cases = select_cases(&config, &a.cases)?;
-    let work = tempfile::Builder::new()
-        .prefix("monitor-rebaseline-")
-        .tempdir()
-        .context("creating a work folder")?;
+    let work = crate::worker::work_dir("rebaseline")?;
     eprintln!(
         "monitor: generating {} case(s) with {} ...",
         cases.len(),
