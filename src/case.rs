@@ -66,6 +66,17 @@ impl CaseSpec {
         }
     }
 
+    /// Rejects what the pipeline would only reject after the model is loaded.
+    pub fn check(&self) -> Result<()> {
+        if self.karras && !self.scheduler.supports_karras() {
+            bail!(
+                "scheduler {} has no Karras sigmas option in diffusers; use euler, lms or dpmpp-2m",
+                self.scheduler
+            );
+        }
+        Ok(())
+    }
+
     /// The `parameters` block of metadata.json (what a baseline must match to be comparable).
     pub fn metadata(&self) -> Value {
         json!({
@@ -152,12 +163,8 @@ impl<'r> CaseRunner<'r> {
         case: &CaseSpec,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<(Generation, Value)> {
-        if case.karras && !case.scheduler.supports_karras() {
-            bail!(
-                "karras: scheduler {} has no Karras sigmas option in diffusers; use euler, lms or dpmpp-2m",
-                case.scheduler
-            );
-        }
+        case.check()
+            .with_context(|| format!("case {}: karras", case.name))?;
         let saved = self.loaded.scheduler_config.use_karras_sigmas;
         self.loaded.scheduler_config.use_karras_sigmas = saved || case.karras;
         let mut source = noise::build(case.noise, case.seed, case.noise_file.as_deref())

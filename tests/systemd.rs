@@ -19,5 +19,8 @@ fn shipped_units_verify() {
         .output()
         .expect("systemd-analyze (package systemd) is needed to verify the units");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && err.trim().is_empty(), "systemd-analyze verify: {err}");
+    assert!(
+        out.status.success() && err.trim().is_empty(),
+        "systemd-analyze verify: {err}"
+    );
 }

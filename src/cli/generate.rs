@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 
 use super::RuntimeArgs;
@@ -75,12 +75,8 @@ pub fn run(a: GenerateArgs) -> Result<u8> {
         noise_file: a.noise_file,
         karras: a.karras,
     };
-    if case.karras && !case.scheduler.supports_karras() {
-        bail!(
-            "--karras: scheduler {} has no Karras sigmas option in diffusers; use euler, lms or dpmpp-2m",
-            case.scheduler
-        );
-    }
+    // Fail before the (slow) model load.
+    case.check().context("--karras")?;
     let runtime = Runtime::init(a.runtime.ort_lib.as_deref(), a.runtime.settings())?;
     let mut runner = CaseRunner::load(&runtime, &a.model, fingerprint::collect())?;
     let (gen, meta) = {
