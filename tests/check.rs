@@ -434,3 +434,49 @@ fn kill_9_of_rebaseline_never_leaves_a_half_baseline() {
         "{landed_after_write} of {iterations} killed runs wrote fox"
     );
 }
+
+/// A real write failure (the file-size limit, as a full disk would fail a write) during
+/// `monitor rebaseline`: exit 2, one line, and the existing baselines untouched.
+#[test]
+fn a_write_failure_during_rebaseline_loses_nothing() {
+    let site = Site::new(None, "");
+    site.rebaseline();
+    let before: Vec<Vec<u8>> = ["latents.npy", "image.png", "metadata.json"]
+        .iter()
+        .map(|f| std::fs::read(site.store().version_dir("fox", 1).unwrap().join(f)).unwrap())
+        .collect();
+    // `ulimit -f 4`: no file may grow past 4 KiB; SIGXFSZ ignored so the write returns EFBIG.
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(r#"trap '' XFSZ; ulimit -f 4; exec "$0" rebaseline --reason "under a size limit" --yes --config "$1""#)
+        .arg(env!("CARGO_BIN_EXE_monitor"))
+        .arg(site.path("monitor.yaml"))
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("File too large") || err.contains("failed"),
+        "{err}"
+    );
+    for name in ["fox", "owl"] {
+        assert_eq!(site.store().version_numbers(name).unwrap(), [1], "{name}");
+    }
+    let after: Vec<Vec<u8>> = ["latents.npy", "image.png", "metadata.json"]
+        .iter()
+        .map(|f| std::fs::read(site.store().version_dir("fox", 1).unwrap().join(f)).unwrap())
+        .collect();
+    assert_eq!(before, after);
+    let temps = std::fs::read_dir(site.path("baselines/fox"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".tmp-")
+        })
+        .count();
+    assert_eq!(temps, 0);
+}
