@@ -79,7 +79,7 @@ pub enum BaselineError {
         path: PathBuf,
     },
     /// A file of a version is missing.
-    #[error("{path}: missing (baseline incomplete or damaged)")]
+    #[error("{path}: missing (incomplete or damaged)")]
     Missing {
         /// The file.
         path: PathBuf,
@@ -421,38 +421,17 @@ impl BaselineStore {
                 path: dir,
             });
         }
-        let lat_path = dir.join(LATENTS_FILE);
-        if !lat_path.exists() {
-            return Err(BaselineError::Missing { path: lat_path });
-        }
-        let arr = npy::read_npy(&lat_path)?;
-        let Some((h, w)) = latent_hw(&arr.shape) else {
-            return Err(BaselineError::LatentShape {
-                path: lat_path,
-                shape: arr.shape,
-            });
-        };
-        let img_path = dir.join(IMAGE_FILE);
-        let png = fs::read(&img_path).map_err(read_err(&img_path))?;
-        let image = RgbImage::from_png(&png).map_err(|e| BaselineError::Png {
-            path: img_path.clone(),
-            reason: e.to_string(),
-        })?;
-        if image.width as usize != w * 8 || image.height as usize != h * 8 {
-            return Err(BaselineError::ImageSize {
-                path: img_path,
-                width: image.width,
-                height: image.height,
-                latent_w: w,
-                latent_h: h,
-            });
-        }
-        let metadata = read_metadata(&dir.join(METADATA_FILE))?;
+        let GenerationFiles {
+            latents,
+            shape,
+            image,
+            metadata,
+        } = read_generation(&dir)?;
         Ok(Baseline {
             version,
             dir,
-            latents: arr.data,
-            shape: arr.shape,
+            latents,
+            shape,
             image,
             metadata,
         })
@@ -631,8 +610,7 @@ impl BaselineStore {
                 "restored_from": restored_from,
             }),
         );
-        let mut meta_bytes = serde_json::to_vec_pretty(&metadata).unwrap_or_default();
-        meta_bytes.push(b'\n');
+        let meta_bytes = crate::case::pretty_json(&metadata);
 
         let tmp = case_dir.join(format!(
             "{TMP_PREFIX}{}-{}",
@@ -707,6 +685,57 @@ impl BaselineStore {
         }
         Ok(())
     }
+}
+
+/// The three files of a generation — a baseline version or a run's output — read back.
+#[derive(Debug, Clone)]
+pub struct GenerationFiles {
+    /// Final latents, flat.
+    pub latents: Vec<f32>,
+    /// Their shape, `[1, 4, h, w]`.
+    pub shape: Vec<usize>,
+    /// The image, `(8w) x (8h)`.
+    pub image: RgbImage,
+    /// metadata.json, a JSON object.
+    pub metadata: Value,
+}
+
+/// Reads and validates `latents.npy`, `image.png` and `metadata.json` in `dir`: all present,
+/// latents a float `[1,4,h,w]` array, the PNG decodable and `(8w) x (8h)`, metadata an object.
+pub fn read_generation(dir: &Path) -> Result<GenerationFiles> {
+    let lat_path = dir.join(LATENTS_FILE);
+    if !lat_path.exists() {
+        return Err(BaselineError::Missing { path: lat_path });
+    }
+    let arr = npy::read_npy(&lat_path)?;
+    let Some((h, w)) = latent_hw(&arr.shape) else {
+        return Err(BaselineError::LatentShape {
+            path: lat_path,
+            shape: arr.shape,
+        });
+    };
+    let img_path = dir.join(IMAGE_FILE);
+    let png = fs::read(&img_path).map_err(read_err(&img_path))?;
+    let image = RgbImage::from_png(&png).map_err(|e| BaselineError::Png {
+        path: img_path.clone(),
+        reason: e.to_string(),
+    })?;
+    if image.width as usize != w * 8 || image.height as usize != h * 8 {
+        return Err(BaselineError::ImageSize {
+            path: img_path,
+            width: image.width,
+            height: image.height,
+            latent_w: w,
+            latent_h: h,
+        });
+    }
+    let metadata = read_metadata(&dir.join(METADATA_FILE))?;
+    Ok(GenerationFiles {
+        latents: arr.data,
+        shape: arr.shape,
+        image,
+        metadata,
+    })
 }
 
 /// Reads a metadata.json that must be a JSON object.

@@ -9,14 +9,13 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::baseline::{Baseline, BaselineStore};
+use crate::baseline::{read_generation, Baseline, BaselineStore, GenerationFiles};
 use crate::case::{pretty_json, CaseSpec};
 use crate::compare::{self, CompareReport, Outputs, Thresholds, Verdict};
 use crate::config::{Case, Config};
 use crate::fsutil::atomic_write;
 use crate::history::{CaseResult, History, NewRun};
 use crate::sd::image::RgbImage;
-use crate::sd::npy::read_npy;
 use crate::worker::{self, Job, Outcome, WorkerRun};
 
 /// Exit code when every case is identical or within tolerance.
@@ -123,48 +122,8 @@ pub fn run_worker(
     worker::run_in_worker(&job, out_dir, timeout)
 }
 
-/// A generation's files as read back from disk.
-pub struct RunFiles {
-    /// Final latents.
-    pub latents: Vec<f32>,
-    /// Their shape.
-    pub shape: Vec<usize>,
-    /// The image.
-    pub image: RgbImage,
-    /// metadata.json.
-    pub metadata: Value,
-}
-
-impl RunFiles {
-    /// Reads `latents.npy`, `image.png` and `metadata.json` from `dir`.
-    pub fn read(dir: &Path) -> Result<Self> {
-        let npy = read_npy(&dir.join("latents.npy"))?;
-        let png_path = dir.join("image.png");
-        let png =
-            std::fs::read(&png_path).with_context(|| format!("reading {}", png_path.display()))?;
-        let image =
-            RgbImage::from_png(&png).with_context(|| format!("decoding {}", png_path.display()))?;
-        let meta_path = dir.join("metadata.json");
-        let metadata: Value = serde_json::from_slice(
-            &std::fs::read(&meta_path)
-                .with_context(|| format!("reading {}", meta_path.display()))?,
-        )
-        .with_context(|| format!("parsing {}", meta_path.display()))?;
-        Ok(Self {
-            latents: npy.data,
-            shape: npy.shape,
-            image,
-            metadata,
-        })
-    }
-
-    /// `metadata.model.files_sha256`.
-    pub fn model_files(&self) -> BTreeMap<String, String> {
-        model_files(&self.metadata)
-    }
-}
-
-fn model_files(metadata: &Value) -> BTreeMap<String, String> {
+/// `metadata.model.files_sha256` of a generation.
+pub fn model_files(metadata: &Value) -> BTreeMap<String, String> {
     serde_json::from_value(metadata["model"]["files_sha256"].clone()).unwrap_or_default()
 }
 
@@ -281,7 +240,7 @@ fn check_case(
         }
     };
     out.baseline_version = Some(baseline.version);
-    let run = match RunFiles::read(dir) {
+    let run = match read_generation(dir) {
         Ok(r) => r,
         Err(e) => {
             out.error = Some(format!("{e:#}"));
@@ -309,11 +268,11 @@ fn check_case(
 
 /// Compares a run's files with a baseline under `thresholds`.
 pub fn compare_with(
-    run: &RunFiles,
+    run: &GenerationFiles,
     baseline: &Baseline,
     thresholds: &Thresholds,
 ) -> (CompareReport, Option<compare::DiffHeatmap>) {
-    let run_models = run.model_files();
+    let run_models = model_files(&run.metadata);
     let base_models = model_files(&baseline.metadata);
     let a = Outputs {
         latents: &run.latents,

@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize, Serializer};
-use sha2::{Digest, Sha256};
 
 use crate::sd::image::RgbImage;
 
@@ -125,22 +124,10 @@ pub struct LatentMetrics {
     pub baseline_non_finite: usize,
 }
 
-/// sha256 (lowercase hex) of `values` as little-endian f32 bytes, the same on every host.
+/// sha256 (lowercase hex) of `values` as little-endian f32 bytes, the same on every host
+/// (the same hash the pipeline records for the initial noise).
 pub fn latent_sha256(values: &[f32]) -> String {
-    let mut h = Sha256::new();
-    // Chunked so we neither allocate the whole byte copy nor hash 4 bytes at a time.
-    let mut buf = [0u8; 4096];
-    for chunk in values.chunks(buf.len() / 4) {
-        for (dst, v) in buf.chunks_exact_mut(4).zip(chunk) {
-            dst.copy_from_slice(&v.to_le_bytes());
-        }
-        h.update(&buf[..chunk.len() * 4]);
-    }
-    hex(&h.finalize())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::sd::noise::sha256_f32(values)
 }
 
 fn check_latent_len(

@@ -7,8 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde_json::json;
 
+use crate::baseline::read_generation;
 use crate::baseline::{BaselineStore, NewBaseline};
-use crate::check::{compare_with, run_worker, RunFiles};
+use crate::check::{compare_with, run_worker};
 use crate::compare::{CompareReport, Verdict};
 use crate::config::{Case, Config};
 use crate::history::{CaseResult, History, NewRun};
@@ -50,7 +51,7 @@ pub fn propose(
             Outcome::Failed(e) => p.error = Some(e.clone()),
             Outcome::Done { dir, .. } => {
                 p.dir = Some(dir.clone());
-                match (store.current(&case.name), RunFiles::read(dir)) {
+                match (store.current(&case.name), read_generation(dir)) {
                     (Ok(Some(base)), Ok(files)) => {
                         p.previous = Some(base.version);
                         let thresholds = case.thresholds(&config.thresholds);
@@ -109,7 +110,7 @@ pub fn accept(
             .dir
             .as_deref()
             .with_context(|| format!("case {} has no output to accept", p.name))?;
-        let files = RunFiles::read(dir)?;
+        let files = read_generation(dir)?;
         let version = store.write(
             &p.name,
             &NewBaseline {

@@ -152,9 +152,16 @@ pub fn build(
 /// `array.iter()` for C order). Recorded in run metadata to identify the exact noise used.
 pub fn sha256_f32<'a>(values: impl IntoIterator<Item = &'a f32>) -> String {
     let mut hasher = Sha256::new();
+    // Buffered: hashing 4 bytes per call is several times slower on large latents.
+    let mut buf = Vec::with_capacity(4096);
     for v in values {
-        hasher.update(v.to_le_bytes());
+        buf.extend_from_slice(&v.to_le_bytes());
+        if buf.len() >= 4096 {
+            hasher.update(&buf);
+            buf.clear();
+        }
     }
+    hasher.update(&buf);
     super::model::hex(&hasher.finalize())
 }
 
