@@ -13,6 +13,7 @@ use crate::baseline::{read_generation, Baseline, BaselineStore, GenerationFiles}
 use crate::case::{pretty_json, CaseSpec};
 use crate::compare::{self, CompareReport, Outputs, Thresholds, Verdict};
 use crate::config::{Case, Config};
+use crate::fingerprint::Environment;
 use crate::fsutil::atomic_write;
 use crate::history::{CaseResult, History, NewRun};
 use crate::sd::image::RgbImage;
@@ -110,6 +111,7 @@ pub fn select_cases<'c>(config: &'c Config, names: &[String]) -> Result<Vec<&'c 
 pub fn run_worker(
     config: &Config,
     cases: &[&Case],
+    environment: &Environment,
     out_dir: &Path,
     timeout: Duration,
 ) -> Result<WorkerRun> {
@@ -118,6 +120,7 @@ pub fn run_worker(
         ort_library: config.onnxruntime.library.clone(),
         runtime: config.model.runtime_settings(),
         cases: cases.iter().map(|c| c.spec()).collect(),
+        environment: environment.clone(),
     };
     worker::run_in_worker(&job, out_dir, timeout)
 }
@@ -135,13 +138,20 @@ pub fn check(config: &Config, opts: &CheckOptions) -> Result<CheckRun> {
     // Open the history first: a locked or corrupt database must fail before minutes of GPU work.
     let mut history = History::open(&config.storage.database)?;
     let store = BaselineStore::new(&config.storage.baselines);
+    let environment = crate::fingerprint::collect();
     let run_id = history.begin_run(&NewRun {
         model_path: Some(config.model.path.display().to_string()),
-        environment: Some(serde_json::to_value(crate::fingerprint::collect())?),
+        environment: Some(serde_json::to_value(&environment)?),
         ..NewRun::now("check")
     })?;
     let work = crate::worker::work_dir("check")?;
-    let run = run_worker(config, &cases, work.path(), opts.worker_timeout)?;
+    let run = run_worker(
+        config,
+        &cases,
+        &environment,
+        work.path(),
+        opts.worker_timeout,
+    )?;
 
     let mut results = Vec::new();
     for (case, (name, outcome)) in cases.iter().zip(&run.outcomes) {

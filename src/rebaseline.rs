@@ -12,6 +12,7 @@ use crate::baseline::{BaselineStore, NewBaseline};
 use crate::check::{compare_with, run_worker};
 use crate::compare::{CompareReport, Verdict};
 use crate::config::{Case, Config};
+use crate::fingerprint::Environment;
 use crate::history::{CaseResult, History, NewRun};
 use crate::worker::Outcome;
 
@@ -33,11 +34,12 @@ pub struct Proposal {
 pub fn propose(
     config: &Config,
     cases: &[&Case],
+    environment: &Environment,
     work: &Path,
     timeout: Duration,
 ) -> Result<Vec<Proposal>> {
     let store = BaselineStore::new(&config.storage.baselines);
-    let run = run_worker(config, cases, work, timeout)?;
+    let run = run_worker(config, cases, environment, work, timeout)?;
     let mut out = Vec::new();
     for (case, (name, outcome)) in cases.iter().zip(&run.outcomes) {
         let mut p = Proposal {
@@ -92,6 +94,7 @@ pub fn who() -> String {
 pub fn accept(
     config: &Config,
     proposals: &[Proposal],
+    environment: &Environment,
     who: &str,
     why: &str,
 ) -> Result<Vec<(String, u32)>> {
@@ -99,7 +102,7 @@ pub fn accept(
     let mut history = History::open(&config.storage.database)?;
     let run_id = history.begin_run(&NewRun {
         model_path: Some(config.model.path.display().to_string()),
-        environment: Some(serde_json::to_value(crate::fingerprint::collect())?),
+        environment: Some(serde_json::to_value(environment)?),
         ..NewRun::now("rebaseline")
     })?;
     let start = std::time::Instant::now();

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::case::{pretty_json, write_generation, CaseRunner, CaseSpec};
-use crate::fingerprint::{self, Environment};
+use crate::fingerprint::Environment;
 use crate::fsutil::atomic_write;
 use crate::sd::runtime::{Runtime, RuntimeSettings};
 
@@ -28,6 +28,8 @@ pub struct Job {
     pub runtime: RuntimeSettings,
     /// The cases, run in order with the model loaded once.
     pub cases: Vec<CaseSpec>,
+    /// The host fingerprint, collected once by the parent (nvidia-smi is not free).
+    pub environment: Environment,
 }
 
 /// What a worker reports in `report.json` when it gets to finish.
@@ -35,8 +37,6 @@ pub struct Job {
 pub struct Report {
     /// Seconds spent creating sessions.
     pub load_s: Option<f64>,
-    /// The host fingerprint the worker saw.
-    pub environment: Option<Environment>,
     /// An error that stopped every case (no ONNX Runtime, model folder broken, ...).
     pub fatal: Option<String>,
     /// One entry per case that was attempted.
@@ -242,10 +242,7 @@ pub fn work(job_file: &Path, out_dir: &Path) -> Result<()> {
         .with_context(|| format!("reading worker job {}", job_file.display()))?;
     let job: Job = serde_json::from_slice(&bytes)
         .with_context(|| format!("parsing worker job {}", job_file.display()))?;
-    let mut report = Report {
-        environment: Some(fingerprint::collect()),
-        ..Report::default()
-    };
+    let mut report = Report::default();
     let result = run_cases(&job, out_dir, &mut report);
     if let Err(e) = result {
         report.fatal = Some(format!("{e:#}"));
@@ -257,8 +254,7 @@ pub fn work(job_file: &Path, out_dir: &Path) -> Result<()> {
 
 fn run_cases(job: &Job, out_dir: &Path, report: &mut Report) -> Result<()> {
     let runtime = Runtime::init(job.ort_library.as_deref(), job.runtime.clone())?;
-    let env = report.environment.clone().unwrap_or_default();
-    let mut runner = CaseRunner::load(&runtime, &job.model, env)?;
+    let mut runner = CaseRunner::load(&runtime, &job.model, job.environment.clone())?;
     report.load_s = Some(runner.load_s());
     for case in &job.cases {
         let start = Instant::now();

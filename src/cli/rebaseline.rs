@@ -47,9 +47,11 @@ pub fn run(a: RebaselineArgs) -> Result<u8> {
         cases.len(),
         config.model.path.display()
     );
+    let environment = crate::fingerprint::collect();
     let proposals = propose(
         &config,
         &cases,
+        &environment,
         work.path(),
         Duration::from_secs_f64(config.worker.timeout_s),
     )?;
@@ -74,7 +76,7 @@ pub fn run(a: RebaselineArgs) -> Result<u8> {
         eprintln!("monitor: nothing written");
         return Ok(super::EXIT_ERROR);
     }
-    for (case, version) in accept(&config, &proposals, &who(), &a.reason)? {
+    for (case, version) in accept(&config, &proposals, &environment, &who(), &a.reason)? {
         println!("{case}: wrote v{version}");
     }
     Ok(0)
