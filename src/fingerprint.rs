@@ -43,9 +43,14 @@ pub fn collect() -> Environment {
         driver,
         cuda,
         cudnn: cudnn_version(),
-        hostname: read_trim("/proc/sys/kernel/hostname"),
+        hostname: hostname(),
         monitor_version: env!("CARGO_PKG_VERSION").to_string(),
     }
+}
+
+/// This host's name, if the kernel reports one.
+pub fn hostname() -> Option<String> {
+    read_trim("/proc/sys/kernel/hostname")
 }
 
 fn read_trim(path: &str) -> Option<String> {

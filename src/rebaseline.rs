@@ -79,13 +79,9 @@ pub fn who() -> String {
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
         // SAFETY: getuid has no preconditions and cannot fail.
         .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }));
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
-    if host.is_empty() {
-        user
-    } else {
-        format!("{user}@{host}")
+    match crate::fingerprint::hostname() {
+        Some(host) => format!("{user}@{host}"),
+        None => user,
     }
 }
 
