@@ -17,17 +17,29 @@
 //! still validate every file and report a damaged one as an error naming the file (never by
 //! silently falling back to an older version, which would hide the damage).
 //!
-//! Writing (see [`BaselineStore::write`]):
-//! 1. take the case's lock (`flock`, released by the kernel if the process dies);
-//! 2. remove every `.tmp-*` entry: writers create temp folders only while holding the lock, so
-//!    any temp folder seen by the lock holder belongs to a writer that died (no pid check needed,
-//!    and none would be safe anyway: pids are reused);
-//! 3. pick `max(version) + 1`, write the three files into `.tmp-vNNNN-<pid>/`, fsync each file
-//!    and the temp folder;
-//! 4. `rename` the temp folder to `vNNNN` (atomic), fsync the case folder.
+//! Writing (see [`BaselineStore::write_batch`]; [`BaselineStore::write`] is a batch of one):
+//! 1. take the store's lock (`<root>/.lock`, `flock`, released by the kernel if the process
+//!    dies), then finish any batch a dead writer left half-committed (step 5);
+//! 2. per case, in name order: take the case's lock, remove every `.tmp-*` entry (writers create
+//!    temp folders only while holding the lock, so any temp folder seen by the lock holder belongs
+//!    to a writer that died), pick `max(version) + 1` (refusing to wrap at `u32::MAX`), write the
+//!    three files into `.tmp-vNNNN-<pid>/`, fsync each file and the folder;
+//! 3. a batch of several cases writes `<root>/.journal.json` (atomically) listing every temp
+//!    folder and its final name: from this moment the batch is committed;
+//! 4. `rename` each temp folder to `vNNNN`, fsync each case folder, remove the journal;
+//! 5. recovery: a journal found under the store lock means its writer died after step 3, when
+//!    every temp folder was complete and synced, so the remaining renames are done (roll forward).
 //!
-//! Killed before 4, a temp folder is left that readers ignore and the next writer removes;
-//! killed after the rename, the version is complete. Any error removes the temp folder.
+//! So a batch is all-or-nothing: killed before step 3, only temp folders are left (ignored by
+//! readers, removed by the next writer); killed after it, the next writer or check completes
+//! it. Any error before step 3 removes the temp folders; a rename that fails in step 4 is undone.
+//! Readers that need every case's current version from the same moment ([`BaselineStore::read_lock`])
+//! hold the store lock shared.
+//!
+//! Every version records the sha256 of its latents.npy bytes and of its image's RGB pixels in the
+//! `baseline` block of metadata.json (versions written before that carry the same hashes in the
+//! `outputs` block), and [`BaselineStore::load`] verifies them: a file changed on disk is
+//! reported as damaged, never compared as if it were genuine.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -151,6 +163,49 @@ pub enum BaselineError {
         /// Encoder's message.
         reason: String,
     },
+    /// A stored file does not match what was recorded when it was written (or nothing was
+    /// recorded): the baseline cannot be trusted, so it is never compared.
+    #[error("{path}: baseline damaged: {reason}")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What does not match.
+        reason: String,
+    },
+    /// A version entry that is not a folder: a dangling symlink or a file. Readers never fall
+    /// back to an older version past it.
+    #[error("{path}: baseline {case} v{version:04} is {what}, not a folder; move it aside")]
+    NotAFolder {
+        /// Case name.
+        case: String,
+        /// The version its name claims.
+        version: u32,
+        /// The entry.
+        path: PathBuf,
+        /// "a dangling symlink", "a file", ...
+        what: &'static str,
+    },
+    /// The case's newest version is `u32::MAX`: there is no next number.
+    #[error("{path}: case {case} already has version v{version}, the highest possible; move old versions aside (nothing written)")]
+    VersionOverflow {
+        /// Case name.
+        case: String,
+        /// Its newest version.
+        version: u32,
+        /// The case folder.
+        path: PathBuf,
+    },
+    /// A committed batch could not be moved fully into place; its journal stays, and the next
+    /// writer or check finishes it.
+    #[error("{path}: {reason}; the batch is committed and the next monitor command that writes or checks baselines completes it (in place now: {in_place})")]
+    Incomplete {
+        /// The journal file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+        /// `case vNNNN` entries already in place.
+        in_place: String,
+    },
     /// Writing failed; earlier versions are untouched and the temp folder was removed.
     #[error(
         "{path}: {action} failed: {source} (no new baseline written; earlier versions untouched)"
@@ -220,11 +275,21 @@ pub struct VersionInfo {
 }
 
 /// A baseline store rooted at a folder (created on first write).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct BaselineStore {
     root: PathBuf,
-    /// Test hook: make the write of this file fail half-way with "no space left on device".
+    hooks: Hooks,
+}
+
+/// Failures injected by tests, standing in for a full disk or a failing rename.
+#[derive(Debug, Clone, Default)]
+struct Hooks {
+    /// Every write of this file fails half-way with "no space left on device".
     fail_write_of: Option<&'static str>,
+    /// Every file write of this case fails so.
+    fail_case: Option<String>,
+    /// Moving this case's new version into place fails.
+    fail_rename_of: Option<String>,
 }
 
 /// Checks that `name` is usable as a case (folder) name: non-empty, `[A-Za-z0-9._-]` only,
@@ -305,12 +370,81 @@ fn latent_hw(shape: &[usize]) -> Option<(usize, usize)> {
     }
 }
 
+/// Lowercase hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    crate::sd::model::hex(&Sha256::digest(bytes))
+}
+
+/// What an entry named like a version is, when it is not a folder.
+fn not_a_folder(path: &Path) -> Option<&'static str> {
+    let meta = fs::symlink_metadata(path).ok()?;
+    if path.is_dir() {
+        return None;
+    }
+    Some(if meta.file_type().is_symlink() {
+        "a dangling symlink (or a link to something that is not a folder)"
+    } else if meta.is_file() {
+        "a file"
+    } else {
+        "neither a folder nor a file"
+    })
+}
+
+/// A version's files encoded and ready to be written.
+struct Encoded {
+    case: String,
+    npy: Vec<u8>,
+    png: Vec<u8>,
+    image_rgb_sha256: String,
+    metadata: Value,
+    who: String,
+    why: String,
+    restored_from: Option<u32>,
+}
+
+/// A version written into its temp folder, waiting to be renamed into place.
+struct Staged {
+    case: String,
+    case_dir: PathBuf,
+    tmp: PathBuf,
+    final_dir: PathBuf,
+    version: u32,
+    /// The case's lock, held until the batch is done.
+    _lock: File,
+}
+
+/// `<root>/.journal.json`: the renames of a committed batch.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Journal {
+    entries: Vec<JournalEntry>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct JournalEntry {
+    case: String,
+    /// The temp folder's name inside the case folder.
+    tmp: String,
+    version: u32,
+}
+
+/// Name of the store-wide lock file in the root.
+pub const STORE_LOCK_FILE: &str = ".lock";
+/// Name of the journal of a batch being committed, in the root.
+pub const JOURNAL_FILE: &str = ".journal.json";
+
+/// A shared hold on the store lock (see [`BaselineStore::read_lock`]).
+#[derive(Debug)]
+pub struct ReadLock {
+    _file: Option<File>,
+}
+
 impl BaselineStore {
     /// A store at `root` (nothing is touched until a write).
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: root.into(),
-            fail_write_of: None,
+            hooks: Hooks::default(),
         }
     }
 
@@ -323,7 +457,21 @@ impl BaselineStore {
     /// names) with "no space left on device", as a full disk would.
     #[doc(hidden)]
     pub fn fail_write_of(mut self, file: &'static str) -> Self {
-        self.fail_write_of = Some(file);
+        self.hooks.fail_write_of = Some(file);
+        self
+    }
+
+    /// Test hook: every file write of `case` fails half-way with "no space left on device".
+    #[doc(hidden)]
+    pub fn fail_case(mut self, case: &str) -> Self {
+        self.hooks.fail_case = Some(case.to_string());
+        self
+    }
+
+    /// Test hook: renaming `case`'s new version into place fails.
+    #[doc(hidden)]
+    pub fn fail_rename_of(mut self, case: &str) -> Self {
+        self.hooks.fail_rename_of = Some(case.to_string());
         self
     }
 
@@ -365,8 +513,10 @@ impl BaselineStore {
         Ok(out)
     }
 
-    /// The case's version numbers, ascending (only canonical `vNNNN` folders count; temp
-    /// folders and anything else are ignored). A missing case has none.
+    /// The case's version numbers, ascending (only canonical `vNNNN` names count; temp folders
+    /// and anything else are ignored). A missing case has none. An entry with a version's name
+    /// that is not a folder (a dangling symlink, a file) is an error: skipping it would make an
+    /// older version current without anyone deciding so.
     pub fn version_numbers(&self, case: &str) -> Result<Vec<u32>> {
         let dir = self.case_dir(case)?;
         let entries = match fs::read_dir(&dir) {
@@ -383,9 +533,16 @@ impl BaselineStore {
             let Some(v) = entry.file_name().to_str().and_then(parse_version_dir_name) else {
                 continue;
             };
-            if entry.path().is_dir() {
-                out.push(v);
+            let path = entry.path();
+            if let Some(what) = not_a_folder(&path) {
+                return Err(BaselineError::NotAFolder {
+                    case: case.to_string(),
+                    version: v,
+                    path,
+                    what,
+                });
             }
+            out.push(v);
         }
         out.sort_unstable();
         Ok(out)
@@ -396,7 +553,7 @@ impl BaselineStore {
         Ok(self.version_numbers(case)?.last().copied())
     }
 
-    /// The current (highest) version, loaded and validated; `None` if the case has none.
+    /// The current (highest) version, loaded and verified; `None` if the case has none.
     /// A damaged current version is an error, not a reason to fall back to an older one.
     pub fn current(&self, case: &str) -> Result<Option<Baseline>> {
         match self.latest_version(case)? {
@@ -410,10 +567,17 @@ impl BaselineStore {
         Ok(self.case_dir(case)?.join(version_dir_name(version)))
     }
 
-    /// Loads and validates one version: all three files present, latents a float `[1,4,h,w]`
-    /// array, the PNG decodable and `(8w) x (8h)`, metadata.json a JSON object.
+    /// Loads and verifies one version (see [`read_generation`]).
     pub fn load(&self, case: &str, version: u32) -> Result<Baseline> {
         let dir = self.version_dir(case, version)?;
+        if let Some(what) = not_a_folder(&dir) {
+            return Err(BaselineError::NotAFolder {
+                case: case.to_string(),
+                version,
+                path: dir,
+                what,
+            });
+        }
         if !dir.is_dir() {
             return Err(BaselineError::NoSuchVersion {
                 case: case.to_string(),
@@ -460,126 +624,262 @@ impl BaselineStore {
 
     /// Writes a new version and returns its number; earlier versions are never touched.
     pub fn write(&self, case: &str, new: &NewBaseline<'_>) -> Result<u32> {
-        let invalid = |reason: String| BaselineError::Invalid {
-            case: case.to_string(),
-            reason,
-        };
-        validate_case(case)?;
-        let Some((h, w)) = latent_hw(new.shape) else {
-            return Err(invalid(format!(
-                "latents shape {:?} is not [1, 4, h, w]",
-                new.shape
-            )));
-        };
-        if new.image.width as usize != w * 8 || new.image.height as usize != h * 8 {
-            return Err(invalid(format!(
-                "image is {}x{} but the latents ({w}x{h}) need {}x{}",
-                new.image.width,
-                new.image.height,
-                w * 8,
-                h * 8
-            )));
-        }
-        let want_len = new.image.width as usize * new.image.height as usize * 3;
-        if new.image.pixels.len() != want_len {
-            return Err(BaselineError::Encode {
-                case: case.to_string(),
-                file: IMAGE_FILE,
-                reason: format!(
-                    "{}x{} RGB needs {want_len} bytes, got {}",
-                    new.image.width,
-                    new.image.height,
-                    new.image.pixels.len()
-                ),
-            });
-        }
-        let encode = |file, reason: String| BaselineError::Encode {
-            case: case.to_string(),
-            file,
-            reason,
-        };
-        let mut npy_bytes = Vec::new();
-        npy::write_npy_f32(&mut npy_bytes, new.shape, new.latents)
-            .map_err(|e| encode(LATENTS_FILE, e.to_string()))?;
-        let png = new
-            .image
-            .to_png()
-            .map_err(|e| encode(IMAGE_FILE, e.to_string()))?;
-        if !new.metadata.is_object() {
-            return Err(invalid("metadata is not a JSON object".to_string()));
-        }
-        self.write_encoded(
-            case,
-            &npy_bytes,
-            &png,
-            new.metadata.clone(),
-            &new.who,
-            &new.why,
-            new.restored_from,
-        )
+        let written = self.write_batch(&[(case, new.clone())])?;
+        Ok(written[0].1)
+    }
+
+    /// Writes one new version of each case, all or nothing: either every case gets its new
+    /// current version or none does (see the module docs). Returns `(case, version)` in the
+    /// order given.
+    pub fn write_batch(&self, batch: &[(&str, NewBaseline<'_>)]) -> Result<Vec<(String, u32)>> {
+        let encoded = batch
+            .iter()
+            .map(|(case, new)| encode(case, new))
+            .collect::<Result<Vec<_>>>()?;
+        let written = self.commit(encoded)?;
+        Ok(batch
+            .iter()
+            .map(|(case, _)| {
+                let v = written.iter().find(|(c, _)| c == case).map_or(0, |w| w.1);
+                (case.to_string(), v)
+            })
+            .collect())
     }
 
     /// Undo: copies version `version`'s files (latents.npy and image.png byte for byte,
     /// metadata.json with a new `baseline` key) into a new version with
     /// `restored_from = version`, and returns the new number. History stays linear; nothing is
-    /// deleted. The old version is validated first.
+    /// deleted. The old version is verified first.
     pub fn restore(&self, case: &str, version: u32, who: &str, why: &str) -> Result<u32> {
         let old = self.load(case, version)?;
         let lat = old.dir.join(LATENTS_FILE);
         let img = old.dir.join(IMAGE_FILE);
-        let npy_bytes = fs::read(&lat).map_err(read_err(&lat))?;
+        let npy = fs::read(&lat).map_err(read_err(&lat))?;
         let png = fs::read(&img).map_err(read_err(&img))?;
-        self.write_encoded(
-            case,
-            &npy_bytes,
-            &png,
-            old.metadata,
-            who,
-            why,
-            Some(version),
-        )
+        let written = self.commit(vec![Encoded {
+            case: case.to_string(),
+            npy,
+            png,
+            image_rgb_sha256: sha256_hex(&old.image.pixels),
+            metadata: old.metadata,
+            who: who.to_string(),
+            why: why.to_string(),
+            restored_from: Some(version),
+        }])?;
+        Ok(written[0].1)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn write_encoded(
-        &self,
-        case: &str,
-        npy_bytes: &[u8],
-        png: &[u8],
-        mut metadata: Value,
-        who: &str,
-        why: &str,
-        restored_from: Option<u32>,
-    ) -> Result<u32> {
-        let case_dir = self.case_dir(case)?;
-        if !case_dir.is_dir() {
-            // The nearest existing ancestor: every folder below it is new and its entry must be
-            // made durable by syncing its parent.
-            let mut existing = case_dir.as_path();
-            while !existing.is_dir() {
-                match existing.parent() {
-                    Some(p) if !p.as_os_str().is_empty() => existing = p,
-                    _ => {
-                        existing = Path::new(".");
-                        break;
-                    }
+    /// Holds the store lock shared until dropped, so that no batch is half-renamed while the
+    /// caller reads several cases. Finishes an interrupted batch first ([`Self::recover`]). A
+    /// store never written to (no lock file) needs no lock.
+    pub fn read_lock(&self) -> Result<ReadLock> {
+        self.recover()?;
+        let path = self.root.join(STORE_LOCK_FILE);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(ReadLock { _file: None })
+            }
+            Err(source) => return Err(BaselineError::Read { path, source }),
+        };
+        file.lock_shared()
+            .map_err(|source| BaselineError::Read { path, source })?;
+        Ok(ReadLock { _file: Some(file) })
+    }
+
+    /// Completes a batch whose writer died after committing it (a journal is present). Cheap
+    /// when there is none (one `stat`).
+    pub fn recover(&self) -> Result<()> {
+        if !self.root.join(JOURNAL_FILE).exists() {
+            return Ok(());
+        }
+        let _lock = self.lock_store()?;
+        self.recover_locked()
+    }
+
+    fn lock_store(&self) -> Result<File> {
+        let path = self.root.join(STORE_LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(write_err(&path, "opening the store lock"))?;
+        lock.lock().map_err(write_err(&path, "locking the store"))?;
+        Ok(lock)
+    }
+
+    /// Rolls a journal forward; the store lock must be held.
+    fn recover_locked(&self) -> Result<()> {
+        let path = self.root.join(JOURNAL_FILE);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(BaselineError::Read { path, source }),
+        };
+        let journal: Journal =
+            serde_json::from_slice(&bytes).map_err(|e| BaselineError::Damaged {
+                path: path.clone(),
+                reason: format!("unreadable journal of an interrupted batch ({e}); move it aside"),
+            })?;
+        let mut dirs = Vec::new();
+        for e in &journal.entries {
+            let case_dir = self.case_dir(&e.case)?;
+            let final_dir = case_dir.join(version_dir_name(e.version));
+            let tmp = case_dir.join(&e.tmp);
+            let tmp_ok = e.tmp.starts_with(TMP_PREFIX) && !e.tmp.contains('/');
+            match (tmp_ok && tmp.is_dir(), final_dir.is_dir()) {
+                (true, false) => fs::rename(&tmp, &final_dir)
+                    .map_err(write_err(&final_dir, "completing an interrupted batch"))?,
+                (false, true) => {}
+                _ => {
+                    return Err(BaselineError::Damaged {
+                        path: path.clone(),
+                        reason: format!(
+                            "journal entry {} v{:04}: expected exactly one of {} and {}; move the journal aside",
+                            e.case,
+                            e.version,
+                            tmp.display(),
+                            final_dir.display()
+                        ),
+                    })
                 }
             }
-            fs::create_dir_all(&case_dir).map_err(write_err(&case_dir, "creating case folder"))?;
-            let mut dir = case_dir.as_path();
-            while let Some(parent) = dir.parent() {
-                let parent = if parent.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    parent
-                };
-                fsync_dir(parent).map_err(write_err(parent, "syncing folder"))?;
-                if parent == existing || parent == Path::new(".") {
+            dirs.push(case_dir);
+        }
+        for d in &dirs {
+            fsync_dir(d).map_err(write_err(d, "syncing case folder"))?;
+        }
+        fs::remove_file(&path).map_err(write_err(&path, "removing the journal"))?;
+        fsync_dir(&self.root).map_err(write_err(&self.root, "syncing the store folder"))
+    }
+
+    /// Creates `dir` and every missing ancestor, syncing each new entry's parent.
+    fn create_durably(dir: &Path) -> Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        // The nearest existing ancestor: every folder below it is new and its entry must be
+        // made durable by syncing its parent.
+        let mut existing = dir;
+        while !existing.is_dir() {
+            match existing.parent() {
+                Some(p) if !p.as_os_str().is_empty() => existing = p,
+                _ => {
+                    existing = Path::new(".");
                     break;
                 }
-                dir = parent;
             }
         }
+        fs::create_dir_all(dir).map_err(write_err(dir, "creating folder"))?;
+        let mut d = dir;
+        while let Some(parent) = d.parent() {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            fsync_dir(parent).map_err(write_err(parent, "syncing folder"))?;
+            if parent == existing || parent == Path::new(".") {
+                break;
+            }
+            d = parent;
+        }
+        Ok(())
+    }
+
+    fn commit(&self, mut items: Vec<Encoded>) -> Result<Vec<(String, u32)>> {
+        items.sort_by(|a, b| a.case.cmp(&b.case));
+        if let Some(w) = items.windows(2).find(|w| w[0].case == w[1].case) {
+            return Err(BaselineError::Invalid {
+                case: w[0].case.clone(),
+                reason: "named twice in one batch".into(),
+            });
+        }
+        for it in &items {
+            Self::create_durably(&self.case_dir(&it.case)?)?;
+        }
+        let _store_lock = self.lock_store()?;
+        self.recover_locked()?;
+        let mut staged: Vec<Staged> = Vec::new();
+        let cleanup = |staged: &[Staged]| {
+            for s in staged {
+                let _ = fs::remove_dir_all(&s.tmp);
+            }
+        };
+        for it in &items {
+            match self.stage(it) {
+                Ok(s) => staged.push(s),
+                Err(e) => {
+                    cleanup(&staged);
+                    return Err(e);
+                }
+            }
+        }
+        let journal_path = self.root.join(JOURNAL_FILE);
+        let journaled = staged.len() > 1;
+        if journaled {
+            let journal = Journal {
+                entries: staged
+                    .iter()
+                    .map(|s| JournalEntry {
+                        case: s.case.clone(),
+                        tmp: s
+                            .tmp
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                        version: s.version,
+                    })
+                    .collect(),
+            };
+            let bytes = serde_json::to_vec_pretty(&journal).unwrap_or_default();
+            if let Err(e) = crate::fsutil::atomic_write(&journal_path, &bytes) {
+                cleanup(&staged);
+                return Err(write_err(&journal_path, "writing the batch journal")(e));
+            }
+        }
+        for (i, s) in staged.iter().enumerate() {
+            if let Err(e) = self.rename_into_place(s) {
+                // Undo the renames done so far, so that the batch is all or nothing.
+                let undone = staged[..i]
+                    .iter()
+                    .rev()
+                    .all(|d| fs::rename(&d.final_dir, &d.tmp).is_ok());
+                if undone {
+                    cleanup(&staged);
+                    if journaled {
+                        let _ = fs::remove_file(&journal_path);
+                    }
+                    return Err(e);
+                }
+                let in_place: Vec<String> = staged[..i]
+                    .iter()
+                    .map(|d| format!("{} v{:04}", d.case, d.version))
+                    .collect();
+                return Err(BaselineError::Incomplete {
+                    path: journal_path,
+                    reason: e.to_string(),
+                    in_place: in_place.join(", "),
+                });
+            }
+        }
+        // A rename is durable only once its folder's entry is on disk. If this fails the
+        // versions are complete and visible, but may not survive a power cut: report it.
+        for s in &staged {
+            fsync_dir(&s.case_dir).map_err(write_err(&s.case_dir, "syncing case folder"))?;
+        }
+        if journaled {
+            fs::remove_file(&journal_path)
+                .map_err(write_err(&journal_path, "removing the batch journal"))?;
+            fsync_dir(&self.root).map_err(write_err(&self.root, "syncing the store folder"))?;
+        }
+        Ok(staged.into_iter().map(|s| (s.case, s.version)).collect())
+    }
+
+    /// Writes one version into a fresh temp folder of its case, under the case lock.
+    fn stage(&self, it: &Encoded) -> Result<Staged> {
+        let case_dir = self.case_dir(&it.case)?;
         let lock_path = case_dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
@@ -588,30 +888,37 @@ impl BaselineStore {
             .open(&lock_path)
             .map_err(write_err(&lock_path, "opening lock file"))?;
         lock.lock().map_err(write_err(&lock_path, "locking"))?;
-
         self.remove_stale_temps(&case_dir)?;
-        let version = self.latest_version(case)?.unwrap_or(0) + 1;
+        let latest = self.latest_version(&it.case)?.unwrap_or(0);
+        let version = latest
+            .checked_add(1)
+            .ok_or_else(|| BaselineError::VersionOverflow {
+                case: it.case.clone(),
+                version: latest,
+                path: case_dir.clone(),
+            })?;
         let final_dir = case_dir.join(version_dir_name(version));
-
+        let mut metadata = it.metadata.clone();
         let obj = metadata
             .as_object_mut()
             .ok_or_else(|| BaselineError::Invalid {
-                case: case.to_string(),
+                case: it.case.clone(),
                 reason: "metadata is not a JSON object".to_string(),
             })?;
         obj.insert(
             "baseline".to_string(),
             json!({
-                "case": case,
+                "case": it.case,
                 "version": version,
                 "created_at": crate::clock::utc_now_rfc3339(),
-                "who": who,
-                "why": why,
-                "restored_from": restored_from,
+                "who": it.who,
+                "why": it.why,
+                "restored_from": it.restored_from,
+                "latents_npy_sha256": sha256_hex(&it.npy),
+                "image_rgb_sha256": it.image_rgb_sha256,
             }),
         );
         let meta_bytes = crate::case::pretty_json(&metadata);
-
         let tmp = case_dir.join(format!(
             "{TMP_PREFIX}{}-{}",
             version_dir_name(version),
@@ -620,39 +927,48 @@ impl BaselineStore {
         let result = (|| {
             fs::create_dir(&tmp).map_err(write_err(&tmp, "creating temp folder"))?;
             for (name, bytes) in [
-                (LATENTS_FILE, npy_bytes),
-                (IMAGE_FILE, png),
+                (LATENTS_FILE, &it.npy[..]),
+                (IMAGE_FILE, &it.png[..]),
                 (METADATA_FILE, &meta_bytes[..]),
             ] {
-                self.write_file(&tmp.join(name), name, bytes)?;
+                self.write_file(&it.case, &tmp.join(name), name, bytes)?;
             }
-            fsync_dir(&tmp).map_err(write_err(&tmp, "syncing temp folder"))?;
-            fs::rename(&tmp, &final_dir).map_err(|source| BaselineError::Write {
-                path: final_dir.clone(),
-                action: "renaming the temp folder into place",
-                source,
-            })?;
-            Ok(())
+            fsync_dir(&tmp).map_err(write_err(&tmp, "syncing temp folder"))
         })();
         if let Err(e) = result {
             let _ = fs::remove_dir_all(&tmp);
             return Err(e);
         }
-        // The rename is durable only once the case folder's entry is on disk. If this fails the
-        // version is complete and visible, but may not survive a power cut: report it.
-        fsync_dir(&case_dir).map_err(write_err(&case_dir, "syncing case folder"))?;
-        drop(lock);
-        Ok(version)
+        Ok(Staged {
+            case: it.case.clone(),
+            case_dir,
+            tmp,
+            final_dir,
+            version,
+            _lock: lock,
+        })
     }
 
-    fn write_file(&self, path: &Path, name: &'static str, bytes: &[u8]) -> Result<()> {
+    fn rename_into_place(&self, s: &Staged) -> Result<()> {
+        let fail = |source| BaselineError::Write {
+            path: s.final_dir.clone(),
+            action: "renaming the temp folder into place",
+            source,
+        };
+        if self.hooks.fail_rename_of.as_deref() == Some(s.case.as_str()) {
+            return Err(fail(std::io::Error::other("rename failed (injected)")));
+        }
+        fs::rename(&s.tmp, &s.final_dir).map_err(fail)
+    }
+
+    fn write_file(&self, case: &str, path: &Path, name: &'static str, bytes: &[u8]) -> Result<()> {
         let err = || write_err(path, "writing baseline file");
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(path)
             .map_err(err())?;
-        if self.fail_write_of == Some(name) {
+        if self.hooks.fail_write_of == Some(name) || self.hooks.fail_case.as_deref() == Some(case) {
             f.write_all(&bytes[..bytes.len() / 2]).map_err(err())?;
             return Err(err()(std::io::Error::new(
                 std::io::ErrorKind::StorageFull,
@@ -687,6 +1003,74 @@ impl BaselineStore {
     }
 }
 
+/// Validates a new baseline and encodes its files; nothing touches the disk.
+fn encode(case: &str, new: &NewBaseline<'_>) -> Result<Encoded> {
+    let invalid = |reason: String| BaselineError::Invalid {
+        case: case.to_string(),
+        reason,
+    };
+    validate_case(case)?;
+    let Some((h, w)) = latent_hw(new.shape) else {
+        return Err(invalid(format!(
+            "latents shape {:?} is not [1, 4, h, w]",
+            new.shape
+        )));
+    };
+    if new.image.width as usize != w * 8 || new.image.height as usize != h * 8 {
+        return Err(invalid(format!(
+            "image is {}x{} but the latents ({w}x{h}) need {}x{}",
+            new.image.width,
+            new.image.height,
+            w * 8,
+            h * 8
+        )));
+    }
+    let non_finite = new.latents.iter().filter(|v| !v.is_finite()).count();
+    if non_finite > 0 {
+        return Err(invalid(format!(
+            "latents contain {non_finite} NaN/inf values; a baseline must be finite"
+        )));
+    }
+    let want_len = new.image.width as usize * new.image.height as usize * 3;
+    if new.image.pixels.len() != want_len {
+        return Err(BaselineError::Encode {
+            case: case.to_string(),
+            file: IMAGE_FILE,
+            reason: format!(
+                "{}x{} RGB needs {want_len} bytes, got {}",
+                new.image.width,
+                new.image.height,
+                new.image.pixels.len()
+            ),
+        });
+    }
+    let encode_err = |file, reason: String| BaselineError::Encode {
+        case: case.to_string(),
+        file,
+        reason,
+    };
+    let mut npy_bytes = Vec::new();
+    npy::write_npy_f32(&mut npy_bytes, new.shape, new.latents)
+        .map_err(|e| encode_err(LATENTS_FILE, e.to_string()))?;
+    let png = new
+        .image
+        .to_png()
+        .map_err(|e| encode_err(IMAGE_FILE, e.to_string()))?;
+    if !new.metadata.is_object() {
+        return Err(invalid("metadata is not a JSON object".to_string()));
+    }
+    Ok(Encoded {
+        case: case.to_string(),
+        npy: npy_bytes,
+        png,
+        image_rgb_sha256: sha256_hex(&new.image.pixels),
+        metadata: new.metadata.clone(),
+        who: new.who.clone(),
+        why: new.why.clone(),
+        restored_from: new.restored_from,
+    })
+}
+
 /// The three files of a generation — a baseline version or a run's output — read back.
 #[derive(Debug, Clone)]
 pub struct GenerationFiles {
@@ -700,20 +1084,67 @@ pub struct GenerationFiles {
     pub metadata: Value,
 }
 
-/// Reads and validates `latents.npy`, `image.png` and `metadata.json` in `dir`: all present,
-/// latents a float `[1,4,h,w]` array, the PNG decodable and `(8w) x (8h)`, metadata an object.
+/// The sha256s a generation's metadata records for its latents.npy bytes and its image's RGB
+/// pixels: the store's `baseline` block, else (older baselines, run outputs) the `outputs` block.
+fn recorded_hashes(meta: &Value) -> std::result::Result<(String, String), String> {
+    let b = &meta["baseline"];
+    let o = &meta["outputs"];
+    let pick = |store_key: &str, out: &Value, what: &str| {
+        b[store_key]
+            .as_str()
+            .or_else(|| out.as_str())
+            .filter(|s| s.len() == 64 && s.bytes().all(|c| c.is_ascii_hexdigit()))
+            .map(str::to_string)
+            .ok_or_else(|| {
+                format!("no sha256 of {what} recorded (baseline.{store_key} or outputs.*)")
+            })
+    };
+    Ok((
+        pick("latents_npy_sha256", &o["latents"]["sha256"], LATENTS_FILE)?,
+        pick(
+            "image_rgb_sha256",
+            &o["image"]["sha256_rgb"],
+            "the image's pixels",
+        )?,
+    ))
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
+/// Reads and verifies `metadata.json`, `latents.npy` and `image.png` in `dir`, in that order:
+/// metadata a JSON object recording the hashes of the other two; latents a float `[1,4,h,w]`
+/// array whose file bytes have the recorded sha256; the PNG decodable, `(8w) x (8h)`, with the
+/// recorded sha256 of its RGB pixels. Each failure names the file at fault.
 pub fn read_generation(dir: &Path) -> Result<GenerationFiles> {
+    let meta_path = dir.join(METADATA_FILE);
+    let metadata = read_metadata(&meta_path)?;
+    let (want_latents, want_rgb) =
+        recorded_hashes(&metadata).map_err(|reason| BaselineError::Damaged {
+            path: meta_path.clone(),
+            reason,
+        })?;
     let lat_path = dir.join(LATENTS_FILE);
-    if !lat_path.exists() {
-        return Err(BaselineError::Missing { path: lat_path });
-    }
-    let arr = npy::read_npy(&lat_path)?;
+    let npy_bytes = fs::read(&lat_path).map_err(read_err(&lat_path))?;
+    let arr = npy::parse_npy(&npy_bytes, &lat_path)?;
     let Some((h, w)) = latent_hw(&arr.shape) else {
         return Err(BaselineError::LatentShape {
             path: lat_path,
             shape: arr.shape,
         });
     };
+    let got = sha256_hex(&npy_bytes);
+    if !got.eq_ignore_ascii_case(&want_latents) {
+        return Err(BaselineError::Damaged {
+            path: lat_path,
+            reason: format!(
+                "sha256 {}… differs from the {}… recorded in {METADATA_FILE}",
+                short(&got),
+                short(&want_latents)
+            ),
+        });
+    }
     let img_path = dir.join(IMAGE_FILE);
     let png = fs::read(&img_path).map_err(read_err(&img_path))?;
     let image = RgbImage::from_png(&png).map_err(|e| BaselineError::Png {
@@ -729,7 +1160,17 @@ pub fn read_generation(dir: &Path) -> Result<GenerationFiles> {
             latent_h: h,
         });
     }
-    let metadata = read_metadata(&dir.join(METADATA_FILE))?;
+    let got = sha256_hex(&image.pixels);
+    if !got.eq_ignore_ascii_case(&want_rgb) {
+        return Err(BaselineError::Damaged {
+            path: img_path,
+            reason: format!(
+                "sha256 of its RGB pixels {}… differs from the {}… recorded in {METADATA_FILE}",
+                short(&got),
+                short(&want_rgb)
+            ),
+        });
+    }
     Ok(GenerationFiles {
         latents: arr.data,
         shape: arr.shape,

@@ -363,22 +363,175 @@ fn disk_full_while_writing_each_file_changes_nothing() {
 }
 
 #[test]
-fn real_rename_failure_changes_nothing() {
-    // A regular file squatting on "v0002" is not a version (only folders are), so the writer picks
-    // v0002 and the final rename fails (ENOTDIR) -- a real failure of the last step, even as root.
+fn a_file_squatting_on_the_next_version_is_an_error_not_skipped() {
+    // A regular file named like a version is not silently ignored: it would hide what is there.
     let d = tempfile::tempdir().unwrap();
     let store = BaselineStore::new(d.path());
     write(&store, "fox", 1).unwrap();
     let before = snapshot(&store.version_dir("fox", 1).unwrap());
     let squat = d.path().join("fox/v0002");
     fs::write(&squat, b"not a version").unwrap();
-    let e = write(&store, "fox", 2).unwrap_err().to_string();
+    for e in [
+        write(&store, "fox", 2).unwrap_err().to_string(),
+        store.current("fox").unwrap_err().to_string(),
+    ] {
+        assert!(
+            e.contains(&squat.display().to_string()) && e.contains("a file, not a folder"),
+            "{e}"
+        );
+    }
+    fs::remove_file(&squat).unwrap();
+    assert_unchanged(&store, &before);
+}
+
+#[test]
+fn a_failed_rename_changes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let store = BaselineStore::new(d.path());
+    write(&store, "fox", 1).unwrap();
+    let before = snapshot(&store.version_dir("fox", 1).unwrap());
+    let e = write(&store.clone().fail_rename_of("fox"), "fox", 2)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("v0002") && e.contains("renaming"), "{e}");
+    assert_unchanged(&store, &before);
+}
+
+// ---- batches: several cases, all or nothing ----
+
+/// A batch of new versions for `cases`, from `data(k)`.
+fn batch_data(cases: &[&str], k: u32) -> Vec<(String, Vec<f32>, Vec<usize>, RgbImage)> {
+    cases
+        .iter()
+        .map(|c| {
+            let (l, s, i) = data(k, 2, 3);
+            (c.to_string(), l, s, i)
+        })
+        .collect()
+}
+
+fn write_batch(
+    store: &BaselineStore,
+    items: &[(String, Vec<f32>, Vec<usize>, RgbImage)],
+) -> Result<Vec<(String, u32)>, BaselineError> {
+    let batch: Vec<(&str, NewBaseline<'_>)> = items
+        .iter()
+        .map(|(c, l, s, i)| {
+            (
+                c.as_str(),
+                NewBaseline {
+                    latents: l,
+                    shape: s,
+                    image: i,
+                    metadata: json!({"parameters": {"prompt": c}}),
+                    who: "tester".into(),
+                    why: "batch".into(),
+                    restored_from: None,
+                },
+            )
+        })
+        .collect();
+    store.write_batch(&batch)
+}
+
+#[test]
+fn a_batch_is_all_or_nothing_when_a_later_case_fails() {
+    let d = tempfile::tempdir().unwrap();
+    let store = BaselineStore::new(d.path());
+    let cases = ["ant", "bee", "cat"];
+    assert_eq!(
+        write_batch(&store, &batch_data(&cases, 1)).unwrap(),
+        [("ant".into(), 1), ("bee".into(), 1), ("cat".into(), 1)]
+    );
+    let before = snapshot_tree(d.path());
+    // The third case's write fails after the first two were prepared: nothing becomes current.
+    let e = write_batch(&store.clone().fail_case("cat"), &batch_data(&cases, 2))
+        .unwrap_err()
+        .to_string();
     assert!(
-        e.contains(&squat.display().to_string()) && e.contains("renaming"),
+        e.contains("cat") && e.contains("No space left on device"),
         "{e}"
     );
-    assert_unchanged(&store, &before);
-    assert_eq!(fs::read(&squat).unwrap(), b"not a version");
+    assert!(e.contains("no new baseline written"), "{e}");
+    assert_eq!(snapshot_tree(d.path()), before, "the store changed");
+    // The rename of the second case fails after the first was renamed: undone.
+    let e = write_batch(&store.clone().fail_rename_of("bee"), &batch_data(&cases, 3))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bee") && e.contains("renaming"), "{e}");
+    assert_eq!(snapshot_tree(d.path()), before, "the store changed");
+    for c in cases {
+        assert_eq!(store.version_numbers(c).unwrap(), [1], "{c}");
+        assert!(temps(&d.path().join(c)).is_empty(), "{c}");
+    }
+    // A case named twice is refused before anything is written.
+    let mut twice = batch_data(&["ant"], 4);
+    twice.extend(batch_data(&["ant"], 5));
+    let e = write_batch(&store, &twice).unwrap_err().to_string();
+    assert!(e.contains("named twice"), "{e}");
+    assert_eq!(snapshot_tree(d.path()), before);
+}
+
+#[test]
+fn a_batch_interrupted_after_its_journal_is_completed_by_the_next_reader_or_writer() {
+    let d = tempfile::tempdir().unwrap();
+    let store = BaselineStore::new(d.path());
+    write_batch(&store, &batch_data(&["ant", "bee"], 1)).unwrap();
+    // What a writer killed between its journal and its last rename leaves: ant's v0002 in
+    // place, bee's still in its temp folder, and the journal naming both.
+    write_batch(&store, &batch_data(&["ant", "bee"], 2)).unwrap();
+    let bee = d.path().join("bee");
+    fs::rename(bee.join("v0002"), bee.join(".tmp-v0002-4242")).unwrap();
+    fs::write(
+        d.path().join(".journal.json"),
+        r#"{"entries": [{"case": "ant", "tmp": ".tmp-v0002-4241", "version": 2},
+                        {"case": "bee", "tmp": ".tmp-v0002-4242", "version": 2}]}"#,
+    )
+    .unwrap();
+    assert_eq!(store.version_numbers("bee").unwrap(), [1]);
+    // A check takes the read lock, which completes the batch first.
+    drop(store.read_lock().unwrap());
+    assert_eq!(store.version_numbers("bee").unwrap(), [1, 2]);
+    assert_eq!(store.current("bee").unwrap().unwrap().version, 2);
+    assert!(!d.path().join(".journal.json").exists());
+
+    // The same through a writer of another case.
+    fs::rename(bee.join("v0002"), bee.join(".tmp-v0002-4242")).unwrap();
+    fs::write(
+        d.path().join(".journal.json"),
+        r#"{"entries": [{"case": "bee", "tmp": ".tmp-v0002-4242", "version": 2}]}"#,
+    )
+    .unwrap();
+    write(&store, "cat", 1).unwrap();
+    assert_eq!(store.version_numbers("bee").unwrap(), [1, 2]);
+
+    // A journal that cannot be read is reported, never guessed at.
+    fs::write(d.path().join(".journal.json"), b"{garbage").unwrap();
+    let e = write(&store, "cat", 2).unwrap_err().to_string();
+    assert!(
+        e.contains(".journal.json") && e.contains("move it aside"),
+        "{e}"
+    );
+}
+
+/// Every file under `dir` (locks excluded: taking a lock may create its file).
+fn snapshot_tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                walk(base, &p, out);
+            } else if !p.ends_with(".lock") {
+                let rel = p.strip_prefix(base).unwrap().display().to_string();
+                out.push((rel, fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
 }
 
 #[test]
@@ -469,6 +622,12 @@ fn cli_list_and_show() {
     let d = tempfile::tempdir().unwrap();
     let root = d.path().join("b");
     let r = root.to_str().unwrap();
+    // A folder that does not exist is an error (a typo must not look like an empty store)...
+    let o = monitor(&["baselines", "list", "--baselines", r]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no such baseline folder"));
+    // ...an empty one is an empty store.
+    fs::create_dir(&root).unwrap();
     let o = monitor(&["baselines", "list", "--baselines", r]);
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("no baselines in"));
