@@ -70,7 +70,19 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX results_case_id ON results(case_name, id DESC);
     CREATE INDEX results_run_id ON results(run_id);
     CREATE INDEX runs_started_at ON runs(started_at);",
+    // v2: how each run ended (so a crashed or failed run is visible), who ran it, and an
+    // application id that tells this file apart from other programs' SQLite files.
+    "ALTER TABLE runs ADD COLUMN status TEXT;       -- running | finished | failed | interrupted
+    ALTER TABLE runs ADD COLUMN error TEXT;          -- why a run failed or was interrupted
+    ALTER TABLE runs ADD COLUMN pid INTEGER;         -- the monitor process that ran it
+    ALTER TABLE runs ADD COLUMN pid_start INTEGER;   -- its start time (pids are reused)
+    ALTER TABLE runs ADD COLUMN host TEXT;
+    UPDATE runs SET status = 'finished' WHERE finished_at IS NOT NULL;
+    PRAGMA application_id = 1396985166;",
 ];
+
+/// `PRAGMA application_id` of a monitor history ("SDMN").
+pub const APPLICATION_ID: i64 = 0x5344_4D4E;
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -99,6 +111,9 @@ pub enum HistoryError {
         found: i64,
         known: i64,
     },
+    /// A SQLite database of some other program.
+    #[error("{}: not a monitor history database ({detail}); the file was left untouched (point storage.database elsewhere)", .path.display())]
+    Foreign { path: PathBuf, detail: String },
     /// `history` pointed at a file that does not exist.
     #[error("{}: no such history database (monitor check creates it)", .path.display())]
     Missing { path: PathBuf },
@@ -178,6 +193,10 @@ pub struct HistoryEntry {
     pub run_started_at: String,
     pub run_finished_at: Option<String>,
     pub run_exit_code: Option<i64>,
+    /// The run's status (see [`RunInfo::status`]).
+    pub run_status: String,
+    /// Why the run failed or was interrupted.
+    pub run_error: Option<String>,
     /// When the result was recorded (RFC 3339 UTC).
     pub created_at: String,
     #[serde(flatten)]
@@ -196,6 +215,10 @@ pub struct RunInfo {
     pub model_path: Option<String>,
     pub environment: Option<serde_json::Value>,
     pub skipped_reason: Option<String>,
+    /// `running`, `finished`, `failed` or `interrupted` (`finished` for runs recorded before v2).
+    pub status: String,
+    /// Why the run failed or was interrupted.
+    pub error: Option<String>,
 }
 
 /// An open history database.
@@ -275,13 +298,7 @@ impl History {
             .map_err(|e| self.err("setting the busy timeout", e))?;
         // The first statement that reads the file: a non-database fails here, before anything
         // is written. A newer schema is refused before the journal mode could change the header.
-        let found: i64 = self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| self.err("opening the history", e))?;
-        if found > SCHEMA_VERSION {
-            return Err(self.too_new(found));
-        }
+        self.identify()?;
         // Switching a new file to WAL while another process opens it too fails with SQLITE_BUSY
         // at once, without calling the busy handler (seen in `two_processes_write_at_once`), so
         // retry by hand until the busy timeout. Once a file is in WAL mode (it stays so), this
@@ -314,6 +331,51 @@ impl History {
         self.conn
             .execute_batch("PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;")
             .map_err(|e| self.err("configuring the connection", e))?;
+        Ok(())
+    }
+
+    /// Refuses, before anything is written, a file that is not a monitor history (another
+    /// program's SQLite database) or is one of a newer schema. Ours: the application id, or (files
+    /// from before v2 set it) a `runs` table; a file without tables is new.
+    fn identify(&self) -> Result<(), HistoryError> {
+        let read = |sql: &str| -> Result<i64, HistoryError> {
+            self.conn
+                .query_row(sql, [], |r| r.get(0))
+                .map_err(|e| self.err("opening the history", e))
+        };
+        let found = read("PRAGMA user_version")?;
+        let app_id = read("PRAGMA application_id")?;
+        let tables: Vec<String> = self
+            .conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .and_then(|mut st| {
+                st.query_map([], |r| r.get(0))
+                    .and_then(|rows| rows.collect())
+            })
+            .map_err(|e| self.err("opening the history", e))?;
+        let ours = app_id == APPLICATION_ID
+            || (app_id == 0 && tables.iter().any(|t| t == "runs"))
+            || (app_id == 0 && found == 0 && tables.is_empty());
+        if !ours {
+            let mut shown: Vec<&str> = tables.iter().map(String::as_str).take(5).collect();
+            if tables.len() > 5 {
+                shown.push("…");
+            }
+            return Err(HistoryError::Foreign {
+                path: self.path.clone(),
+                detail: format!(
+                    "application_id {app_id:#x}, user_version {found}, tables: {}",
+                    if shown.is_empty() {
+                        "none".to_string()
+                    } else {
+                        shown.join(", ")
+                    }
+                ),
+            });
+        }
+        if found > SCHEMA_VERSION {
+            return Err(self.too_new(found));
+        }
         Ok(())
     }
 
@@ -374,16 +436,22 @@ impl History {
     /// Records the start of a run; returns its id.
     pub fn begin_run(&mut self, run: &NewRun) -> Result<i64, HistoryError> {
         let env = run.environment.as_ref().map(|v| v.to_string());
+        let pid = std::process::id();
+        let pid_start = crate::process::start_ticks(pid).and_then(|t| i64::try_from(t).ok());
         self.conn
             .execute(
-                "INSERT INTO runs (kind, started_at, model_path, environment_json, skipped_reason)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO runs (kind, started_at, model_path, environment_json, skipped_reason,
+                                   status, pid, pid_start, host)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8)",
                 params![
                     run.kind,
                     run.started_at,
                     run.model_path,
                     env,
-                    run.skipped_reason
+                    run.skipped_reason,
+                    pid,
+                    pid_start,
+                    crate::fingerprint::hostname(),
                 ],
             )
             .map_err(|e| self.err(format!("recording the start of a {} run", run.kind), e))?;
@@ -456,7 +524,8 @@ impl History {
         let n = self
             .conn
             .execute(
-                "UPDATE runs SET finished_at = ?1, exit_code = ?2, duration_s = ?3 WHERE id = ?4",
+                "UPDATE runs SET finished_at = ?1, exit_code = ?2, duration_s = ?3,
+                                 status = 'finished' WHERE id = ?4",
                 params![utc_now_rfc3339(), exit_code, duration_s, run_id],
             )
             .map_err(|e| self.err(action.clone(), e))?;
@@ -468,6 +537,86 @@ impl History {
             });
         }
         Ok(())
+    }
+
+    /// Records that a run stopped on an error (exit code 2): it ends `failed`, with the message.
+    pub fn fail_run(
+        &mut self,
+        run_id: i64,
+        error: &str,
+        duration_s: f64,
+    ) -> Result<(), HistoryError> {
+        self.conn
+            .execute(
+                "UPDATE runs SET finished_at = ?1, exit_code = 2, duration_s = ?2,
+                                 status = 'failed', error = ?3 WHERE id = ?4",
+                params![utc_now_rfc3339(), duration_s, error, run_id],
+            )
+            .map_err(|e| self.err(format!("recording the failure of run {run_id}"), e))?;
+        Ok(())
+    }
+
+    /// Closes the runs whose process is gone without finishing them (killed, crashed, or unable
+    /// to write its end): they become `interrupted`, with the reason. Runs of processes on other
+    /// hosts (a shared database) are left to those hosts. Returns how many were closed.
+    pub fn close_interrupted(&mut self) -> Result<usize, HistoryError> {
+        let host = crate::fingerprint::hostname();
+        // (run id, pid, pid start time, host)
+        type OpenRun = (i64, Option<i64>, Option<i64>, Option<String>);
+        let open: Vec<OpenRun> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT id, pid, pid_start, host FROM runs WHERE finished_at IS NULL",
+                )
+                .map_err(|e| self.err("finding unfinished runs", e))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>());
+            rows.map_err(|e| self.err("finding unfinished runs", e))?
+        };
+        let mut closed = 0;
+        for (id, pid, start, run_host) in open {
+            let reason = match pid.and_then(|p| u32::try_from(p).ok()) {
+                // Recorded before v2: no pid, so nothing can still be running it.
+                None => {
+                    "interrupted: recorded by an older monitor that did not finish it".to_string()
+                }
+                Some(_) if run_host.is_some() && run_host != host => continue,
+                Some(p) => {
+                    let start = start.and_then(|s| u64::try_from(s).ok());
+                    if crate::process::is_running(p, start) {
+                        continue;
+                    }
+                    format!("interrupted: process {p} ended without finishing the run (killed, crashed, or the history was not writable at its end)")
+                }
+            };
+            self.conn
+                .execute(
+                    "UPDATE runs SET status = 'interrupted', error = ?1, finished_at = ?2
+                     WHERE id = ?3 AND finished_at IS NULL",
+                    params![reason, utc_now_rfc3339(), id],
+                )
+                .map_err(|e| self.err(format!("closing interrupted run {id}"), e))?;
+            closed += 1;
+        }
+        Ok(closed)
+    }
+
+    /// The newest `limit` runs that recorded no result (failed, interrupted or still running),
+    /// newest first: they have no row in [`History::recent`].
+    pub fn runs_without_results(&self, limit: usize) -> Result<Vec<RunInfo>, HistoryError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let run = || -> rusqlite::Result<Vec<RunInfo>> {
+            let mut stmt = self.conn.prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs u
+                 WHERE NOT EXISTS (SELECT 1 FROM results r WHERE r.run_id = u.id)
+                 ORDER BY u.id DESC LIMIT ?1"
+            ))?;
+            let rows = stmt.query_map([limit], run_from_row)?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err("reading runs without results", e))
     }
 
     /// Marks a run as skipped as a whole, with the reason.
@@ -485,23 +634,9 @@ impl History {
     pub fn run(&self, run_id: i64) -> Result<Option<RunInfo>, HistoryError> {
         self.conn
             .query_row(
-                "SELECT id, kind, started_at, finished_at, exit_code, duration_s, model_path,
-                        environment_json, skipped_reason
-                 FROM runs WHERE id = ?1",
+                &format!("SELECT {RUN_COLUMNS} FROM runs u WHERE id = ?1"),
                 [run_id],
-                |r| {
-                    Ok(RunInfo {
-                        id: r.get(0)?,
-                        kind: r.get(1)?,
-                        started_at: r.get(2)?,
-                        finished_at: r.get(3)?,
-                        exit_code: r.get(4)?,
-                        duration_s: r.get(5)?,
-                        model_path: r.get(6)?,
-                        environment: json_col(r, 7)?,
-                        skipped_reason: r.get(8)?,
-                    })
-                },
+                run_from_row,
             )
             .optional()
             .map_err(|e| self.err(format!("reading run {run_id}"), e))
@@ -518,7 +653,7 @@ impl History {
         // Two statements, not `?1 IS NULL OR case_name = ?1`, so each gets its index.
         let select = format!(
             "SELECT r.id, r.run_id, u.kind, u.started_at, u.finished_at, u.exit_code, r.created_at,
-                    {}
+                    {}, u.status, u.error
              FROM results r JOIN runs u ON u.id = r.run_id",
             RESULT_COLUMNS
                 .split(", ")
@@ -643,6 +778,67 @@ impl History {
     }
 }
 
+const RUN_COLUMNS: &str = "u.id, u.kind, u.started_at, u.finished_at, u.exit_code, u.duration_s, \
+    u.model_path, u.environment_json, u.skipped_reason, u.status, u.error, u.pid, u.pid_start, u.host";
+
+fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunInfo> {
+    let finished_at: Option<String> = r.get(3)?;
+    let (status, error) = run_status(
+        finished_at.is_some(),
+        r.get(9)?,
+        r.get(10)?,
+        r.get(11)?,
+        r.get(12)?,
+        r.get(13)?,
+    );
+    Ok(RunInfo {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        started_at: r.get(2)?,
+        status,
+        finished_at,
+        exit_code: r.get(4)?,
+        duration_s: r.get(5)?,
+        model_path: r.get(6)?,
+        environment: json_col(r, 7)?,
+        skipped_reason: r.get(8)?,
+        error,
+    })
+}
+
+/// A run's status as a reader should see it: a `running` run whose process on this host is gone
+/// is `interrupted` (a read does not write that down; the next check or rebaseline does).
+fn run_status(
+    finished: bool,
+    status: Option<String>,
+    error: Option<String>,
+    pid: Option<i64>,
+    pid_start: Option<i64>,
+    host: Option<String>,
+) -> (String, Option<String>) {
+    let status = status.unwrap_or_else(|| if finished { "finished" } else { "running" }.into());
+    if status != "running" {
+        return (status, error);
+    }
+    let this_host = crate::fingerprint::hostname();
+    let gone = match pid.and_then(|p| u32::try_from(p).ok()) {
+        None => true,
+        Some(p) => {
+            (host.is_none() || host == this_host)
+                && !crate::process::is_running(p, pid_start.and_then(|s| u64::try_from(s).ok()))
+        }
+    };
+    if gone {
+        let why = match pid {
+            Some(p) => format!("interrupted: process {p} ended without finishing the run"),
+            None => "interrupted: recorded by an older monitor that did not finish it".into(),
+        };
+        ("interrupted".into(), error.or(Some(why)))
+    } else {
+        (status, error)
+    }
+}
+
 fn json_col(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<serde_json::Value>> {
     let s: Option<String> = r.get(i)?;
     s.map(|s| {
@@ -654,12 +850,23 @@ fn json_col(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<serde_js
 }
 
 fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryEntry> {
+    let finished_at: Option<String> = r.get(4)?;
+    let status: Option<String> = r.get(23)?;
     Ok(HistoryEntry {
+        run_status: status.unwrap_or_else(|| {
+            if finished_at.is_some() {
+                "finished"
+            } else {
+                "running"
+            }
+            .into()
+        }),
+        run_error: r.get(24)?,
         id: r.get(0)?,
         run_id: r.get(1)?,
         run_kind: r.get(2)?,
         run_started_at: r.get(3)?,
-        run_finished_at: r.get(4)?,
+        run_finished_at: finished_at,
         run_exit_code: r.get(5)?,
         created_at: r.get(6)?,
         result: CaseResult {

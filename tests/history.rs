@@ -126,19 +126,19 @@ fn results_of_an_unknown_run_are_refused() {
 }
 
 #[test]
-fn empty_file_migrates_to_v1_and_reopening_is_a_no_op() {
+fn empty_file_migrates_to_the_current_schema_and_reopening_is_a_no_op() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("monitor.db");
     std::fs::write(&path, b"").unwrap(); // a v0 database: SQLite treats an empty file as one
     let mut h = History::open(&path).unwrap();
-    assert_eq!(h.schema_version().unwrap(), 1);
+    assert_eq!(h.schema_version().unwrap(), SCHEMA_VERSION);
     let run = h.begin_run(&NewRun::now("rebaseline")).unwrap();
     h.record_result(run, &result("a", "identical", 0.0))
         .unwrap();
     drop(h);
 
     let h = History::open(&path).unwrap();
-    assert_eq!(h.schema_version().unwrap(), 1);
+    assert_eq!(h.schema_version().unwrap(), SCHEMA_VERSION);
     assert_eq!(h.counts().unwrap(), (1, 1));
     drop(h);
 
@@ -303,7 +303,10 @@ fn migration_waits_for_a_locked_fresh_file() {
     assert!(msg.contains("fresh.db"), "{msg}");
     other.execute_batch("ROLLBACK").unwrap();
     drop(other);
-    assert_eq!(History::open(&path).unwrap().schema_version().unwrap(), 1);
+    assert_eq!(
+        History::open(&path).unwrap().schema_version().unwrap(),
+        SCHEMA_VERSION
+    );
 }
 
 fn assert_corrupt_untouched(path: &Path, expect: &str) {
@@ -549,4 +552,124 @@ fn two_processes_write_at_once() {
     }
     let h = History::open(&path).unwrap();
     assert_eq!(h.counts().unwrap(), (60, 300));
+}
+
+/// The v1 schema exactly as it shipped, with a finished run, a result and a run left unfinished
+/// by a crash (v1 recorded no pid).
+fn v1_database(path: &Path) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE runs (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, started_at TEXT NOT NULL,
+            finished_at TEXT, exit_code INTEGER, duration_s REAL, model_path TEXT,
+            environment_json TEXT, skipped_reason TEXT);
+         CREATE TABLE results (id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            case_name TEXT NOT NULL, verdict TEXT NOT NULL, baseline_version INTEGER,
+            latents_sha256 TEXT, latent_max_abs REAL, latent_mean_abs REAL, latent_rmse REAL,
+            latent_cosine REAL, ssim REAL, psnr_db REAL, pixels_differing INTEGER,
+            reasons_json TEXT, env_diff_json TEXT, error TEXT, duration_s REAL,
+            timings_json TEXT, created_at TEXT NOT NULL);
+         CREATE INDEX results_case_id ON results(case_name, id DESC);
+         CREATE INDEX results_run_id ON results(run_id);
+         CREATE INDEX runs_started_at ON runs(started_at);
+         INSERT INTO runs (kind, started_at, finished_at, exit_code) VALUES
+            ('check', '2026-11-01T00:00:00Z', '2026-11-01T00:01:00Z', 0),
+            ('check', '2026-11-02T00:00:00Z', NULL, NULL);
+         INSERT INTO results (run_id, case_name, verdict, created_at)
+            VALUES (1, 'fox', 'identical', '2026-11-01T00:01:00Z');
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_v1_database_migrates_keeping_its_rows_and_its_crashed_run_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    v1_database(&path);
+    let mut h = History::open(&path).unwrap();
+    assert_eq!(h.schema_version().unwrap(), SCHEMA_VERSION);
+    assert_eq!(h.counts().unwrap(), (2, 1));
+    assert_eq!(h.run(1).unwrap().unwrap().status, "finished");
+    // Before it is closed, a reader already sees the unfinished run as interrupted.
+    let open = h.runs_without_results(10).unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].status, "interrupted");
+    assert_eq!(h.close_interrupted().unwrap(), 1);
+    let closed = h.run(2).unwrap().unwrap();
+    assert_eq!(closed.status, "interrupted");
+    assert!(closed.finished_at.is_some());
+    assert!(closed.error.unwrap().contains("older monitor"));
+    assert_eq!(h.close_interrupted().unwrap(), 0);
+    let app_id: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(app_id, monitor::history::APPLICATION_ID);
+}
+
+#[test]
+fn runs_of_live_processes_stay_open_and_dead_ones_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.db");
+    let mut h = History::open(&path).unwrap();
+    let mine = h.begin_run(&NewRun::now("check")).unwrap();
+    // A run begun by a process that has exited since.
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    let dead = h.begin_run(&NewRun::now("check")).unwrap();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute(
+            "UPDATE runs SET pid = ?1, pid_start = 1 WHERE id = ?2",
+            rusqlite::params![dead_pid, dead],
+        )
+        .unwrap();
+    assert_eq!(h.close_interrupted().unwrap(), 1);
+    assert_eq!(h.run(mine).unwrap().unwrap().status, "running");
+    let d = h.run(dead).unwrap().unwrap();
+    assert_eq!(d.status, "interrupted");
+    assert!(d.error.unwrap().contains(&format!("process {dead_pid}")));
+
+    h.fail_run(mine, "worker could not start", 1.5).unwrap();
+    let m = h.run(mine).unwrap().unwrap();
+    assert_eq!((m.status.as_str(), m.exit_code), ("failed", Some(2)));
+    assert_eq!(m.error.as_deref(), Some("worker could not start"));
+    let ids: Vec<i64> = h
+        .runs_without_results(10)
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, [dead, mine]);
+}
+
+#[test]
+fn a_foreign_database_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, sql) in [
+        ("app.db", "CREATE TABLE users (id INTEGER PRIMARY KEY);"),
+        (
+            "versioned.db",
+            "CREATE TABLE t (x); PRAGMA user_version = 1;",
+        ),
+        (
+            "other-id.db",
+            "PRAGMA application_id = 42; CREATE TABLE runs (id);",
+        ),
+    ] {
+        let path = dir.path().join(name);
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let e = History::open(&path).unwrap_err();
+        let msg = one_line(&e);
+        assert!(matches!(e, HistoryError::Foreign { .. }), "{name}: {msg}");
+        assert!(msg.contains("not a monitor history"), "{msg}");
+        assert_eq!(std::fs::read(&path).unwrap(), before, "{name} was modified");
+        assert!(!dir.path().join(format!("{name}-wal")).exists());
+    }
 }

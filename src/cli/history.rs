@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::history::{History, HistoryEntry};
+use serde::Serialize;
+
+use crate::history::{History, HistoryEntry, RunInfo};
 
 /// Flags of `monitor history` (names are stable: scripts call them).
 #[derive(Debug, Args)]
@@ -13,9 +15,9 @@ pub struct HistoryArgs {
     /// Only this case.
     #[arg(long, value_name = "NAME")]
     case: Option<String>,
-    /// At most this many results, newest first.
-    #[arg(long, default_value_t = 20, value_name = "N")]
-    limit: usize,
+    /// At most this many results, newest first (at least 1).
+    #[arg(long, default_value_t = 20, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    limit: u64,
     /// Print a JSON array instead of a table.
     #[arg(long)]
     json: bool,
@@ -36,23 +38,96 @@ pub fn run(a: HistoryArgs) -> Result<u8> {
                 .database
         }
     };
+    let limit = usize::try_from(a.limit).unwrap_or(usize::MAX);
     let history = History::open_existing(&database)?;
-    let entries = history.recent(a.case.as_deref(), a.limit)?;
+    let results = history.recent(a.case.as_deref(), limit)?;
+    // Runs that recorded nothing (failed, interrupted) would be invisible in a list of results;
+    // they belong to no case, so they show only in the unfiltered list.
+    let runs = if a.case.is_none() {
+        history.runs_without_results(limit)?
+    } else {
+        Vec::new()
+    };
+    let rows = merge(results, runs, limit);
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
-    } else if entries.is_empty() {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if rows.is_empty() {
         match &a.case {
             Some(c) => println!("no results for case {c} in {}", database.display()),
             None => println!("no results in {}", database.display()),
         }
     } else {
-        print!("{}", table(&entries));
+        print!("{}", table(&rows));
     }
     Ok(0)
 }
 
-/// The human table: time, case, verdict, latent max |Δ|, SSIM, baseline version.
-pub fn table(entries: &[HistoryEntry]) -> String {
+/// One line of `monitor history`: a case's result, or a run that recorded none.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Row {
+    /// A case result with its run.
+    Result(Box<HistoryEntry>),
+    /// A run without results, with `verdict` set to its status.
+    Run(Box<RunRow>),
+}
+
+/// A run without results, shaped like a result row (`case_name` null).
+#[derive(Debug, Serialize)]
+pub struct RunRow {
+    run_id: i64,
+    run_kind: String,
+    run_started_at: String,
+    run_finished_at: Option<String>,
+    run_exit_code: Option<i64>,
+    run_status: String,
+    run_error: Option<String>,
+    created_at: String,
+    case_name: Option<String>,
+    verdict: String,
+}
+
+impl Row {
+    fn time(&self) -> &str {
+        match self {
+            Row::Result(e) => &e.created_at,
+            Row::Run(r) => &r.created_at,
+        }
+    }
+}
+
+/// Results and result-less runs, newest first, at most `limit`.
+fn merge(results: Vec<HistoryEntry>, runs: Vec<RunInfo>, limit: usize) -> Vec<Row> {
+    let mut rows: Vec<Row> = results
+        .into_iter()
+        .map(|e| Row::Result(Box::new(e)))
+        .collect();
+    rows.extend(runs.into_iter().map(|r| {
+        Row::Run(Box::new(RunRow {
+            run_id: r.id,
+            created_at: r
+                .finished_at
+                .clone()
+                .unwrap_or_else(|| r.started_at.clone()),
+            run_kind: r.kind,
+            run_started_at: r.started_at,
+            run_finished_at: r.finished_at,
+            run_exit_code: r.exit_code,
+            verdict: r.status.clone(),
+            run_status: r.status,
+            run_error: r.error,
+            case_name: None,
+        }))
+    }));
+    // Stable: results keep their insertion order among equal timestamps.
+    rows.sort_by(|a, b| b.time().cmp(a.time()));
+    rows.truncate(limit);
+    rows
+}
+
+/// The human table: time, case, verdict, latent max |Δ|, SSIM, baseline version (a run without
+/// results shows `-` as its case, its status as verdict, and its error as a line below).
+pub fn table(entries: &[Row]) -> String {
     let header = [
         "time",
         "case",
@@ -63,7 +138,20 @@ pub fn table(entries: &[HistoryEntry]) -> String {
     ];
     let rows: Vec<[String; 6]> = entries
         .iter()
-        .map(|e| {
+        .map(|row| {
+            let e = match row {
+                Row::Result(e) => e,
+                Row::Run(r) => {
+                    return [
+                        r.created_at.clone(),
+                        format!("- ({} run {})", r.run_kind, r.run_id),
+                        r.verdict.clone(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                    ];
+                }
+            };
             let r = &e.result;
             [
                 e.created_at.clone(),
@@ -109,8 +197,22 @@ pub fn table(entries: &[HistoryEntry]) -> String {
         s
     };
     let mut out = line(&header.map(String::from));
-    for row in &rows {
+    for (row, entry) in rows.iter().zip(entries) {
         out.push_str(&line(row));
+        if let Row::Run(r) = entry {
+            if let Some(err) = &r.run_error {
+                out.push_str(&format!("    {}\n", one_line(err, 160)));
+            }
+        }
     }
     out
+}
+
+/// `s` on one line, cut to `max` characters.
+fn one_line(s: &str, max: usize) -> String {
+    let flat: String = s.chars().map(|c| if c == '\n' { ' ' } else { c }).collect();
+    match flat.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &flat[..i]),
+        None => flat,
+    }
 }
