@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 
 use crate::fingerprint::Environment;
 use crate::fsutil::atomic_write;
-use crate::sd::model::hex;
+use crate::limits::{Capacity, Limits};
+use crate::sd::model::{hex, FloatType};
 use crate::sd::noise::{self, NoiseKind};
 use crate::sd::npy;
 use crate::sd::pipeline::{GenerateParams, Generation, LoadedModel};
@@ -127,13 +128,30 @@ pub struct CaseRunner<'r> {
     files: BTreeMap<String, String>,
     hash_s: f64,
     environment: Environment,
+    capacity: Capacity,
 }
 
 impl<'r> CaseRunner<'r> {
-    /// Loads the model once (session creation dominates short checks) and hashes its files.
-    pub fn load(runtime: &'r Runtime, model_path: &Path, environment: Environment) -> Result<Self> {
+    /// Loads the model once (session creation dominates short checks), hashes its files, and
+    /// learns what sizes it and the host can run under `limits`.
+    pub fn load(
+        runtime: &'r Runtime,
+        model_path: &Path,
+        environment: Environment,
+        limits: &Limits,
+    ) -> Result<Self> {
         let loaded = LoadedModel::load(runtime, model_path)
             .with_context(|| format!("loading model {}", model_path.display()))?;
+        let element_bytes = match loaded.model.io().unet_sample {
+            FloatType::Float16 => 2,
+            FloatType::Float32 => 4,
+        };
+        let capacity = Capacity::probe(
+            model_path,
+            runtime.settings().execution_provider,
+            element_bytes,
+            limits,
+        );
         let start = Instant::now();
         let files = loaded.model.dir().file_hashes()?;
         let hash_s = start.elapsed().as_secs_f64();
@@ -144,6 +162,7 @@ impl<'r> CaseRunner<'r> {
             files,
             hash_s,
             environment,
+            capacity,
         })
     }
 
@@ -165,6 +184,11 @@ impl<'r> CaseRunner<'r> {
     ) -> Result<(Generation, Value)> {
         case.check()
             .with_context(|| format!("case {}: karras", case.name))?;
+        // Before any allocation of the case's size: a size the UNet or the host cannot run must
+        // be this case's error, not an abort of the process that runs every case.
+        self.capacity
+            .check(case.width, case.height, case.guidance_scale > 1.0)
+            .map_err(|e| anyhow::anyhow!("case {}: {e}", case.name))?;
         let saved = self.loaded.scheduler_config.use_karras_sigmas;
         self.loaded.scheduler_config.use_karras_sigmas = saved || case.karras;
         let mut source = noise::build(case.noise, case.seed, case.noise_file.as_deref())

@@ -25,6 +25,11 @@
 //!   reports: reports                  # outputs + diff.png of non-identical results (default reports)
 //! worker:
 //!   timeout_s: 1800                   # kill the model worker after this long (default 1800)
+//! limits:                             # the largest case allowed (see `limits`)
+//!   max_width: 2048                   # pixels                              (default 2048)
+//!   max_height: 2048                  # pixels                              (default 2048)
+//!   max_pixels: 1048576               # width × height                      (default 1024×1024)
+//!   memory_gib: null                  # memory a case may use; null = what the host has
 //! thresholds:                         # drift limits, each case may override any of them
 //!   latent_max_abs: 1.0e-3            # max |Δ| of final latents, ≥ 0        (default 1.0e-3)
 //!   latent_cosine_min: 0.9999         # min cosine similarity, in (0, 1]    (default 0.9999)
@@ -63,6 +68,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::case::CaseSpec;
 use crate::compare::{PartialThresholds, Thresholds};
+use crate::limits::Limits;
 use crate::sd::noise::NoiseKind;
 use crate::sd::runtime::{ConvAlgoSearch, ExecutionProvider, RuntimeSettings};
 use crate::sd::scheduler::SchedulerKind;
@@ -109,6 +115,9 @@ pub struct Config {
     /// The model worker process.
     #[serde(default)]
     pub worker: WorkerConfig,
+    /// The largest case allowed, and the memory a case may use.
+    #[serde(default)]
+    pub limits: Limits,
     /// The fixed test cases, in file order.
     pub cases: Vec<Case>,
     /// The file this was loaded from (not a YAML key).
@@ -534,6 +543,7 @@ impl Config {
                 format!("timeout_s {t} must be a positive number of seconds"),
             );
         }
+        self.validate_limits(&mut v);
         if self.cases.is_empty() {
             v.error("cases", "no cases; at least one is needed".into());
         }
@@ -583,9 +593,16 @@ impl Config {
                     ),
                 );
             }
+            let mut size_ok = true;
             for (field, value) in [("width", case.width), ("height", case.height)] {
                 if value == 0 || value % 8 != 0 {
                     v.error(&k(field), format!("{field} {value} is not a positive multiple of 8 (the VAE works on 8×8 pixel blocks)"));
+                    size_ok = false;
+                }
+            }
+            if size_ok {
+                if let Err((field, message)) = self.limits.check_size(case.width, case.height) {
+                    v.error(&k(field), message);
                 }
             }
             if case.scheduler == SchedulerKind::EulerAncestral && !case.noise.supports_step_noise()
@@ -622,6 +639,65 @@ impl Config {
             );
         }
         v.errors
+    }
+
+    /// Cases the model in `model.path` cannot run, by its UNet's own size rule (read from the
+    /// graph, no ONNX Runtime). Not part of [`Config::validate`]: the same config is fine for
+    /// another export, so `check` reports such a case as that case's error and runs the others;
+    /// `monitor config validate` shows them up front. Empty when the graph cannot be read.
+    pub fn model_problems(&self, text: &str) -> Vec<ConfigError> {
+        let mut v = Validator {
+            file: &self.source,
+            text,
+            errors: Vec::new(),
+        };
+        let Ok(g) = crate::sd::onnx_graph::scan_unet(&self.model.path.join("unet/model.onnx"))
+        else {
+            return v.errors;
+        };
+        for (i, case) in self.cases.iter().enumerate() {
+            if let Err(message) = g.check_size(case.width, case.height) {
+                let field = if message.starts_with("width") {
+                    "width"
+                } else {
+                    "height"
+                };
+                v.error(&format!("cases[{i}].{field}"), message);
+            }
+        }
+        v.errors
+    }
+
+    fn validate_limits(&self, v: &mut Validator) {
+        let l = &self.limits;
+        for (key, value) in [
+            ("limits.max_width", l.max_width),
+            ("limits.max_height", l.max_height),
+        ] {
+            if value < 8 {
+                v.error(
+                    key,
+                    format!("{} {value} is below 8, the smallest image", &key[7..]),
+                );
+            }
+        }
+        if l.max_pixels < 64 {
+            v.error(
+                "limits.max_pixels",
+                format!(
+                    "max_pixels {} is below 64 (8×8), the smallest image",
+                    l.max_pixels
+                ),
+            );
+        }
+        if let Some(g) = l.memory_gib {
+            if !(g.is_finite() && g > 0.0) {
+                v.error(
+                    "limits.memory_gib",
+                    format!("memory_gib {g} must be a positive number of GiB (or null for what the host has)"),
+                );
+            }
+        }
     }
 
     fn validate_model(&self, v: &mut Validator) {

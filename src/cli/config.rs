@@ -31,7 +31,7 @@ pub struct ConfigArgs {
 
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
-    /// Check the config file (schema, values, model folder) and print a one-line summary.
+    /// Check the config file (schema, values, model folder, sizes the UNet can run) and print a one-line summary.
     Validate(ValidateArgs),
 }
 
@@ -52,6 +52,11 @@ pub fn run(a: ConfigArgs) -> Result<u8> {
 fn validate(a: ValidateArgs) -> Result<u8> {
     let path = a.config.path();
     let config = Config::load(&path)?;
+    // What the model itself cannot run; `check` would make each of these that case's error.
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    if let Some(first) = config.model_problems(&text).into_iter().next() {
+        anyhow::bail!("{first}");
+    }
     let names: Vec<&str> = config.cases.iter().map(|c| c.name.as_str()).collect();
     println!(
         "{}: ok ({} case{}: {}; model {})",

@@ -8,6 +8,7 @@ use clap::Args;
 use super::RuntimeArgs;
 use crate::case::{write_generation, CaseRunner, CaseSpec};
 use crate::fingerprint;
+use crate::limits::Limits;
 use crate::sd::noise::NoiseKind;
 use crate::sd::runtime::Runtime;
 use crate::sd::scheduler::SchedulerKind;
@@ -54,6 +55,15 @@ pub struct GenerateArgs {
     noise_file: Option<PathBuf>,
     #[command(flatten)]
     runtime: RuntimeArgs,
+    /// Largest width or height allowed, in pixels.
+    #[arg(long, default_value_t = Limits::default().max_width, value_name = "N")]
+    max_side: u32,
+    /// Largest width × height allowed.
+    #[arg(long, default_value_t = Limits::default().max_pixels, value_name = "N")]
+    max_pixels: u64,
+    /// Memory the generation may use, in GiB (default: what the host has available).
+    #[arg(long, value_name = "GIB")]
+    memory_gib: Option<f64>,
     /// Output folder (created if missing; files in it are replaced atomically).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -77,8 +87,25 @@ pub fn run(a: GenerateArgs) -> Result<u8> {
     };
     // Fail before the (slow) model load.
     case.check().context("--karras")?;
+    let limits = Limits {
+        max_width: a.max_side,
+        max_height: a.max_side,
+        max_pixels: a.max_pixels,
+        memory_gib: a.memory_gib,
+    };
+    limits
+        .check_size_named(
+            a.width,
+            a.height,
+            ["--max-side", "--max-side", "--max-pixels"],
+        )
+        .map_err(|(_, e)| anyhow::anyhow!(e))?;
+    if let Ok(g) = crate::sd::onnx_graph::scan_unet(&a.model.join("unet/model.onnx")) {
+        g.check_size(a.width, a.height)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", a.model.display()))?;
+    }
     let runtime = Runtime::init(a.runtime.ort_lib.as_deref(), a.runtime.settings())?;
-    let mut runner = CaseRunner::load(&runtime, &a.model, fingerprint::collect())?;
+    let mut runner = CaseRunner::load(&runtime, &a.model, fingerprint::collect(), &limits)?;
     let (gen, meta) = {
         let mut bar = super::progress::StepBar::new("generating");
         runner.run(&case, &mut |done, total| bar.update(done, total))?

@@ -22,6 +22,9 @@ pub struct NoiseArgs {
     /// Comma-separated dimensions, e.g. 1,4,64,64.
     #[arg(long)]
     shape: String,
+    /// Largest number of values to draw (a guard against a typo allocating gigabytes).
+    #[arg(long, default_value_t = crate::limits::DEFAULT_MAX_NOISE_ELEMENTS, value_name = "N")]
+    max_elements: u64,
     /// Precision the noise is rounded to, as the reference rounds for a model of that dtype.
     #[arg(long, default_value = "f32", value_name = "f32|f16")]
     dtype: String,
@@ -48,6 +51,17 @@ fn parse_shape(text: &str) -> Result<Vec<usize>> {
 /// Runs the command.
 pub fn run(a: NoiseArgs) -> Result<u8> {
     let shape = parse_shape(&a.shape)?;
+    let elements = shape
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+        .unwrap_or(u64::MAX);
+    if elements > a.max_elements {
+        bail!(
+            "--shape {}: {elements} values is more than --max-elements {} (raise it to draw that many)",
+            a.shape,
+            a.max_elements
+        );
+    }
     let dtype = match a.dtype.as_str() {
         "f32" => NoiseDtype::F32,
         "f16" => NoiseDtype::F16,

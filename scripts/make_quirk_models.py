@@ -1,0 +1,54 @@
+"""Write variants of the tiny export that real exports exhibit, for tests of the checks around them.
+
+- unet-fixed-upsample.onnx: the tiny UNet with its up-sampling turned into a constant-scale
+  Resize, which is what exporting at a latent size divisible by every down-sampling gives (the
+  tiny export is traced at an odd size and follows the skip connection's shape instead). Such a
+  UNet fails inside ONNX Runtime on a latent side its down-sampling leaves odd. It references the
+  tiny UNet's weights.pb, so it is dropped into a copy of onnx/tiny-sd15/unet/.
+- vae-initializer-input.onnx: the tiny VAE decoder with one weight also listed as a graph input
+  (old exporters did this); ONNX Runtime logs a warning when it loads it.
+
+Needs only the `onnx` package: python scripts/make_quirk_models.py  (writes tests/fixtures/models/quirks/)
+"""
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper
+
+OUT = Path("tests/fixtures/models/quirks")
+
+
+def fixed_upsample():
+    m = onnx.load("onnx/tiny-sd15/unet/model.onnx", load_external_data=False)
+    g = m.graph
+    resizes = [n for n in g.node if n.op_type == "Resize"]
+    assert resizes, "the tiny UNet has no Resize"
+    for i, n in enumerate(resizes):
+        scales = f"fixed_upsample_scales_{i}"
+        g.initializer.append(helper.make_tensor(scales, TensorProto.FLOAT, [4], [1.0, 1.0, 2.0, 2.0]))
+        inputs = list(n.input)
+        while len(inputs) < 3:
+            inputs.append("")
+        del n.input[:]
+        n.input.extend([inputs[0], inputs[1], scales])
+    onnx.save(m, OUT / "unet-fixed-upsample.onnx")
+
+
+def initializer_input():
+    m = onnx.load("onnx/tiny-sd15/vae_decoder/model.onnx")
+    g = m.graph
+    w = next(t for t in g.initializer if len(t.dims) == 1)
+    g.input.append(helper.make_tensor_value_info(w.name, w.data_type, list(w.dims)))
+    onnx.save(m, OUT / "vae-initializer-input.onnx")
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    fixed_upsample()
+    initializer_input()
+    for p in sorted(OUT.iterdir()):
+        print(p, p.stat().st_size)
+
+
+if __name__ == "__main__":
+    main()
