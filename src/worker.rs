@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::case::{pretty_json, write_generation, CaseRunner, CaseSpec};
 use crate::fingerprint::Environment;
 use crate::fsutil::atomic_write;
+use crate::limits::Limits;
 use crate::sd::runtime::{Runtime, RuntimeSettings};
 
 /// What a worker is asked to do: one model, one runtime configuration, several cases.
@@ -30,6 +31,9 @@ pub struct Job {
     pub cases: Vec<CaseSpec>,
     /// The host fingerprint, collected once by the parent (nvidia-smi is not free).
     pub environment: Environment,
+    /// Size and memory bounds checked before each case runs.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// What a worker reports in `report.json` when it gets to finish.
@@ -86,16 +90,85 @@ pub struct WorkerRun {
 const REPORT: &str = "report.json";
 const JOB: &str = "job.json";
 
-/// Parent side: runs `job` in `monitor worker`, writing into `out_dir`, killing it after `timeout`.
+/// Parent side: runs `job` in `monitor worker`, writing into `out_dir`, killing it once
+/// `timeout` has passed. A worker that crashes while running a case (an abort, a segfault in a
+/// kernel) costs that case alone: it is reported with the crash, and the cases after it run in a
+/// fresh worker. A crash before the model is loaded, or a timeout, ends every unfinished case.
 pub fn run_in_worker(job: &Job, out_dir: &Path, timeout: Duration) -> Result<WorkerRun> {
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("creating worker folder {}", out_dir.display()))?;
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; job.cases.len()];
+    let mut report = Report::default();
+    loop {
+        let pending: Vec<usize> = (0..job.cases.len())
+            .filter(|&i| outcomes[i].is_none())
+            .collect();
+        if pending.is_empty() {
+            break;
+        }
+        let sub = Job {
+            cases: pending.iter().map(|&i| job.cases[i].clone()).collect(),
+            ..job.clone()
+        };
+        let (exit, attempt) = run_once(&sub, out_dir, deadline)?;
+        if report.load_s.is_none() {
+            report.load_s = attempt.load_s;
+        }
+        report.fatal = report.fatal.or(attempt.fatal.clone());
+        report.cases.extend(attempt.cases.iter().cloned());
+        let progress = Progress::read(out_dir);
+        let mut culprit_blamed = false;
+        for (&i, case) in pending.iter().zip(&sub.cases) {
+            match outcome(case, out_dir, &attempt) {
+                Some(o) => outcomes[i] = Some(o),
+                None if !culprit_blamed && progress.loaded && matches!(exit, Exit::Status(_)) => {
+                    // The case that was running when the worker died; the rest get a new worker.
+                    culprit_blamed = true;
+                    outcomes[i] =
+                        Some(Outcome::Failed(crash_message(&exit, &case.name, &progress)));
+                }
+                None => {}
+            }
+        }
+        if !culprit_blamed {
+            // Nothing to retry: every unfinished case shares the worker's fate.
+            for (&i, case) in pending.iter().zip(&sub.cases) {
+                if outcomes[i].is_none() {
+                    outcomes[i] = Some(Outcome::Failed(unfinished_message(
+                        &exit, &case.name, timeout,
+                    )));
+                }
+            }
+        }
+    }
+    let outcomes = job
+        .cases
+        .iter()
+        .zip(outcomes)
+        .map(|(c, o)| {
+            let o = o.unwrap_or_else(|| Outcome::Failed(format!("case {} did not run", c.name)));
+            (c.name.clone(), o)
+        })
+        .collect();
+    Ok(WorkerRun {
+        outcomes,
+        report,
+        wall_s: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// One worker process over `job`'s cases: how it ended and what it reported.
+fn run_once(job: &Job, out_dir: &Path, deadline: Instant) -> Result<(Exit, Report)> {
     let job_file = out_dir.join(JOB);
     let body = serde_json::to_vec_pretty(job).context("encoding worker job")?;
     atomic_write(&job_file, &body).with_context(|| format!("writing {}", job_file.display()))?;
+    for stale in [REPORT, PROGRESS] {
+        let _ = std::fs::remove_file(out_dir.join(stale));
+    }
     let exe =
         std::env::current_exe().context("finding the monitor executable to start a worker")?;
-    let start = Instant::now();
     let mut child = Command::new(&exe)
         .arg("worker")
         .arg("--job")
@@ -105,11 +178,11 @@ pub fn run_in_worker(job: &Job, out_dir: &Path, timeout: Duration) -> Result<Wor
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("starting worker {}", exe.display()))?;
-    let status = loop {
+    let exit = loop {
         if let Some(status) = child.try_wait().context("waiting for the worker")? {
             break Exit::Status(status);
         }
-        if start.elapsed() > timeout {
+        if Instant::now() >= deadline {
             // SIGKILL: a hung CUDA call ignores gentler signals.
             let _ = child.kill();
             let _ = child.wait();
@@ -117,26 +190,78 @@ pub fn run_in_worker(job: &Job, out_dir: &Path, timeout: Duration) -> Result<Wor
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let wall_s = start.elapsed().as_secs_f64();
     let report: Report = std::fs::read(out_dir.join(REPORT))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    let outcomes = job
-        .cases
-        .iter()
-        .map(|c| {
-            (
-                c.name.clone(),
-                outcome(c, out_dir, &report, &status, timeout),
-            )
-        })
-        .collect();
-    Ok(WorkerRun {
-        outcomes,
-        report,
-        wall_s,
-    })
+    Ok((exit, report))
+}
+
+/// `progress.txt`: what a worker reached, appended as it goes, so that the parent can tell a
+/// crash at load from a crash in a case, and which case.
+const PROGRESS: &str = "progress.txt";
+
+#[derive(Debug, Default)]
+struct Progress {
+    loaded: bool,
+    running: Option<String>,
+}
+
+impl Progress {
+    fn read(out_dir: &Path) -> Progress {
+        let text = std::fs::read_to_string(out_dir.join(PROGRESS)).unwrap_or_default();
+        let mut p = Progress::default();
+        for line in text.lines() {
+            if line == "loaded" {
+                p.loaded = true;
+            } else if let Some(c) = line.strip_prefix("start ") {
+                p.running = Some(c.to_string());
+            } else if line.starts_with("done ") {
+                p.running = None;
+            }
+        }
+        p
+    }
+
+    fn append(out_dir: &Path, line: &str) {
+        use std::io::Write as _;
+        // Best effort: without it a crash is blamed less precisely, nothing else changes.
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out_dir.join(PROGRESS))
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+fn crash_message(exit: &Exit, case: &str, progress: &Progress) -> String {
+    let how = match exit {
+        Exit::Status(s) => describe(s),
+        Exit::TimedOut => "timed out".into(),
+    };
+    match &progress.running {
+        Some(c) if c == case => format!(
+            "the worker died ({how}) while running case {case}; the cases after it ran in a new worker"
+        ),
+        _ => format!(
+            "the worker died ({how}) before case {case} finished; the cases after it ran in a new worker"
+        ),
+    }
+}
+
+fn unfinished_message(exit: &Exit, case: &str, timeout: Duration) -> String {
+    match exit {
+        Exit::TimedOut => format!(
+            "worker killed after the {} s timeout before case {case} finished",
+            timeout.as_secs_f64()
+        ),
+        Exit::Status(s) => format!(
+            "worker exited ({}) before case {case} finished",
+            describe(s)
+        ),
+    }
 }
 
 enum Exit {
@@ -144,47 +269,31 @@ enum Exit {
     TimedOut,
 }
 
-fn outcome(
-    case: &CaseSpec,
-    out_dir: &Path,
-    report: &Report,
-    exit: &Exit,
-    timeout: Duration,
-) -> Outcome {
+/// A case's outcome from what the worker left, or `None` when it did not get to finish it.
+fn outcome(case: &CaseSpec, out_dir: &Path, report: &Report) -> Option<Outcome> {
     if let Some(r) = report.cases.iter().find(|r| r.name == case.name) {
-        return match &r.error {
+        return Some(match &r.error {
             Some(e) => Outcome::Failed(e.clone()),
             None => Outcome::Done {
                 dir: out_dir.join(&case.name),
                 warnings: r.warnings.clone(),
                 duration_s: r.duration_s,
             },
-        };
+        });
     }
     if let Some(f) = &report.fatal {
-        return Outcome::Failed(f.clone());
+        return Some(Outcome::Failed(f.clone()));
     }
     // No report for this case: metadata.json is written last, so its presence means complete.
     let dir = out_dir.join(&case.name);
     if dir.join("metadata.json").exists() {
-        return Outcome::Done {
+        return Some(Outcome::Done {
             dir,
             warnings: Vec::new(),
             duration_s: 0.0,
-        };
+        });
     }
-    Outcome::Failed(match exit {
-        Exit::TimedOut => format!(
-            "worker killed after the {} s timeout before case {} finished",
-            timeout.as_secs_f64(),
-            case.name
-        ),
-        Exit::Status(s) => format!(
-            "worker exited ({}) before case {} finished",
-            describe(s),
-            case.name
-        ),
-    })
+    None
 }
 
 fn describe(s: &ExitStatus) -> String {
@@ -201,32 +310,136 @@ fn describe(s: &ExitStatus) -> String {
     }
 }
 
-/// A private work folder for one check or rebaseline, removed when dropped. Its name carries the
-/// owner's pid, so folders left by a process killed with SIGKILL can be swept by the next one.
+/// Kinds of work folders; only names built from these are ever swept.
+const WORK_KINDS: [&str; 2] = ["check", "rebaseline"];
+/// Marker written into every work folder right after it is created; the sweep removes only
+/// folders that carry it (a folder of the same name made by anyone else is never touched).
+const WORK_MARKER: &str = ".monitor-work";
+
+/// A private work folder for one check or rebaseline, removed when dropped. Folders left by a
+/// process killed with SIGKILL are swept by the next one (see [`sweep_stale_work_dirs`]).
 pub fn work_dir(kind: &str) -> Result<tempfile::TempDir> {
-    sweep_stale_work_dirs();
-    tempfile::Builder::new()
+    let root = std::env::temp_dir();
+    sweep_stale_work_dirs(&root);
+    let dir = tempfile::Builder::new()
         .prefix(&format!("monitor-{kind}-{}-", std::process::id()))
-        .tempdir()
-        .context("creating a work folder")
+        .rand_bytes(6)
+        .tempdir_in(&root)
+        .with_context(|| format!("creating a work folder in {}", root.display()))?;
+    let marker = dir.path().join(WORK_MARKER);
+    let me = Owner::current();
+    std::fs::write(&marker, me.to_marker())
+        .with_context(|| format!("writing {}", marker.display()))?;
+    Ok(dir)
 }
 
-/// Removes `monitor-<kind>-<pid>-*` folders in the temp dir whose pid is no longer running.
-fn sweep_stale_work_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+/// Who made a work folder: pid, the pid's start time (pids are reused) and uid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Owner {
+    pid: u32,
+    start_ticks: Option<u64>,
+    uid: u32,
+}
+
+impl Owner {
+    fn current() -> Owner {
+        let pid = std::process::id();
+        Owner {
+            pid,
+            start_ticks: crate::process::start_ticks(pid),
+            // SAFETY: getuid has no preconditions and cannot fail.
+            uid: unsafe { libc::getuid() },
+        }
+    }
+
+    fn to_marker(&self) -> String {
+        let start = self.start_ticks.map_or("-".to_string(), |t| t.to_string());
+        format!(
+            "monitor work folder\npid {}\nstart {start}\nuid {}\n",
+            self.pid, self.uid
+        )
+    }
+
+    fn from_marker(text: &str) -> Option<Owner> {
+        let mut lines = text.lines();
+        if lines.next()? != "monitor work folder" {
+            return None;
+        }
+        let mut field = |name: &str| lines.next()?.strip_prefix(name)?.strip_prefix(' ');
+        let pid = field("pid")?.parse().ok()?;
+        let start_ticks = match field("start")? {
+            "-" => None,
+            t => Some(t.parse().ok()?),
+        };
+        let uid = field("uid")?.parse().ok()?;
+        Some(Owner {
+            pid,
+            start_ticks,
+            uid,
+        })
+    }
+
+    /// True while the process that wrote the marker runs (same pid *and* same start time).
+    fn is_alive(&self) -> bool {
+        crate::process::is_running(self.pid, self.start_ticks)
+    }
+}
+
+/// The pid in a work folder name `monitor-<kind>-<pid>-<6 letters/digits>`, or `None` for any
+/// other name.
+fn work_dir_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("monitor-")?;
+    let rest = WORK_KINDS
+        .iter()
+        .find_map(|k| rest.strip_prefix(k)?.strip_prefix('-'))?;
+    let (pid, suffix) = rest.split_once('-')?;
+    let digits_only = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
+    let suffix_ok = suffix.len() == 6 && suffix.bytes().all(|b| b.is_ascii_alphanumeric());
+    if !(digits_only && suffix_ok) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Removes work folders in `root` left by monitor processes that are gone. Only a folder that
+/// provably came from this program is removed: a name of the exact format, a real folder (not a
+/// symlink) owned by this uid, holding a marker file written by the pid in its name, whose
+/// process (pid and start time) no longer runs. Everything else is left alone.
+pub fn sweep_stale_work_dirs(root: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
     for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("monitor-") else {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(work_dir_pid) else {
             continue;
         };
-        let pid = rest.split('-').nth(1).and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
+        let path = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.file_type().is_dir() || meta.uid() != uid {
+            continue;
         }
+        let marker = path.join(WORK_MARKER);
+        match std::fs::symlink_metadata(&marker) {
+            Ok(m) if m.file_type().is_file() && m.uid() == uid && m.len() < 4096 => {}
+            _ => continue,
+        }
+        let Some(owner) = std::fs::read_to_string(&marker)
+            .ok()
+            .and_then(|t| Owner::from_marker(&t))
+        else {
+            continue;
+        };
+        if owner.pid != pid || owner.uid != uid || owner.is_alive() {
+            continue;
+        }
+        // remove_dir_all does not follow symlinks inside the folder.
+        let _ = std::fs::remove_dir_all(&path);
     }
 }
 
@@ -254,15 +467,18 @@ pub fn work(job_file: &Path, out_dir: &Path) -> Result<()> {
 
 fn run_cases(job: &Job, out_dir: &Path, report: &mut Report) -> Result<()> {
     let runtime = Runtime::init(job.ort_library.as_deref(), job.runtime.clone())?;
-    let mut runner = CaseRunner::load(&runtime, &job.model, job.environment.clone())?;
+    let mut runner = CaseRunner::load(&runtime, &job.model, job.environment.clone(), &job.limits)?;
     report.load_s = Some(runner.load_s());
+    Progress::append(out_dir, "loaded");
     for case in &job.cases {
+        Progress::append(out_dir, &format!("start {}", case.name));
         let start = Instant::now();
         let result = runner.run(case, &mut |_, _| {}).and_then(|(gen, meta)| {
             write_generation(&out_dir.join(&case.name), &gen, &meta)?;
             Ok(gen.warnings)
         });
         let duration_s = start.elapsed().as_secs_f64();
+        Progress::append(out_dir, &format!("done {}", case.name));
         report.cases.push(match result {
             Ok(warnings) => CaseReport {
                 name: case.name.clone(),
@@ -279,4 +495,108 @@ fn run_cases(job: &Job, out_dir: &Path, report: &mut Report) -> Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dead_owner() -> Owner {
+        // A child that has exited and been reaped: its pid is free (until reused, which the start
+        // time guards against).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        Owner {
+            pid,
+            start_ticks: Some(1),
+            uid: unsafe { libc::getuid() },
+        }
+    }
+
+    fn make(root: &Path, name: &str, marker: Option<&Owner>) -> PathBuf {
+        let d = root.join(name);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("keep"), b"data").unwrap();
+        if let Some(o) = marker {
+            std::fs::write(d.join(WORK_MARKER), o.to_marker()).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn names_of_the_exact_format_only() {
+        assert_eq!(work_dir_pid("monitor-check-123-aB3xY9"), Some(123));
+        assert_eq!(work_dir_pid("monitor-rebaseline-7-000000"), Some(7));
+        for bad in [
+            "monitor-backup-2023",
+            "monitor-check-123",
+            "monitor-check-123-abc",
+            "monitor-check-123-abcdefg",
+            "monitor-check-12a-abcdef",
+            "monitor-check--abcdef",
+            "monitor-other-123-abcdef",
+            "monitor-check-123-ab.def",
+            "xmonitor-check-123-abcdef",
+        ] {
+            assert_eq!(work_dir_pid(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn marker_round_trip() {
+        let o = Owner::current();
+        assert_eq!(Owner::from_marker(&o.to_marker()), Some(o.clone()));
+        assert!(o.is_alive());
+        assert_eq!(Owner::from_marker("monitor work folder\npid x\n"), None);
+        assert_eq!(Owner::from_marker(""), None);
+    }
+
+    #[test]
+    fn sweep_removes_only_what_it_provably_made() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let dead = dead_owner();
+        let me = Owner::current();
+        let stale = make(
+            r,
+            &format!("monitor-check-{}-abc123", dead.pid),
+            Some(&dead),
+        );
+        // Everything below must survive.
+        let foreign = make(r, "monitor-backup-2023", None);
+        let no_marker = make(r, &format!("monitor-check-{}-abc124", dead.pid), None);
+        let live = make(r, &format!("monitor-check-{}-abc125", me.pid), Some(&me));
+        let other_pid = Owner {
+            pid: dead.pid + 1,
+            ..dead.clone()
+        };
+        let mismatch = make(
+            r,
+            &format!("monitor-check-{}-abc126", dead.pid),
+            Some(&other_pid),
+        );
+        // Our pid, but another start time: the pid was reused, the writer is gone.
+        let reused = Owner {
+            start_ticks: Some(1),
+            ..me.clone()
+        };
+        let reused_dir = make(
+            r,
+            &format!("monitor-rebaseline-{}-abc127", me.pid),
+            Some(&reused),
+        );
+        // A symlink with our name and a marked target: neither the link nor its target goes.
+        let target = make(r, "elsewhere", Some(&dead));
+        let link = r.join(format!("monitor-check-{}-abc128", dead.pid));
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+
+        sweep_stale_work_dirs(r);
+        assert!(!stale.exists(), "the dead owner's folder must go");
+        assert!(!reused_dir.exists(), "a folder of a reused pid must go");
+        for kept in [&foreign, &no_marker, &live, &mismatch, &target] {
+            assert!(kept.join("keep").exists(), "{} was removed", kept.display());
+        }
+        assert!(link.symlink_metadata().is_ok(), "the symlink was removed");
+    }
 }
