@@ -9,7 +9,10 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::baseline::{read_generation, Baseline, BaselineStore, GenerationFiles};
+use crate::baseline::{
+    read_generation, Baseline, BaselineStore, GenerationFiles, IMAGE_FILE, LATENTS_FILE,
+    METADATA_FILE,
+};
 use crate::case::{pretty_json, CaseSpec};
 use crate::compare::{self, CompareReport, Outputs, Thresholds, Verdict};
 use crate::config::{Case, Config};
@@ -87,13 +90,16 @@ pub struct CheckOptions {
     pub worker_timeout: Duration,
 }
 
-/// The config's cases named in `names` (all when empty); an unknown name is an error.
+/// The config's cases named in `names` (all when empty), each once, in the order first named;
+/// an unknown name is an error.
 pub fn select_cases<'c>(config: &'c Config, names: &[String]) -> Result<Vec<&'c Case>> {
     if names.is_empty() {
         return Ok(config.cases.iter().collect());
     }
+    let mut seen = std::collections::HashSet::new();
     names
         .iter()
+        .filter(|n| seen.insert(n.as_str()))
         .map(|n| {
             config.cases.iter().find(|c| &c.name == n).with_context(|| {
                 let all: Vec<&str> = config.cases.iter().map(|c| c.name.as_str()).collect();
@@ -121,6 +127,7 @@ pub fn run_worker(
         runtime: config.model.runtime_settings(),
         cases: cases.iter().map(|c| c.spec()).collect(),
         environment: environment.clone(),
+        limits: config.limits,
     };
     worker::run_in_worker(&job, out_dir, timeout)
 }
@@ -132,11 +139,14 @@ pub fn model_files(metadata: &Value) -> BTreeMap<String, String> {
 
 /// Runs a check: worker, comparison, reports, history. Errors here are about the monitor itself
 /// (config, database, storage); a case that cannot run is an `error` verdict, not an `Err`.
+/// The run is recorded in the history whatever happens: finished with its exit code, or failed
+/// with the error.
 pub fn check(config: &Config, opts: &CheckOptions) -> Result<CheckRun> {
     let start = Instant::now();
     let cases = select_cases(config, &opts.cases)?;
     // Open the history first: a locked or corrupt database must fail before minutes of GPU work.
     let mut history = History::open(&config.storage.database)?;
+    history.close_interrupted()?;
     let store = BaselineStore::new(&config.storage.baselines);
     let environment = crate::fingerprint::collect();
     let run_id = history.begin_run(&NewRun {
@@ -144,29 +154,15 @@ pub fn check(config: &Config, opts: &CheckOptions) -> Result<CheckRun> {
         environment: Some(serde_json::to_value(&environment)?),
         ..NewRun::now("check")
     })?;
-    let work = crate::worker::work_dir("check")?;
-    let run = run_worker(
-        config,
-        &cases,
-        &environment,
-        work.path(),
-        opts.worker_timeout,
-    )?;
-
-    let mut results = Vec::new();
-    for (case, (name, outcome)) in cases.iter().zip(&run.outcomes) {
-        debug_assert_eq!(&case.name, name);
-        let thresholds = case.thresholds(&config.thresholds);
-        let checked = check_case(
-            &store,
-            case,
-            outcome,
-            &thresholds,
-            &config.storage.reports,
-            run_id,
-        )?;
-        results.push(checked);
-    }
+    let compared = run_and_compare(config, opts, &cases, &store, &environment, run_id);
+    let (results, run) = match compared {
+        Ok(r) => r,
+        Err(e) => {
+            // Best effort: the error itself is what the caller must see.
+            let _ = history.fail_run(run_id, &format!("{e:#}"), start.elapsed().as_secs_f64());
+            return Err(e);
+        }
+    };
     let mut exit_code = exit_code(&results);
     let rows: Vec<CaseResult> = results.iter().map(history_row).collect();
     let total_s = start.elapsed().as_secs_f64();
@@ -200,6 +196,38 @@ pub fn check(config: &Config, opts: &CheckOptions) -> Result<CheckRun> {
     })
 }
 
+/// The worker run and every case's comparison.
+fn run_and_compare(
+    config: &Config,
+    opts: &CheckOptions,
+    cases: &[&Case],
+    store: &BaselineStore,
+    environment: &Environment,
+    run_id: i64,
+) -> Result<(Vec<CaseCheck>, WorkerRun)> {
+    let work = crate::worker::work_dir("check")?;
+    let run = run_worker(config, cases, environment, work.path(), opts.worker_timeout)?;
+    // Every case is compared with the current baselines of one moment: no rebaseline batch can
+    // be half-renamed while they are read.
+    let _read = store
+        .read_lock()
+        .with_context(|| format!("reading baselines in {}", store.root().display()))?;
+    let mut results = Vec::new();
+    for (case, (name, outcome)) in cases.iter().zip(&run.outcomes) {
+        debug_assert_eq!(&case.name, name);
+        let thresholds = case.thresholds(&config.thresholds);
+        results.push(check_case(
+            store,
+            case,
+            outcome,
+            &thresholds,
+            &config.storage.reports,
+            run_id,
+        ));
+    }
+    Ok((results, run))
+}
+
 fn check_case(
     store: &BaselineStore,
     case: &Case,
@@ -207,7 +235,7 @@ fn check_case(
     thresholds: &Thresholds,
     reports: &Path,
     run_id: i64,
-) -> Result<CaseCheck> {
+) -> CaseCheck {
     let mut out = CaseCheck {
         name: case.name.clone(),
         verdict: Verdict::Error,
@@ -221,7 +249,7 @@ fn check_case(
     let dir = match outcome {
         Outcome::Failed(e) => {
             out.error = Some(e.clone());
-            return Ok(out);
+            return out;
         }
         Outcome::Done {
             dir,
@@ -242,38 +270,58 @@ fn check_case(
                 store.root().display(),
                 case.name
             ));
-            return Ok(out);
+            return out;
         }
         Err(e) => {
             out.error = Some(format!("baseline of case {}: {e}", case.name));
-            return Ok(out);
+            return out;
         }
     };
     out.baseline_version = Some(baseline.version);
+    if let Err(reason) = crate::metadata::validate(&baseline.metadata, &case.name) {
+        out.error = Some(format!(
+            "{}: baseline damaged: {reason}",
+            baseline.dir.join(METADATA_FILE).display()
+        ));
+        return out;
+    }
     let run = match read_generation(dir) {
         Ok(r) => r,
         Err(e) => {
             out.error = Some(format!("{e:#}"));
-            return Ok(out);
+            return out;
         }
     };
+    if let Err(reason) = crate::metadata::validate(&run.metadata, &case.name) {
+        out.error = Some(format!(
+            "{}: run output damaged: {reason}",
+            dir.join(METADATA_FILE).display()
+        ));
+        return out;
+    }
     if let Some(diff) = parameter_difference(&case.spec(), &baseline.metadata) {
         out.error = Some(format!(
             "case {} no longer matches baseline v{:04}: {diff}; accept the new parameters with `monitor rebaseline --case {}`",
             case.name, baseline.version, case.name
         ));
-        return Ok(out);
+        return out;
     }
     let (mut report, heatmap) = compare_with(&run, &baseline, thresholds);
     out.verdict = report.classification.verdict;
     if out.verdict != Verdict::Identical {
         let keep = reports.join(format!("run-{run_id:06}")).join(&case.name);
-        keep_artifacts(dir, &keep, heatmap.map(|h| h.image), &mut report)?;
-        out.artifacts = Some(keep);
+        // The verdict stands without the copies: a full or read-only reports folder costs the
+        // evidence, never the result.
+        match keep_artifacts(dir, &keep, heatmap.map(|h| h.image), &mut report) {
+            Ok(()) => out.artifacts = Some(keep),
+            Err(e) => out
+                .warnings
+                .push(format!("outputs not kept (reports folder): {e:#}")),
+        }
     }
     out.error = report.classification.error.clone();
     out.report = Some(report);
-    Ok(out)
+    out
 }
 
 /// Compares a run's files with a baseline under `thresholds`.
@@ -328,28 +376,48 @@ pub fn parameter_difference(spec: &CaseSpec, baseline_meta: &Value) -> Option<St
     })
 }
 
+/// Copies the run's outputs, the heatmap and compare.json into `keep`, all or nothing: they are
+/// written into a temp folder beside it that is renamed into place when complete.
 fn keep_artifacts(
     run_dir: &Path,
     keep: &Path,
     heatmap: Option<RgbImage>,
     report: &mut CompareReport,
 ) -> Result<()> {
-    std::fs::create_dir_all(keep).with_context(|| format!("creating {}", keep.display()))?;
-    for f in ["latents.npy", "image.png", "metadata.json"] {
-        let (from, to) = (run_dir.join(f), keep.join(f));
-        std::fs::copy(&from, &to)
-            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
-    }
-    if let Some(h) = heatmap {
-        let p = keep.join("diff.png");
-        atomic_write(&p, &h.to_png().context("encoding diff.png")?)
+    let parent = keep.parent().unwrap_or(Path::new("."));
+    let name = keep
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let tmp = parent.join(format!(".tmp-{name}-{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+        }
+        std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        for f in [LATENTS_FILE, IMAGE_FILE, METADATA_FILE] {
+            let (from, to) = (run_dir.join(f), tmp.join(f));
+            std::fs::copy(&from, &to)
+                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        }
+        if let Some(h) = heatmap {
+            let p = tmp.join("diff.png");
+            atomic_write(&p, &h.to_png().context("encoding diff.png")?)
+                .with_context(|| format!("writing {}", p.display()))?;
+            report.heatmap = Some("diff.png".into());
+        }
+        let p = tmp.join("compare.json");
+        atomic_write(&p, &pretty_json(&serde_json::to_value(&*report)?))
             .with_context(|| format!("writing {}", p.display()))?;
-        report.heatmap = Some("diff.png".into());
+        std::fs::rename(&tmp, keep)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), keep.display()))
+    })();
+    if result.is_err() {
+        report.heatmap = None;
+        let _ = std::fs::remove_dir_all(&tmp);
     }
-    let p = keep.join("compare.json");
-    atomic_write(&p, &pretty_json(&serde_json::to_value(&*report)?))
-        .with_context(|| format!("writing {}", p.display()))?;
-    Ok(())
+    result
 }
 
 /// 2 if any case errored, else 1 if any drifted or changed model, else 0.

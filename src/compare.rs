@@ -7,8 +7,9 @@
 //! Non-finite numbers: a metric is never silently "good". Differences are computed with plain
 //! IEEE arithmetic and NaN is propagated explicitly (Rust's `f64::max` would drop it), and every
 //! threshold test passes only on an ordered comparison, so that a NaN metric fails it. On top of
-//! that, any NaN or ±inf in the run's latents is drift on its own, even if the baseline holds the
-//! same bits: a baseline with NaN in it should never have been accepted.
+//! that, any NaN or ±inf in the run's latents makes the verdict `error`, even if the baseline
+//! holds the same bits: a run that produced no valid output cannot be judged (and a baseline with
+//! NaN in it is never accepted).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -634,11 +635,13 @@ pub type MetricsOrError<'a> = Result<(&'a LatentMetrics, &'a ImageMetrics), &'a 
 
 /// Decides the verdict. Precedence, first match wins:
 /// 1. `metrics` is an error → `error`;
-/// 2. any model file added, removed or changed → `model_changed` (a new model is expected to give
+/// 2. NaN or ±inf in the run's latents → `error`: the pipeline did not produce an image to judge
+///    (a broken scheduler config, an overflowing fp16 model), which is a fault to fix, not drift;
+/// 3. any model file added, removed or changed → `model_changed` (a new model is expected to give
 ///    new outputs, so it is never reported as drift, whatever the metrics say);
-/// 3. latent bytes and image bytes identical, and no NaN/inf in the run → `identical`;
-/// 4. every threshold met → `within_tolerance`;
-/// 5. otherwise `drift`, listing each failed threshold.
+/// 4. latent bytes and image bytes identical → `identical`;
+/// 5. every threshold met → `within_tolerance`;
+/// 6. otherwise `drift`, listing each failed threshold.
 pub fn classify(
     run_models: &BTreeMap<String, String>,
     baseline_models: &BTreeMap<String, String>,
@@ -654,6 +657,17 @@ pub fn classify(
             }
         }
     };
+    if latents.run_non_finite > 0 {
+        return Classification {
+            error: Some(format!(
+                "the run's latents contain {} NaN/inf values (of {}): the pipeline produced no valid output",
+                latents.run_non_finite,
+                latents.shape.iter().product::<usize>()
+            )),
+            failures: threshold_failures(latents, image, thresholds),
+            ..Classification::plain(Verdict::Error)
+        };
+    }
     let model_changes = model_changes(run_models, baseline_models);
     if !model_changes.is_empty() {
         return Classification {
@@ -662,7 +676,7 @@ pub fn classify(
         };
     }
     let failures = threshold_failures(latents, image, thresholds);
-    if latents.identical && image.identical && latents.run_non_finite == 0 {
+    if latents.identical && image.identical {
         return Classification::plain(Verdict::Identical);
     }
     if failures.is_empty() {

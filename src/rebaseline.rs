@@ -7,8 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use crate::baseline::read_generation;
-use crate::baseline::{BaselineStore, NewBaseline};
+use crate::baseline::{read_generation, BaselineStore, GenerationFiles, NewBaseline};
 use crate::check::{compare_with, run_worker};
 use crate::compare::{CompareReport, Verdict};
 use crate::config::{Case, Config};
@@ -26,8 +25,11 @@ pub struct Proposal {
     pub previous: Option<u32>,
     /// The new output compared with the current baseline (absent without one).
     pub report: Option<CompareReport>,
-    /// Why the case could not be regenerated or compared.
+    /// Why the case could not be regenerated (or its output cannot be a baseline).
     pub error: Option<String>,
+    /// Something the operator should know that does not block accepting it (e.g. the current
+    /// baseline is damaged, so there is nothing to compare with).
+    pub note: Option<String>,
 }
 
 /// Runs `cases` in a worker (outputs under `work`) and compares each with its current baseline.
@@ -48,28 +50,74 @@ pub fn propose(
             previous: None,
             report: None,
             error: None,
+            note: None,
         };
         match outcome {
             Outcome::Failed(e) => p.error = Some(e.clone()),
             Outcome::Done { dir, .. } => {
                 p.dir = Some(dir.clone());
-                match (store.current(&case.name), read_generation(dir)) {
-                    (Ok(Some(base)), Ok(files)) => {
-                        p.previous = Some(base.version);
-                        let thresholds = case.thresholds(&config.thresholds);
-                        p.report = Some(compare_with(&files, &base, &thresholds).0);
+                let files = match read_generation(dir) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        p.error = Some(format!("{e:#}"));
+                        out.push(p);
+                        continue;
                     }
-                    (Ok(None), Ok(_)) => {}
-                    (Err(e), _) => {
-                        p.error = Some(format!("current baseline of {}: {e}", case.name))
-                    }
-                    (_, Err(e)) => p.error = Some(format!("{e:#}")),
+                };
+                let non_finite = files.latents.iter().filter(|v| !v.is_finite()).count();
+                if non_finite > 0 {
+                    p.error = Some(format!(
+                        "the generated latents contain {non_finite} NaN/inf values; refusing to accept them as a baseline (check the model and its scheduler config)"
+                    ));
+                    out.push(p);
+                    continue;
                 }
+                compare_with_current(&store, config, case, &files, &mut p);
             }
         }
         out.push(p);
     }
     Ok(out)
+}
+
+/// Fills in what accepting `files` would change against the case's current baseline. A current
+/// baseline that is damaged cannot be compared with, but replacing it is what a rebaseline is
+/// for, so that is a note, not an error; only a store that cannot be written is an error.
+fn compare_with_current(
+    store: &BaselineStore,
+    config: &Config,
+    case: &Case,
+    files: &GenerationFiles,
+    p: &mut Proposal,
+) {
+    let latest = match store.latest_version(&case.name) {
+        Ok(v) => v,
+        Err(e) => {
+            p.error = Some(format!("baselines of {}: {e}", case.name));
+            return;
+        }
+    };
+    let Some(latest) = latest else {
+        return;
+    };
+    p.previous = Some(latest);
+    let damaged = match store.load(&case.name, latest) {
+        Ok(base) => match crate::metadata::validate(&base.metadata, &case.name) {
+            Ok(()) => {
+                let thresholds = case.thresholds(&config.thresholds);
+                p.report = Some(compare_with(files, &base, &thresholds).0);
+                return;
+            }
+            Err(reason) => format!(
+                "{}: baseline damaged: {reason}",
+                base.dir.join(crate::baseline::METADATA_FILE).display()
+            ),
+        },
+        Err(e) => e.to_string(),
+    };
+    p.note = Some(format!(
+        "current baseline v{latest} cannot be compared ({damaged}); the new version replaces it"
+    ));
 }
 
 /// Who is accepting: `$SUDO_USER`, else `$USER`, else `$LOGNAME`, else the uid, at this host.
@@ -85,66 +133,144 @@ pub fn who() -> String {
     }
 }
 
-/// Writes every proposal as a new version and records a `rebaseline` run. All proposals must be
-/// free of errors (checked by the caller); returns (case, new version) pairs.
+/// A rebaseline's row in the history, opened before any work so that a locked or foreign
+/// database fails first, and closed however the rebaseline ends.
+pub struct RunRecord {
+    history: History,
+    run_id: i64,
+    start: std::time::Instant,
+}
+
+impl RunRecord {
+    /// Opens the history, closes runs left by dead processes, and records the start of a run.
+    pub fn begin(config: &Config, environment: &Environment) -> Result<RunRecord> {
+        let mut history = History::open(&config.storage.database)?;
+        history.close_interrupted()?;
+        let run_id = history.begin_run(&NewRun {
+            model_path: Some(config.model.path.display().to_string()),
+            environment: Some(serde_json::to_value(environment)?),
+            ..NewRun::now("rebaseline")
+        })?;
+        Ok(RunRecord {
+            history,
+            run_id,
+            start: std::time::Instant::now(),
+        })
+    }
+
+    /// Records that the rebaseline ended without writing anything, and why (best effort: the
+    /// caller reports the reason itself).
+    pub fn fail(&mut self, why: &str) {
+        let _ = self
+            .history
+            .fail_run(self.run_id, why, self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// Writes every proposal as a new version, all or nothing, and records the outcome in `record`
+/// (the written versions, or the error). All proposals must be free of errors (checked by the
+/// caller); returns (case, new version) pairs.
 pub fn accept(
     config: &Config,
     proposals: &[Proposal],
-    environment: &Environment,
+    record: &mut RunRecord,
     who: &str,
     why: &str,
 ) -> Result<Vec<(String, u32)>> {
     let store = BaselineStore::new(&config.storage.baselines);
-    let mut history = History::open(&config.storage.database)?;
-    let run_id = history.begin_run(&NewRun {
-        model_path: Some(config.model.path.display().to_string()),
-        environment: Some(serde_json::to_value(environment)?),
-        ..NewRun::now("rebaseline")
-    })?;
-    let start = std::time::Instant::now();
-    let mut written = Vec::new();
-    let mut rows = Vec::new();
+    let written = match write_all(&store, proposals, who, why) {
+        Ok(w) => w,
+        Err(e) => {
+            record.fail(&format!("{e:#}"));
+            return Err(e);
+        }
+    };
+    let rows: Vec<CaseResult> = written
+        .iter()
+        .map(|(name, version, latents_sha256)| {
+            let p = proposals.iter().find(|p| &p.name == name);
+            CaseResult {
+                case_name: name.clone(),
+                // The verdict of the accepted output against the baseline it replaces.
+                verdict: p
+                    .and_then(|p| p.report.as_ref())
+                    .map_or("new".to_string(), |r| r.classification.verdict.to_string()),
+                baseline_version: Some(i64::from(*version)),
+                latents_sha256: Some(latents_sha256.clone()),
+                reasons: Some(
+                    json!({"reason": why, "who": who, "replaces": p.and_then(|p| p.previous)}),
+                ),
+                ..CaseResult::default()
+            }
+        })
+        .collect();
+    let elapsed = record.start.elapsed().as_secs_f64();
+    let recorded = record
+        .history
+        .record_results(record.run_id, &rows)
+        .and_then(|()| record.history.finish_run(record.run_id, 0, elapsed));
+    if let Err(e) = recorded {
+        let list: Vec<String> = written
+            .iter()
+            .map(|(c, v, _)| format!("{c} v{v}"))
+            .collect();
+        return Err(anyhow::Error::new(e).context(format!(
+            "new baselines written ({}), but the rebaseline was not recorded in the history",
+            list.join(", ")
+        )));
+    }
+    Ok(written.into_iter().map(|(c, v, _)| (c, v)).collect())
+}
+
+/// Reads every proposal's output and writes them as one batch.
+fn write_all(
+    store: &BaselineStore,
+    proposals: &[Proposal],
+    who: &str,
+    why: &str,
+) -> Result<Vec<(String, u32, String)>> {
+    let mut outputs = Vec::new();
     for p in proposals {
         let dir = p
             .dir
             .as_deref()
             .with_context(|| format!("case {} has no output to accept", p.name))?;
-        let files = read_generation(dir)?;
-        let version = store.write(
-            &p.name,
-            &NewBaseline {
-                latents: &files.latents,
-                shape: &files.shape,
-                image: &files.image,
-                metadata: files.metadata.clone(),
-                who: who.to_string(),
-                why: why.to_string(),
-                restored_from: None,
-            },
-        )?;
-        rows.push(CaseResult {
-            case_name: p.name.clone(),
-            // The verdict of the accepted output against the baseline it replaces.
-            verdict: p
-                .report
-                .as_ref()
-                .map_or("new".to_string(), |r| r.classification.verdict.to_string()),
-            baseline_version: Some(i64::from(version)),
-            latents_sha256: Some(crate::compare::latent_sha256(&files.latents)),
-            reasons: Some(json!({"reason": why, "who": who, "replaces": p.previous})),
-            ..CaseResult::default()
-        });
-        written.push((p.name.clone(), version));
+        outputs.push((p.name.as_str(), read_generation(dir)?));
     }
-    history.record_results(run_id, &rows)?;
-    history.finish_run(run_id, 0, start.elapsed().as_secs_f64())?;
-    Ok(written)
+    let batch: Vec<(&str, NewBaseline<'_>)> = outputs
+        .iter()
+        .map(|(name, files)| {
+            (
+                *name,
+                NewBaseline {
+                    latents: &files.latents,
+                    shape: &files.shape,
+                    image: &files.image,
+                    metadata: files.metadata.clone(),
+                    who: who.to_string(),
+                    why: why.to_string(),
+                    restored_from: None,
+                },
+            )
+        })
+        .collect();
+    let written = store.write_batch(&batch)?;
+    Ok(written
+        .into_iter()
+        .zip(&outputs)
+        .map(|((name, version), (_, files))| {
+            (name, version, crate::compare::latent_sha256(&files.latents))
+        })
+        .collect())
 }
 
 /// Short text for what accepting a proposal changes.
 pub fn describe(p: &Proposal) -> String {
     if let Some(e) = &p.error {
         return format!("error: {e}");
+    }
+    if let Some(n) = &p.note {
+        return n.clone();
     }
     match (&p.previous, &p.report) {
         (None, _) => "new case: first baseline".to_string(),

@@ -201,7 +201,7 @@ fn one_perturbed_value_gives_exact_max_abs() {
 }
 
 #[test]
-fn nan_in_run_is_drift_with_metrics_reported() {
+fn nan_in_run_is_error_with_metrics_reported() {
     let a = latents();
     let mut b = a.clone();
     b[3] = f32::NAN;
@@ -217,7 +217,13 @@ fn nan_in_run_is_drift_with_metrics_reported() {
         ssim_min: -1.0,
     };
     let c = classify(&BTreeMap::new(), &BTreeMap::new(), Ok((&m, &im)), &loose);
-    assert_eq!(c.verdict, Verdict::Drift);
+    assert_eq!(c.verdict, Verdict::Error);
+    let msg = c.error.as_deref().unwrap_or_default();
+    assert!(msg.contains("1 NaN/inf values (of 256)"), "{msg}");
+    // Even a changed model does not hide it: the run produced nothing to judge.
+    let changed = BTreeMap::from([("unet/model.onnx".to_string(), "a".repeat(64))]);
+    let c2 = classify(&changed, &BTreeMap::new(), Ok((&m, &im)), &loose);
+    assert_eq!(c2.verdict, Verdict::Error);
     let checks: Vec<_> = c.failures.iter().map(|f| f.check).collect();
     assert_eq!(
         checks,
@@ -229,7 +235,7 @@ fn nan_in_run_is_drift_with_metrics_reported() {
 }
 
 #[test]
-fn nan_in_both_is_still_drift_not_identical() {
+fn nan_in_both_is_error_not_identical() {
     let mut a = latents();
     a[0] = f32::NAN;
     let m = latent_metrics(&a, &SHAPE, &a.clone(), &SHAPE).expect("metrics");
@@ -242,7 +248,7 @@ fn nan_in_both_is_still_drift_not_identical() {
         Ok((&m, &im)),
         &Thresholds::default(),
     );
-    assert_eq!(c.verdict, Verdict::Drift);
+    assert_eq!(c.verdict, Verdict::Error);
 }
 
 #[test]

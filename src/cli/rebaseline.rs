@@ -10,7 +10,7 @@ use super::config::ConfigFileArg;
 use crate::baseline::BaselineStore;
 use crate::check::select_cases;
 use crate::config::Config;
-use crate::rebaseline::{accept, describe, propose, who};
+use crate::rebaseline::{accept, describe, propose, who, RunRecord};
 
 /// Flags of `monitor rebaseline`.
 #[derive(Debug, Args)]
@@ -41,17 +41,34 @@ pub fn run(a: RebaselineArgs) -> Result<u8> {
         return restore(&config, &a, version);
     }
     let cases = select_cases(&config, &a.cases)?;
+    let environment = crate::fingerprint::collect();
+    let mut record = RunRecord::begin(&config, &environment)?;
+    match generate_and_accept(&config, &a, &cases, &environment, &mut record) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            record.fail(&format!("{e:#}"));
+            Err(e)
+        }
+    }
+}
+
+fn generate_and_accept(
+    config: &Config,
+    a: &RebaselineArgs,
+    cases: &[&crate::config::Case],
+    environment: &crate::fingerprint::Environment,
+    record: &mut RunRecord,
+) -> Result<u8> {
     let work = crate::worker::work_dir("rebaseline")?;
     eprintln!(
         "monitor: generating {} case(s) with {} ...",
         cases.len(),
         config.model.path.display()
     );
-    let environment = crate::fingerprint::collect();
     let proposals = propose(
-        &config,
-        &cases,
-        &environment,
+        config,
+        cases,
+        environment,
         work.path(),
         Duration::from_secs_f64(config.worker.timeout_s),
     )?;
@@ -74,9 +91,10 @@ pub fn run(a: RebaselineArgs) -> Result<u8> {
         &format!("write new baselines for {} case(s)?", proposals.len()),
     )? {
         eprintln!("monitor: nothing written");
+        record.fail("not confirmed; nothing written");
         return Ok(super::EXIT_ERROR);
     }
-    for (case, version) in accept(&config, &proposals, &environment, &who(), &a.reason)? {
+    for (case, version) in accept(config, &proposals, record, &who(), &a.reason)? {
         println!("{case}: wrote v{version}");
     }
     Ok(0)
