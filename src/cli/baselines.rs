@@ -90,6 +90,10 @@ fn store_dir(explicit: Option<PathBuf>, config: &super::config::ConfigFileArg) -
 
 fn list(a: ListArgs) -> Result<u8> {
     let dir = store_dir(a.baselines, &a.config)?;
+    // A mistyped folder must not look like an empty store.
+    if !dir.is_dir() {
+        anyhow::bail!("{}: no such baseline folder", dir.display());
+    }
     let store = BaselineStore::new(&dir);
     let cases = store
         .cases()

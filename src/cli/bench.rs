@@ -28,8 +28,8 @@ pub struct BenchArgs {
     #[arg(long, default_value = "pndm")]
     scheduler: SchedulerKind,
     /// Timed generations after one warm-up.
-    #[arg(long, default_value_t = 5)]
-    runs: usize,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    runs: u64,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,

@@ -123,10 +123,63 @@ pub fn main() -> u8 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            // One line: the outermost context first, then each cause.
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("monitor: error: {}", chain.join(": "));
+            eprintln!("monitor: error: {}", join_causes(&chain));
             EXIT_ERROR
         }
+    }
+}
+
+/// One line from an error chain, outermost context first. Contexts often name the file their
+/// cause names again ("loading model M: M: missing folder"): a cause's leading part that the
+/// line already holds is dropped, and a cause the line already holds whole is skipped.
+pub fn join_causes(chain: &[String]) -> String {
+    let mut line = String::new();
+    for cause in chain {
+        let cause = cause.replace('\n', " ");
+        let mut rest = cause.as_str();
+        while let Some((head, tail)) = rest.split_once(": ") {
+            if head.is_empty() || !line.contains(head) {
+                break;
+            }
+            rest = tail;
+        }
+        if rest.is_empty() || line.contains(rest) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(rest);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::join_causes;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn causes_are_joined_without_repeating_themselves() {
+        assert_eq!(
+            join_causes(&s(&[
+                "loading model /m",
+                "/m: missing model folder (not an SD1.5 ONNX export?)"
+            ])),
+            "loading model /m: missing model folder (not an SD1.5 ONNX export?)"
+        );
+        assert_eq!(
+            join_causes(&s(&["reading x.npy", "x.npy: bad magic", "bad magic"])),
+            "reading x.npy: bad magic"
+        );
+        assert_eq!(
+            join_causes(&s(&["check", "database is locked"])),
+            "check: database is locked"
+        );
+        assert_eq!(join_causes(&s(&["a\nb"])), "a b");
     }
 }

@@ -297,7 +297,7 @@ impl SdModel {
     pub fn encode_text(&mut self, ids: &[u32]) -> Result<Array3<f32>, ModelError> {
         let run_err = |reason: String| ModelError::Run {
             component: "text_encoder",
-            reason,
+            reason: crate::sd::runtime::strip_ansi(&reason),
         };
         let shape = [1usize, ids.len()];
         let value: DynValue = match self.io.input_ids {
@@ -334,7 +334,7 @@ impl SdModel {
     ) -> Result<Array4<f32>, ModelError> {
         let run_err = |reason: String| ModelError::Run {
             component: "unet",
-            reason,
+            reason: crate::sd::runtime::strip_ansi(&reason),
         };
         let sample_v =
             float_value(sample.view().into_dyn(), self.io.unet_sample).map_err(run_err)?;
@@ -356,7 +356,7 @@ impl SdModel {
     pub fn decode(&mut self, latents: &Array4<f32>) -> Result<Array4<f32>, ModelError> {
         let run_err = |reason: String| ModelError::Run {
             component: "vae_decoder",
-            reason,
+            reason: crate::sd::runtime::strip_ansi(&reason),
         };
         let v = float_value(latents.view().into_dyn(), self.io.vae_in).map_err(run_err)?;
         let start = Instant::now();

@@ -213,6 +213,7 @@ impl Runtime {
         let env = builder
             .with_name("monitor")
             .with_telemetry(false)
+            .with_logger(std::sync::Arc::new(log_ort_message))
             .build()
             .map_err(|e| RuntimeError::Environment(e.to_string()))?;
         let info = RuntimeInfo {
@@ -248,6 +249,11 @@ impl Runtime {
             reason,
         };
         let mut builder = Session::builder(&self.env).map_err(|e| fail(e.to_string()))?;
+        // The environment's logger takes every level; sessions only need to report problems,
+        // and formatting verbose messages costs load time.
+        builder = builder
+            .with_log_level(ort::logging::LogLevel::Warning)
+            .map_err(|e| fail(e.to_string()))?;
         builder = builder
             .with_deterministic_compute(self.settings.deterministic_compute)
             .map_err(|e| fail(e.to_string()))?;
@@ -278,6 +284,51 @@ impl Runtime {
             .commit_from_file(model_file)
             .map_err(|e| fail(e.to_string()))
     }
+}
+
+/// ONNX Runtime's own log lines, in the monitor's format: warnings and worse, one line each, on
+/// stderr, without ONNX Runtime's colour codes and source locations (its errors also come back
+/// as values, which the caller reports with context).
+fn log_ort_message(
+    level: ort::logging::LogLevel,
+    _category: &str,
+    _id: &str,
+    _location: &str,
+    message: &str,
+) {
+    use ort::logging::LogLevel;
+    let level = match level {
+        LogLevel::Verbose | LogLevel::Info => return,
+        LogLevel::Warning => "warning",
+        LogLevel::Error => "error",
+        LogLevel::Fatal => "fatal error",
+    };
+    let clean: String = strip_ansi(message)
+        .chars()
+        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
+        .collect();
+    eprintln!("monitor: onnxruntime {level}: {}", clean.trim());
+}
+
+/// `s` without ANSI escape sequences (`ESC [ ... letter`): ONNX Runtime colours some messages.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn load_error_reason(e: &ort::LoadDynamicError) -> String {
