@@ -75,3 +75,27 @@ pub fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The ONNX Runtime release that gives other bits than the default one on x86-64 CPUs
+/// (a real drift source: same model, same inputs, another runtime).
+pub const OLD_ORT_VERSION: &str = "1.24.4";
+
+/// `libonnxruntime.so` of [`OLD_ORT_VERSION`], installed by `.ci/run` (or by hand with
+/// `scripts/install-ort.sh 1.24.4 .venv-ort-1.24.4`). Panics with that hint when missing.
+pub fn old_ort_lib() -> PathBuf {
+    let venv = repo_path(&format!(".venv-ort-{OLD_ORT_VERSION}"));
+    let lib_dir = std::fs::read_dir(venv.join("lib"))
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .map(|e| e.path().join("site-packages/onnxruntime/capi"));
+    let lib = lib_dir.map(|d| d.join(format!("libonnxruntime.so.{OLD_ORT_VERSION}")));
+    match lib {
+        Some(l) if l.is_file() => l,
+        _ => panic!(
+            "ONNX Runtime {OLD_ORT_VERSION} is missing in {} (run scripts/install-ort.sh {OLD_ORT_VERSION} .venv-ort-{OLD_ORT_VERSION})",
+            venv.display()
+        ),
+    }
+}
+pub mod site;

@@ -1,0 +1,298 @@
+//! A scratch deployment for end-to-end tests: config, baselines, database and reports in a temp
+//! folder, driven through the `monitor` binary as an operator would.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use monitor::baseline::BaselineStore;
+use serde_json::Value;
+
+use super::{old_ort_lib, repo, repo_path};
+
+/// Thresholds that call any difference drift (a bit-level change of the latents fails them).
+pub const TIGHT: &str =
+    "thresholds: {latent_max_abs: 0.0, latent_cosine_min: 1.0, ssim_min: 1.0}\n";
+
+/// A config, its storage and the binary.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+}
+
+impl Site {
+    /// Two small cases on `model` (default: the repo's tiny model), `extra` appended to the YAML.
+    pub fn new(model: Option<&Path>, extra: &str) -> Site {
+        Self::with_cases(model, &[FOX, OWL], extra)
+    }
+
+    /// `cases` (YAML flow mappings) on `model`, `extra` appended to the YAML.
+    pub fn with_cases(model: Option<&Path>, cases: &[&str], extra: &str) -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let model = model.map_or_else(|| repo_path("onnx/tiny-sd15"), Path::to_path_buf);
+        let mut yaml = format!(
+            "model: {{path: {}, threads: 1}}\n\
+             storage: {{baselines: baselines, database: monitor.db, reports: reports}}\n\
+             cases:\n",
+            model.display()
+        );
+        for c in cases {
+            yaml.push_str(&format!("  - {c}\n"));
+        }
+        yaml.push_str(extra);
+        std::fs::write(dir.path().join("monitor.yaml"), yaml).unwrap();
+        Site { dir }
+    }
+
+    /// A path inside the site.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Rewrites the config with `from` replaced by `to` (which must occur).
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let cfg = self.path("monitor.yaml");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        assert!(text.contains(from), "{from:?} not in the config");
+        std::fs::write(&cfg, text.replace(from, to)).unwrap();
+    }
+
+    /// The binary with `args` and `--config` of this site, run in the repo root.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_monitor"));
+        c.args(args)
+            .arg("--config")
+            .arg(self.path("monitor.yaml"))
+            .current_dir(repo());
+        c
+    }
+
+    /// Runs `monitor ARGS --config <site>`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// `monitor rebaseline --yes`, which must succeed.
+    pub fn rebaseline(&self) {
+        let o = self.run(&["rebaseline", "--reason", "test baselines", "--yes"]);
+        assert!(
+            o.status.success(),
+            "rebaseline failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// `monitor rebaseline --case CASE --yes`, which must succeed.
+    pub fn rebaseline_only(&self, case: &str) {
+        let o = self.run(&[
+            "rebaseline",
+            "--case",
+            case,
+            "--reason",
+            "test baselines",
+            "--yes",
+        ]);
+        assert!(
+            o.status.success(),
+            "rebaseline of {case} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// `monitor rebaseline` under ONNX Runtime 1.24.4 instead of the default release: a
+    /// baseline the current runtime does not reproduce bit for bit (a real drift, not an edit).
+    pub fn rebaseline_with_old_ort(&self, args: &[&str]) {
+        let text = std::fs::read_to_string(self.path("monitor.yaml")).unwrap();
+        let old = self.path("old-ort.yaml");
+        std::fs::write(
+            &old,
+            format!(
+                "{text}onnxruntime: {{library: {}}}\n",
+                old_ort_lib().display()
+            ),
+        )
+        .unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_monitor"))
+            .args([
+                "rebaseline",
+                "--reason",
+                "made with an older runtime",
+                "--yes",
+            ])
+            .args(args)
+            .arg("--config")
+            .arg(&old)
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "rebaseline under the old runtime failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// `monitor check --json`: (exit code, parsed JSON or Null, stderr).
+    pub fn check(&self) -> (i32, Value, String) {
+        parse_check(self.run(&["check", "--json"]))
+    }
+
+    /// The site's baseline store.
+    pub fn store(&self) -> BaselineStore {
+        BaselineStore::new(self.path("baselines"))
+    }
+
+    /// `monitor history --json` rows (all kinds), newest first.
+    pub fn history(&self) -> Vec<Value> {
+        let o = Command::new(env!("CARGO_BIN_EXE_monitor"))
+            .args(["history", "--json", "--limit", "100", "--database"])
+            .arg(self.path("monitor.db"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<Value>(&o.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+/// The two default cases.
+pub const FOX: &str = "{name: fox, prompt: \"a red fox\", seed: 1, steps: 3, width: 64, height: 64, scheduler: pndm, noise: numpy}";
+/// See [`FOX`].
+pub const OWL: &str = "{name: owl, prompt: \"an owl\", negative_prompt: \"blurry\", seed: 2, steps: 3, width: 64, height: 48, scheduler: euler, noise: torch-cpu}";
+
+/// (exit code, `--json` output or Null, stderr) of a `monitor check --json`.
+pub fn parse_check(o: Output) -> (i32, Value, String) {
+    let json = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    (
+        o.status.code().unwrap_or(-1),
+        json,
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// The verdicts of a `check --json` result, in case order.
+pub fn verdicts(v: &Value) -> Vec<String> {
+    v["cases"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no cases in {v}"))
+        .iter()
+        .map(|c| c["verdict"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// One case of a `check --json` result.
+pub fn case<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no case {name} in {v}"))
+}
+
+/// True when this process runs as root (which ignores file permissions).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `cmd` with `dirs` read-only for it. As root (which ignores permissions) each folder is
+/// bind-mounted read-only in a private mount namespace of the command alone (`unshare -m`), so a
+/// write fails with EROFS as on a read-only volume; otherwise the folders lose their write bits
+/// until the returned guard is dropped.
+pub fn read_only(dirs: &[&Path], cmd: Command) -> (Command, ReadOnlyGuard) {
+    if is_root() {
+        let mut script = String::from("set -e; ");
+        for i in 0..dirs.len() {
+            script.push_str(&format!(
+                "mount --bind \"$RO{i}\" \"$RO{i}\"; mount -o remount,bind,ro \"$RO{i}\"; "
+            ));
+        }
+        script.push_str("exec \"$@\"");
+        let mut c = Command::new("unshare");
+        c.args(["-m", "sh", "-c", &script, "sh"])
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        for (i, d) in dirs.iter().enumerate() {
+            c.env(format!("RO{i}"), d);
+        }
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        if let Some(d) = cmd.get_current_dir() {
+            c.current_dir(d);
+        }
+        (c, ReadOnlyGuard { dirs: Vec::new() })
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        for d in dirs {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o555)).unwrap();
+        }
+        (
+            cmd,
+            ReadOnlyGuard {
+                dirs: dirs.iter().map(|d| d.to_path_buf()).collect(),
+            },
+        )
+    }
+}
+
+/// Restores the write bits [`read_only`] removed.
+pub struct ReadOnlyGuard {
+    dirs: Vec<PathBuf>,
+}
+
+impl Drop for ReadOnlyGuard {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        for d in &self.dirs {
+            let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755));
+        }
+    }
+}
+
+/// The names in `dir`, sorted (empty when it does not exist).
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Every file under `dir` with its bytes, sorted by relative path (a folder's full content).
+pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd {
+            let e = e.unwrap();
+            let p = e.path();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                walk(base, &p, out);
+            } else if ft.is_file() {
+                let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+                out.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// `OsStr` helper for `Command::env`.
+pub fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
