@@ -470,8 +470,13 @@ fn run_cases(job: &Job, out_dir: &Path, report: &mut Report) -> Result<()> {
     let mut runner = CaseRunner::load(&runtime, &job.model, job.environment.clone(), &job.limits)?;
     report.load_s = Some(runner.load_s());
     Progress::append(out_dir, "loaded");
+    // Test hook: abort (SIGABRT, as a failed allocation does) when this case starts.
+    let abort_on = std::env::var("MONITOR_TEST_ABORT_IN_CASE").ok();
     for case in &job.cases {
         Progress::append(out_dir, &format!("start {}", case.name));
+        if abort_on.as_deref() == Some(case.name.as_str()) {
+            std::process::abort();
+        }
         let start = Instant::now();
         let result = runner.run(case, &mut |_, _| {}).and_then(|(gen, meta)| {
             write_generation(&out_dir.join(&case.name), &gen, &meta)?;

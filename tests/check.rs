@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::site::{case, verdicts, Site, TIGHT};
+use common::site::{case, verdicts, Site, FOX, OWL, TIGHT};
 use common::{copy_tree, repo, repo_path};
 use serde_json::Value;
 
@@ -413,3 +413,26 @@ fn a_write_failure_during_rebaseline_loses_nothing() {
         .count();
     assert_eq!(temps, 0);
 }
+
+/// A worker that dies in one case (here SIGABRT, as a failed allocation aborts) costs that case
+/// alone: it is reported with the signal, and the cases after it run in a new worker.
+#[test]
+fn a_worker_crash_in_one_case_costs_that_case_alone() {
+    let site = Site::with_cases(None, &[FOX, OWL, FOX2], "");
+    site.rebaseline();
+    let o = site
+        .command(&["check", "--json"])
+        .env("MONITOR_TEST_ABORT_IN_CASE", "owl")
+        .output()
+        .unwrap();
+    let (code, v, err) = common::site::parse_check(o);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(verdicts(&v), ["identical", "error", "identical"]);
+    let msg = case(&v, "owl")["error"].as_str().unwrap();
+    assert!(
+        msg.contains("signal 6") && msg.contains("while running case owl"),
+        "{msg}"
+    );
+}
+
+const FOX2: &str = "{name: fox2, prompt: \"a red fox\", seed: 7, steps: 2, width: 64, height: 64, scheduler: ddim, noise: numpy}";

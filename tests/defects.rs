@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::site::{
-    case, names, parse_check, read_only, snapshot, verdicts, Site, FOX, OWL, TIGHT,
+    case, fault_line, names, parse_check, read_only, snapshot, verdicts, Site, FOX, OWL, TIGHT,
 };
 use common::{repo, repo_path};
 use monitor::sd::image::RgbImage;
@@ -56,6 +56,11 @@ fn d01_the_work_folder_sweep_removes_only_its_own_folders() {
         .join("monitor-check-999998-abcdef")
         .symlink_metadata()
         .is_ok());
+    fault_line(
+        "look-alike, unmarked and symlinked monitor-* entries in $TMPDIR, then check",
+        "exit 0",
+        "all three kept, the symlink's target untouched",
+    );
 }
 
 // ---- 2. a failed multi-case rebaseline ----
@@ -96,6 +101,11 @@ fn d02_a_rebaseline_whose_last_case_cannot_be_written_writes_nothing_and_is_reco
     assert_eq!(last["kind"], "rebaseline");
     assert_eq!(last["status"], "failed", "{last}");
     assert!(last["error"].as_str().unwrap().contains("zebra"), "{last}");
+    fault_line(
+        "rebaseline of 3 cases, the 3rd case's folder read-only",
+        "exit 2, the message names zebra",
+        "no case got a new version; run recorded as failed",
+    );
 }
 
 /// Every run row (oldest first) of the site's database, read with sqlite directly.
@@ -190,6 +200,11 @@ fn d03_a_baseline_file_changed_on_disk_is_damaged_never_compared() {
         std::fs::write(&p, saved).unwrap();
     }
     assert_eq!(site.check().0, 0, "restored files are genuine again");
+    fault_line(
+        "baseline edited: float +0.5, float +1e-6, NaN, one pixel, grayscale re-save",
+        "exit 2, error 'baseline damaged' naming the file (5/5)",
+        "never compared; restored files verify again",
+    );
 }
 
 // ---- 4. sizes: bounded, checked before running, one case's failure stays its own ----
@@ -212,6 +227,11 @@ fn d04_a_huge_case_is_refused_by_validation_with_the_limit() {
         "{err}"
     );
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    fault_line(
+        "case of 262144x262144",
+        "config validate: exit 2, cases[1].width above limits.max_width",
+        "nothing runs",
+    );
 }
 
 #[test]
@@ -231,6 +251,11 @@ fn d04_a_case_needing_more_memory_than_there_is_errors_alone() {
     assert_eq!(verdicts(&v), ["identical", "error"], "{v}");
     let msg = case(&v, "big")["error"].as_str().unwrap();
     assert!(msg.contains("memory") && msg.contains("GiB"), "{msg}");
+    fault_line(
+        "case of 16384x16384 with raised size limits",
+        "exit 2, that case error with the GiB estimate",
+        "the other case identical",
+    );
 }
 
 /// A copy of the tiny export whose UNet up-samples by fixed scales (as an export traced at a
@@ -302,6 +327,11 @@ fn d04_a_size_the_unet_cannot_halve_is_named_before_running() {
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("latent height 9"), "{err}");
+    fault_line(
+        "96x72 on an export with fixed-scale up-sampling",
+        "validate and generate exit 2, check: that case error naming latent height 9",
+        "the other case identical; no ONNX Runtime message",
+    );
 }
 
 #[test]
@@ -329,6 +359,11 @@ fn d04_monitor_noise_refuses_a_shape_over_the_limit() {
     );
     assert!(err.contains("--max-elements"), "{err}");
     assert!(!out.path().join("n.npy").exists());
+    fault_line(
+        "monitor noise --shape 1,4,100000,100000",
+        "exit 2 naming --max-elements",
+        "no allocation, no file",
+    );
 }
 
 // ---- 5. version numbers never wrap ----
@@ -347,6 +382,11 @@ fn d05_the_highest_version_number_is_refused_not_wrapped() {
         "{err}"
     );
     assert_eq!(names(&fox), [".lock", "v0001", "v4294967295"]);
+    fault_line(
+        "v4294967295 present, rebaseline",
+        "exit 2 'the highest possible'",
+        "no v0 written",
+    );
 }
 
 // ---- 6. non-finite outputs ----
@@ -385,6 +425,11 @@ fn d06_a_non_finite_generation_is_never_a_baseline_and_is_an_error_in_check() {
     assert_eq!(verdicts(&v), ["identical", "error"]);
     let msg = case(&v, "blowup")["error"].as_str().unwrap();
     assert!(msg.contains("NaN/inf"), "{msg}");
+    fault_line(
+        "noise overflowing the UNet to inf/NaN",
+        "rebaseline exit 2, check: that case error 'NaN/inf'",
+        "no baseline written; other case identical",
+    );
 }
 
 #[test]
@@ -403,6 +448,11 @@ fn d06_an_absurd_scheduler_config_is_refused_by_name() {
     assert_eq!(o.status.code(), Some(2), "{out}");
     assert!(out.contains("beta_start") && out.contains('5'), "{out}");
     assert!(site.store().cases().unwrap().is_empty());
+    fault_line(
+        "scheduler_config.json beta_start 5.0",
+        "rebaseline exit 2 naming beta_start",
+        "nothing written",
+    );
 }
 
 // ---- 7. an unwritable reports folder ----
@@ -422,6 +472,11 @@ fn d07_an_unwritable_reports_folder_costs_the_evidence_not_the_check() {
     assert_eq!(rows[0]["verdict"], "drift", "{rows:?}");
     assert_eq!(rows[0]["run_exit_code"], 1);
     assert!(rows[0]["run_finished_at"].is_string());
+    fault_line(
+        "storage.reports is a file, drifting check",
+        "exit 1, table printed, warning 'outputs not kept'",
+        "run and results in the history",
+    );
 }
 
 // ---- 8. damaged metadata ----
@@ -491,6 +546,11 @@ fn d08_damaged_metadata_is_an_error_naming_metadata_json_and_the_field() {
         msg.contains("latents.npy") && !msg.contains("image.png"),
         "{msg}"
     );
+    fault_line(
+        "metadata without model/parameters, bad execution_provider, owl's baseline as fox v2, latents of the wrong shape",
+        "exit 2 naming metadata.json and the field (or latents.npy)",
+        "never model_changed or 'rebaseline'",
+    );
 }
 
 // ---- 9. a dangling symlink as the newest version ----
@@ -514,6 +574,11 @@ fn d09_a_dangling_symlink_as_newest_version_is_an_error_not_a_fallback() {
         fox["baseline_version"].is_null(),
         "fell back to {}",
         fox["baseline_version"]
+    );
+    fault_line(
+        "dangling symlink as v0002",
+        "exit 2 naming v0002 'dangling symlink'",
+        "no fallback to v0001",
     );
 }
 
@@ -539,6 +604,11 @@ fn d10_a_case_named_twice_runs_once() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(site.store().version_numbers("fox").unwrap(), [1, 2]);
+    fault_line(
+        "--case fox --case fox",
+        "check: 1 result; rebaseline: 1 version",
+        "-",
+    );
 }
 
 // ---- 11. smaller ones ----
@@ -585,6 +655,11 @@ fn d11_zero_counts_and_missing_folders_are_errors() {
         "{}",
         stderr(&o)
     );
+    fault_line(
+        "bench --runs 0, history --limit 0, baselines list of a missing folder",
+        "exit 2 each, naming the flag or folder",
+        "-",
+    );
 }
 
 #[test]
@@ -623,6 +698,11 @@ fn d11_error_messages_do_not_repeat_their_cause() {
             }
         }
     }
+    fault_line(
+        "missing config, model folder, database",
+        "exit 2, one line each, no repeated cause",
+        "-",
+    );
 }
 
 #[test]
@@ -658,6 +738,11 @@ fn d11_onnx_runtime_log_lines_do_not_leak_raw_onto_stderr() {
         warning.starts_with("monitor: onnxruntime warning: "),
         "{warning}"
     );
+    fault_line(
+        "model that makes ONNX Runtime warn",
+        "exit 0, 'monitor: onnxruntime warning: ...'",
+        "no ANSI codes, no raw ONNX Runtime line",
+    );
 }
 
 #[test]
@@ -685,6 +770,11 @@ fn d11_a_foreign_sqlite_file_is_refused_before_anything_is_written() {
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
     assert_eq!(mode, "delete", "switched to {mode}");
+    fault_line(
+        "storage.database is another program's SQLite file",
+        "exit 2 'not a monitor history' naming its tables",
+        "file byte-identical, journal mode unchanged",
+    );
 }
 
 #[test]
@@ -726,5 +816,10 @@ fn d11_an_interrupted_run_shows_in_history_as_interrupted() {
     assert!(
         row["run_error"].as_str().unwrap().contains("process"),
         "{row}"
+    );
+    fault_line(
+        "check killed while its worker runs, then monitor history",
+        "the run listed as interrupted with the reason",
+        "-",
     );
 }

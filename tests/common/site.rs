@@ -296,3 +296,102 @@ pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
 pub fn os(s: &str) -> &OsStr {
     OsStr::new(s)
 }
+
+/// Prints one line of the fault matrix: what was done, what came of it, what was preserved.
+pub fn fault_line(fault: &str, outcome: &str, preserved: &str) {
+    eprintln!("FAULT | {fault} | {outcome} | {preserved}");
+}
+
+/// How [`on_full_disk`] made the disk full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullDisk {
+    /// A tmpfs of the right size over the folder, in a mount namespace of the command alone:
+    /// every write past the free bytes fails with ENOSPC, as on a full volume.
+    Tmpfs,
+    /// No mount possible (not root): a file-size limit, so any write that grows a file past the
+    /// free bytes fails with EFBIG.
+    FileSizeLimit,
+}
+
+/// Runs `cmd` with `dir` on a full disk: `free` bytes left. As root, `dir` is covered (for the
+/// command alone) by a tmpfs holding a copy of its content plus a filler file that leaves `free`
+/// bytes, and afterwards `dir` holds what the command left there; otherwise a file-size limit
+/// of `free` bytes applies to every file the command writes.
+pub fn on_full_disk(dir: &Path, free: u64, cmd: Command) -> (Output, FullDisk) {
+    if !is_root() {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!(
+                "trap '' XFSZ; ulimit -f {}; exec \"$@\"",
+                free.div_ceil(512).max(1)
+            ))
+            .arg("sh")
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        copy_env(&cmd, &mut c);
+        return (c.output().unwrap(), FullDisk::FileSizeLimit);
+    }
+    let stage = tempfile::tempdir().unwrap();
+    let stage = stage.keep();
+    copy_all(dir, &stage);
+    let content: u64 = snapshot(dir).iter().map(|(_, b)| b.len() as u64).sum();
+    let size = content + free + (8 << 20);
+    let script = r#"set -e
+mount -t tmpfs -o "size=$FULL_SIZE" tmpfs "$FULL_DIR"
+cp -a "$FULL_STAGE"/. "$FULL_DIR"/
+avail=$(df -B1 --output=avail "$FULL_DIR" | tail -n 1)
+fill=$((avail - FULL_FREE))
+if [ "$fill" -gt 0 ]; then head -c "$fill" /dev/zero > "$FULL_DIR/.filler" 2>/dev/null || true; fi
+set +e
+"$@"
+rc=$?
+rm -f "$FULL_DIR/.filler"
+rm -rf "$FULL_STAGE"; mkdir "$FULL_STAGE"; cp -a "$FULL_DIR"/. "$FULL_STAGE"/
+exit $rc"#;
+    let mut c = Command::new("unshare");
+    c.args(["-m", "sh", "-c", script, "sh"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env("FULL_DIR", dir)
+        .env("FULL_STAGE", &stage)
+        .env("FULL_SIZE", size.to_string())
+        .env("FULL_FREE", free.to_string());
+    copy_env(&cmd, &mut c);
+    let out = c.output().unwrap();
+    // The folder now holds what the command left on the full disk.
+    std::fs::remove_dir_all(dir).unwrap();
+    std::fs::create_dir(dir).unwrap();
+    copy_all(&stage, dir);
+    std::fs::remove_dir_all(&stage).unwrap();
+    (out, FullDisk::Tmpfs)
+}
+
+fn copy_env(from: &Command, to: &mut Command) {
+    for (k, v) in from.get_envs() {
+        match v {
+            Some(v) => to.env(k, v),
+            None => to.env_remove(k),
+        };
+    }
+    if let Some(d) = from.get_current_dir() {
+        to.current_dir(d);
+    }
+}
+
+/// `cp -a from/. to/`.
+fn copy_all(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
+}
+
+/// `PRAGMA integrity_check` of a database: "ok" or what is wrong.
+pub fn integrity(db: &Path) -> String {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0))
+        .unwrap_or_else(|e| e.to_string())
+}
