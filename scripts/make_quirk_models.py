@@ -7,12 +7,15 @@
   tiny UNet's weights.pb, so it is dropped into a copy of onnx/tiny-sd15/unet/.
 - vae-initializer-input.onnx: the tiny VAE decoder with one weight also listed as a graph input
   (old exporters did this); ONNX Runtime logs a warning when it loads it.
+- text-encoder-small-vocab.onnx: the tiny text encoder with its token embedding cut to 1000 rows,
+  so a prompt's ids (BOS is 49406) fall outside it and ONNX Runtime fails, and logs, while running.
 
 Needs only the `onnx` package: python scripts/make_quirk_models.py  (writes tests/fixtures/models/quirks/)
 """
 from pathlib import Path
 
 import onnx
+import onnx.numpy_helper
 from onnx import TensorProto, helper
 
 OUT = Path("tests/fixtures/models/quirks")
@@ -42,10 +45,21 @@ def initializer_input():
     onnx.save(m, OUT / "vae-initializer-input.onnx")
 
 
+def small_vocab():
+    m = onnx.load("onnx/tiny-sd15/text_encoder/model.onnx")
+    g = m.graph
+    emb = next(t for t in g.initializer if len(t.dims) == 2 and t.dims[0] == 49408)
+    arr = onnx.numpy_helper.to_array(emb)[:1000].copy()
+    g.initializer.remove(emb)
+    g.initializer.append(onnx.numpy_helper.from_array(arr, emb.name))
+    onnx.save(m, OUT / "text-encoder-small-vocab.onnx")
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     fixed_upsample()
     initializer_input()
+    small_vocab()
     for p in sorted(OUT.iterdir()):
         print(p, p.stat().st_size)
 

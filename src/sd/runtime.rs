@@ -286,9 +286,11 @@ impl Runtime {
     }
 }
 
-/// ONNX Runtime's own log lines, in the monitor's format: warnings and worse, one line each, on
-/// stderr, without ONNX Runtime's colour codes and source locations (its errors also come back
-/// as values, which the caller reports with context).
+/// ONNX Runtime's own log lines, in the monitor's format: warnings and fatal errors, one line
+/// each, on stderr, without ONNX Runtime's colour codes and source locations. Error lines are
+/// dropped: each accompanies a failed call whose status comes back as a value, which the caller
+/// reports once, with context (a CUDA provider that fails to register comes back too, as its
+/// registration is made fatal).
 fn log_ort_message(
     level: ort::logging::LogLevel,
     _category: &str,
@@ -298,9 +300,8 @@ fn log_ort_message(
 ) {
     use ort::logging::LogLevel;
     let level = match level {
-        LogLevel::Verbose | LogLevel::Info => return,
+        LogLevel::Verbose | LogLevel::Info | LogLevel::Error => return,
         LogLevel::Warning => "warning",
-        LogLevel::Error => "error",
         LogLevel::Fatal => "fatal error",
     };
     let clean: String = strip_ansi(message)
