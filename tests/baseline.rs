@@ -6,6 +6,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::Lcg;
 use monitor::baseline::{
     BaselineError, BaselineStore, NewBaseline, IMAGE_FILE, LATENTS_FILE, METADATA_FILE,
 };
@@ -733,18 +736,6 @@ fn cli_list_and_show() {
 }
 
 // ---- kill -9 during writes ----
-
-/// Numerical Recipes' 64-bit LCG; the top bits are good enough for delays.
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-}
 
 /// Spawns `monitor baselines stress-write` (an endless stream of writes to one case) 100 times,
 /// SIGKILLs it after a seeded random 0-50 ms, and after every kill asserts:

@@ -295,27 +295,20 @@ fn kill_9_of_rebaseline_never_leaves_a_half_baseline() {
     let start = std::time::Instant::now();
     site.rebaseline();
     let span_ms = (start.elapsed().as_millis() as u64 * 6 / 5).max(50);
-    let mut seed: u64 = 0x5eed;
+    let mut rng = common::Lcg(0x5eed);
     let mut landed_after_write = 0;
     let mut killed_pids = Vec::new();
     let iterations = 50;
     for _ in 0..iterations {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let delay_ms = (seed >> 33) % span_ms;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_monitor"))
-            .args(["rebaseline", "--reason", "crash test", "--yes", "--config"])
+        let delay_ms = rng.next() % span_ms;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_monitor"));
+        cmd.args(["rebaseline", "--reason", "crash test", "--yes", "--config"])
             .arg(&config)
-            .current_dir(repo())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
-        killed_pids.push(child.id());
+            .current_dir(repo());
+        killed_pids.push(common::kill_after(
+            cmd,
+            std::time::Duration::from_millis(delay_ms),
+        ));
         // What a check does before reading: finish a batch whose writer was killed after
         // committing it. Then both cases have the same number of versions: a rebaseline writes
         // all of its cases or none.

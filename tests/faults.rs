@@ -13,6 +13,7 @@ use common::site::{
     fault_line, integrity, on_full_disk, parse_check, read_only, snapshot, verdicts, FullDisk,
     Site, TIGHT,
 };
+use common::{kill_after, Lcg};
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -265,18 +266,6 @@ fn read_only_baselines_reports_and_database_folders() {
 
 // ---- kill -9 ----
 
-/// Numerical Recipes' LCG: seeded, so a failure reproduces.
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-}
-
 #[test]
 fn kill_9_of_check_at_random_moments() {
     let site = Site::new(None, TIGHT);
@@ -295,16 +284,9 @@ fn kill_9_of_check_at_random_moments() {
     let mut rng = Lcg(0xc4ec);
     let kills = 20;
     for _ in 0..kills {
-        let mut child = site
-            .command(&["check"])
-            .env("TMPDIR", &tmp)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(rng.next() % span));
-        let _ = child.kill();
-        let _ = child.wait();
+        let mut cmd = site.command(&["check"]);
+        cmd.env("TMPDIR", &tmp);
+        kill_after(cmd, Duration::from_millis(rng.next() % span));
         assert_eq!(
             store_snapshot(&site),
             before,
@@ -335,7 +317,10 @@ fn kill_9_of_check_at_random_moments() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("monitor-"))
         .collect();
-    assert!(leftovers.is_empty(), "work folders left in $TMPDIR: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "work folders left in $TMPDIR: {leftovers:?}"
+    );
     let partial: Vec<String> = snapshot(&site.path("reports"))
         .into_iter()
         .map(|(p, _)| p)
@@ -360,15 +345,8 @@ fn kill_9_of_rebaseline_at_random_moments() {
     let mut rng = Lcg(0x4eba);
     let kills = 20;
     for _ in 0..kills {
-        let mut child = site
-            .command(&["rebaseline", "--reason", "killed", "--yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(rng.next() % span));
-        let _ = child.kill();
-        let _ = child.wait();
+        let cmd = site.command(&["rebaseline", "--reason", "killed", "--yes"]);
+        kill_after(cmd, Duration::from_millis(rng.next() % span));
         site.store().recover().unwrap();
         let (fox, owl) = (
             site.store().version_numbers("fox").unwrap(),

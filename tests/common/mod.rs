@@ -99,3 +99,33 @@ pub fn old_ort_lib() -> PathBuf {
     }
 }
 pub mod site;
+
+/// Numerical Recipes' 64-bit LCG: seeded delays for kill tests, so a failure reproduces (the top
+/// bits are good enough for that).
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    /// The next 31-bit value.
+    pub fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+/// Starts `cmd` with its output discarded, waits `delay`, and SIGKILLs it (whether or not it is
+/// still running). Returns its pid.
+pub fn kill_after(mut cmd: std::process::Command, delay: std::time::Duration) -> u32 {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(delay);
+    let _ = child.kill();
+    let _ = child.wait();
+    child.id()
+}
