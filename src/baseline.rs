@@ -290,6 +290,8 @@ struct Hooks {
     fail_case: Option<String>,
     /// Moving this case's new version into place fails.
     fail_rename_of: Option<String>,
+    /// Writing a batch's journal fails with "no space left on device".
+    fail_journal: bool,
 }
 
 /// Checks that `name` is usable as a case (folder) name: non-empty, `[A-Za-z0-9._-]` only,
@@ -472,6 +474,13 @@ impl BaselineStore {
     #[doc(hidden)]
     pub fn fail_rename_of(mut self, case: &str) -> Self {
         self.hooks.fail_rename_of = Some(case.to_string());
+        self
+    }
+
+    /// Test hook: writing a batch's journal fails with "no space left on device".
+    #[doc(hidden)]
+    pub fn fail_journal(mut self) -> Self {
+        self.hooks.fail_journal = true;
         self
     }
 
@@ -834,7 +843,15 @@ impl BaselineStore {
                     .collect(),
             };
             let bytes = serde_json::to_vec_pretty(&journal).unwrap_or_default();
-            if let Err(e) = crate::fsutil::atomic_write(&journal_path, &bytes) {
+            let written = if self.hooks.fail_journal {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "No space left on device (injected)",
+                ))
+            } else {
+                crate::fsutil::atomic_write(&journal_path, &bytes)
+            };
+            if let Err(e) = written {
                 cleanup(&staged);
                 return Err(write_err(&journal_path, "writing the batch journal")(e));
             }

@@ -457,6 +457,12 @@ fn a_batch_is_all_or_nothing_when_a_later_case_fails() {
     );
     assert!(e.contains("no new baseline written"), "{e}");
     assert_eq!(snapshot_tree(d.path()), before, "the store changed");
+    // The journal cannot be written (the disk filled up after staging): nothing was committed.
+    let e = write_batch(&store.clone().fail_journal(), &batch_data(&cases, 2))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(".journal.json") && e.contains("No space left"), "{e}");
+    assert_eq!(snapshot_tree(d.path()), before, "the store changed");
     // The rename of the second case fails after the first was renamed: undone.
     let e = write_batch(&store.clone().fail_rename_of("bee"), &batch_data(&cases, 3))
         .unwrap_err()
