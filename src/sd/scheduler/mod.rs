@@ -202,6 +202,8 @@ pub fn build(
     config: &SchedulerConfig,
     steps: usize,
 ) -> Result<Box<dyn Scheduler>, SchedulerError> {
+    // A config built in code gets the same range checks as a parsed one.
+    config.validate()?;
     if steps == 0 || steps > config.num_train_timesteps {
         return Err(SchedulerError::Invalid(format!(
             "steps must be between 1 and num_train_timesteps ({}), got {steps}",
