@@ -273,17 +273,58 @@ fn load_tokenizer_json(path: &Path) -> Result<Tokenizer, TokenizerError> {
     let text = read_to_string(path, "tokenizer.json")?;
     // Parse as plain JSON first so a corrupt file reports line/column instead of a generic
     // "data did not match any variant" from the typed deserializer.
-    if let Err(source) = serde_json::from_str::<serde_json::Value>(&text) {
-        return Err(TokenizerError::Json {
-            path: path.to_path_buf(),
-            source,
-        });
-    }
+    let value = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(value) => value,
+        Err(source) => {
+            return Err(TokenizerError::Json {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    check_bpe_merges(&value).map_err(|message| TokenizerError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    })?;
     text.parse::<Tokenizer>()
         .map_err(|e| TokenizerError::Invalid {
             path: path.to_path_buf(),
             message: format!("not a Hugging Face tokenizer.json: {e}"),
         })
+}
+
+/// Rejects a BPE merge whose second symbol is shorter than the model's
+/// `continuing_subword_prefix` (or splits a character where the prefix ends): tokenizers 0.22.2
+/// slices that prefix off without a check and panics while building the model (found by
+/// `fuzz/fuzz_targets/tokenizer.rs`). Merges are read the way tokenizers reads them (`["a", "b"]`
+/// pairs, or legacy `"a b"` strings); anything else is left for its own parser to report.
+fn check_bpe_merges(tokenizer: &serde_json::Value) -> Result<(), String> {
+    let model = &tokenizer["model"];
+    let Some(prefix) = model["continuing_subword_prefix"].as_str() else {
+        return Ok(());
+    };
+    let Some(merges) = model["merges"].as_array() else {
+        return Ok(());
+    };
+    for (i, merge) in merges.iter().enumerate() {
+        let second = match merge {
+            serde_json::Value::Array(pair) => pair.get(1).and_then(|b| b.as_str()),
+            serde_json::Value::String(line) if !line.starts_with("#version") => {
+                match line.split(' ').collect::<Vec<_>>()[..] {
+                    [_, b] => Some(b),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some(b) = second.filter(|b| b.get(prefix.len()..).is_none()) {
+            return Err(format!(
+                "model.merges[{i}]: second symbol {b:?} is too short to start with the \
+                 continuing_subword_prefix {prefix:?}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn read_vocab(path: &Path) -> Result<Vocab, TokenizerError> {
@@ -388,4 +429,43 @@ fn build_from_vocab_merges(
         AddedToken::from(EOS_TOKEN, true),
     ]);
     Ok(tok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(prefix: &str, merges: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"model": {"continuing_subword_prefix": prefix, "merges": merges}})
+    }
+
+    #[test]
+    fn merges_too_short_for_the_subword_prefix_are_refused() {
+        for (prefix, merges) in [
+            ("##", serde_json::json!([["a", "##b"], ["a", "#"]])),
+            ("##", serde_json::json!(["a ##b", "a #"])),
+            // Long enough in bytes, but the prefix ends inside "é".
+            ("ab", serde_json::json!([["x", "aé"]])),
+        ] {
+            let err = check_bpe_merges(&model(prefix, merges)).unwrap_err();
+            assert!(err.starts_with("model.merges[1]") || err.starts_with("model.merges[0]"));
+            assert!(err.contains("continuing_subword_prefix"), "{err}");
+        }
+    }
+
+    #[test]
+    fn well_formed_or_unrelated_merges_pass() {
+        for value in [
+            model(
+                "##",
+                serde_json::json!([["a", "##b"], "#version: 0.2", "a ##c"]),
+            ),
+            model("", serde_json::json!([["a", ""]])),
+            serde_json::json!({"model": {"merges": [["a", ""]]}}),
+            serde_json::json!({"model": {"continuing_subword_prefix": "##", "merges": [1, ["a"], "a b c"]}}),
+            serde_json::json!([1, 2]),
+        ] {
+            assert_eq!(check_bpe_merges(&value), Ok(()), "{value}");
+        }
+    }
 }
