@@ -55,11 +55,31 @@ def small_vocab():
     onnx.save(m, OUT / "text-encoder-small-vocab.onnx")
 
 
+def fuzz_seeds():
+    """Small graphs for the onnx_graph fuzz target: stride-2 convs with each kind of up-sampling."""
+    out = Path("fuzz/seeds/onnx_graph")
+    out.mkdir(parents=True, exist_ok=True)
+
+    def model(nodes, name):
+        g = helper.make_graph(nodes, "unet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])])
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), out / f"{name}.onnx")
+
+    def conv(i, o, s):
+        return helper.make_node("Conv", [i, "w"], [o], strides=[s, s], pads=[1, 1, 1, 1])
+
+    model([conv("x", "a", 2), conv("a", "b", 1), helper.make_node("Resize", ["b", "", "s"], ["y"], mode="nearest")],
+          "fixed_scales")
+    model([conv("x", "a", 2), helper.make_node("Resize", ["a", "", "", "sz"], ["y"], mode="nearest"),
+           helper.make_node("Upsample", ["y", "s"], ["z"])], "sizes_and_upsample")
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     fixed_upsample()
     initializer_input()
     small_vocab()
+    fuzz_seeds()
     for p in sorted(OUT.iterdir()):
         print(p, p.stat().st_size)
 

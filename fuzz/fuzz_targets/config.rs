@@ -1,0 +1,7 @@
+//! Fuzz target: the YAML config (the body is `targets::config`).
+#![no_main]
+
+#[path = "../targets.rs"]
+mod targets;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::config(data));
