@@ -198,12 +198,32 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// `cmd` with `dirs` read-only for it. As root (which ignores permissions) each folder is
+/// True when this process may mount in a private mount namespace (`unshare -m` as root with
+/// CAP_SYS_ADMIN), probed once.
+pub fn can_mount() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        // MONITOR_TEST_NO_MOUNT=1 tries the fallbacks on a machine that could mount.
+        if !is_root() || std::env::var_os("MONITOR_TEST_NO_MOUNT").is_some() {
+            return false;
+        }
+        let probe = tempfile::tempdir().unwrap();
+        Command::new("unshare")
+            .args(["-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs \"$0\""])
+            .arg(probe.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// `cmd` with `dirs` read-only for it. Where mounts are possible (root), each folder is
 /// bind-mounted read-only in a private mount namespace of the command alone (`unshare -m`), so a
-/// write fails with EROFS as on a read-only volume; otherwise the folders lose their write bits
-/// until the returned guard is dropped.
+/// write fails with EROFS as on a read-only volume. Otherwise the folders lose their write bits
+/// until the returned guard is dropped, and a root without mounts (which ignores permissions)
+/// runs the command as `nobody`, with the rest of the site opened to it.
 pub fn read_only(dirs: &[&Path], cmd: Command) -> (Command, ReadOnlyGuard) {
-    if is_root() {
+    if can_mount() {
         let mut script = String::from("set -e; ");
         for i in 0..dirs.len() {
             script.push_str(&format!(
@@ -230,6 +250,28 @@ pub fn read_only(dirs: &[&Path], cmd: Command) -> (Command, ReadOnlyGuard) {
         (c, ReadOnlyGuard { dirs: Vec::new() })
     } else {
         use std::os::unix::fs::PermissionsExt;
+        let cmd = if is_root() {
+            // The site (the folder holding monitor.yaml) becomes usable by nobody, then the
+            // folders under test lose their write bits below.
+            let site = dirs[0]
+                .ancestors()
+                .find(|a| a.join("monitor.yaml").exists())
+                .expect("a folder of a site");
+            let st = Command::new("chmod")
+                .arg("-R")
+                .arg("a+rwX")
+                .arg(site)
+                .status();
+            assert!(st.is_ok_and(|s| s.success()), "chmod -R {}", site.display());
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            copy_env(&cmd, &mut c);
+            c
+        } else {
+            cmd
+        };
         for d in dirs {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o555)).unwrap();
         }
@@ -302,34 +344,14 @@ pub fn fault_line(fault: &str, outcome: &str, preserved: &str) {
     eprintln!("FAULT | {fault} | {outcome} | {preserved}");
 }
 
-/// How [`on_full_disk`] made the disk full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FullDisk {
-    /// A tmpfs of the right size over the folder, in a mount namespace of the command alone:
-    /// every write past the free bytes fails with ENOSPC, as on a full volume.
-    Tmpfs,
-    /// No mount possible (not root): a file-size limit, so any write that grows a file past the
-    /// free bytes fails with EFBIG.
-    FileSizeLimit,
-}
-
-/// Runs `cmd` with `dir` on a full disk: `free` bytes left. As root, `dir` is covered (for the
-/// command alone) by a tmpfs holding a copy of its content plus a filler file that leaves `free`
-/// bytes, and afterwards `dir` holds what the command left there; otherwise a file-size limit
-/// of `free` bytes applies to every file the command writes.
-pub fn on_full_disk(dir: &Path, free: u64, cmd: Command) -> (Output, FullDisk) {
-    if !is_root() {
-        let mut c = Command::new("sh");
-        c.arg("-c")
-            .arg(format!(
-                "trap '' XFSZ; ulimit -f {}; exec \"$@\"",
-                free.div_ceil(512).max(1)
-            ))
-            .arg("sh")
-            .arg(cmd.get_program())
-            .args(cmd.get_args());
-        copy_env(&cmd, &mut c);
-        return (c.output().unwrap(), FullDisk::FileSizeLimit);
+/// Runs `cmd` with `dir` on a full disk, `free` bytes left: `dir` is covered, for the command
+/// alone, by a tmpfs in a private mount namespace holding a copy of its content plus a filler
+/// file that leaves `free` bytes, and afterwards `dir` holds what the command left there. `None`
+/// where mounts are impossible (not root, or no CAP_SYS_ADMIN): a file-size limit is no stand-in,
+/// since it also fails the writes outside `dir` the test relies on.
+pub fn on_full_disk(dir: &Path, free: u64, cmd: Command) -> Option<Output> {
+    if !can_mount() {
+        return None;
     }
     let stage = tempfile::tempdir().unwrap();
     let stage = stage.keep();
@@ -363,7 +385,7 @@ exit $rc"#;
     std::fs::create_dir(dir).unwrap();
     copy_all(&stage, dir);
     std::fs::remove_dir_all(&stage).unwrap();
-    (out, FullDisk::Tmpfs)
+    Some(out)
 }
 
 fn copy_env(from: &Command, to: &mut Command) {
