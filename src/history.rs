@@ -922,10 +922,20 @@ fn map_err(
             action,
             detail: "database disk image is malformed".into(),
         },
-        _ => HistoryError::Other {
-            path,
-            action,
-            message: e.to_string().replace('\n', " "),
-        },
+        code => {
+            // SQLite's own words name no cause an operator can act on; say the likely one.
+            let hint = match code {
+                Some(ErrorCode::SystemIoFailure) => " (is the disk full, or failing?)",
+                Some(ErrorCode::DiskFull) => " (free some space; nothing was written)",
+                Some(ErrorCode::CannotOpen) => " (does its folder exist and is it writable?)",
+                Some(ErrorCode::ReadOnly) => " (the file or its folder is read-only)",
+                _ => "",
+            };
+            HistoryError::Other {
+                path,
+                action,
+                message: format!("{}{hint}", e.to_string().replace('\n', " ")),
+            }
+        }
     }
 }

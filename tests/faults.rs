@@ -202,10 +202,15 @@ fn full_disk_under_the_worker_folder_during_check() {
     assert_eq!(store_snapshot(&site), before);
     let (status, _) = last_run_status(&site);
     assert!(status == "finished" || status == "failed", "{status}");
+    let outcome = if v.is_null() {
+        format!("exit 2, one line: {}", err.trim())
+    } else {
+        format!("exit 2, every case error, run {status}")
+    };
     fault_line(
         fault,
-        &format!("exit 2, every case error, run {status}"),
-        "baselines untouched, run recorded",
+        &outcome,
+        &format!("baselines untouched, run recorded as {status}"),
     );
 }
 
