@@ -258,29 +258,23 @@ fn d04_a_case_needing_more_memory_than_there_is_errors_alone() {
     );
 }
 
-/// A copy of the tiny export whose UNet up-samples by fixed scales (as an export traced at a
-/// divisible size does), with `vae` in place of its VAE decoder when given.
-fn quirk_model(dir: &Path, unet_fixed: bool, vae: Option<&str>) -> std::path::PathBuf {
+/// A copy of the tiny export whose UNet up-samples by fixed scales, as an export traced at a
+/// divisible size does.
+fn fixed_upsample_model(dir: &Path) -> std::path::PathBuf {
     let model = dir.join("model");
     common::copy_tree(&repo_path("onnx/tiny-sd15"), &model);
-    let quirks = repo_path("tests/fixtures/models/quirks");
-    if unet_fixed {
-        std::fs::copy(
-            quirks.join("unet-fixed-upsample.onnx"),
-            model.join("unet/model.onnx"),
-        )
-        .unwrap();
-    }
-    if let Some(v) = vae {
-        std::fs::copy(quirks.join(v), model.join("vae_decoder/model.onnx")).unwrap();
-    }
+    std::fs::copy(
+        repo_path("tests/fixtures/models/quirks/unet-fixed-upsample.onnx"),
+        model.join("unet/model.onnx"),
+    )
+    .unwrap();
     model
 }
 
 #[test]
 fn d04_a_size_the_unet_cannot_halve_is_named_before_running() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = quirk_model(tmp.path(), true, None);
+    let model = fixed_upsample_model(tmp.path());
     let site = Site::with_cases(
         Some(&model),
         &[
