@@ -404,7 +404,8 @@ fn work_dir_pid(name: &str) -> Option<u32> {
 /// Removes work folders in `root` left by monitor processes that are gone. Only a folder that
 /// provably came from this program is removed: a name of the exact format, a real folder (not a
 /// symlink) owned by this uid, holding a marker file written by the pid in its name, whose
-/// process (pid and start time) no longer runs. Everything else is left alone.
+/// process (pid and start time) no longer runs. A folder of that name whose owner died before
+/// finishing the marker is removed only if it holds nothing else. Everything else is left alone.
 pub fn sweep_stale_work_dirs(root: &Path) {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(root) else {
@@ -425,22 +426,42 @@ pub fn sweep_stale_work_dirs(root: &Path) {
             continue;
         }
         let marker = path.join(WORK_MARKER);
-        match std::fs::symlink_metadata(&marker) {
-            Ok(m) if m.file_type().is_file() && m.uid() == uid && m.len() < 4096 => {}
-            _ => continue,
-        }
-        let Some(owner) = std::fs::read_to_string(&marker)
-            .ok()
-            .and_then(|t| Owner::from_marker(&t))
-        else {
-            continue;
+        let owner = match std::fs::symlink_metadata(&marker) {
+            Ok(m) if m.file_type().is_file() && m.uid() == uid && m.len() < 4096 => {
+                std::fs::read_to_string(&marker)
+                    .ok()
+                    .and_then(|t| Owner::from_marker(&t))
+            }
+            _ => None,
         };
-        if owner.pid != pid || owner.uid != uid || owner.is_alive() {
-            continue;
+        match owner {
+            Some(owner) => {
+                if owner.pid != pid || owner.uid != uid || owner.is_alive() {
+                    continue;
+                }
+                // remove_dir_all does not follow symlinks inside the folder.
+                let _ = std::fs::remove_dir_all(&path);
+            }
+            // Killed between creating the folder and finishing its marker: the folder holds
+            // nothing else, so removing it cannot lose anyone's data (remove_dir refuses a folder
+            // that is not empty).
+            None if !crate::process::is_running(pid, None) && holds_only_marker(&path) => {
+                let _ = std::fs::remove_file(&marker);
+                let _ = std::fs::remove_dir(&path);
+            }
+            None => {}
         }
-        // remove_dir_all does not follow symlinks inside the folder.
-        let _ = std::fs::remove_dir_all(&path);
     }
+}
+
+/// True when `dir` is empty or holds nothing but a (possibly partial) marker file.
+fn holds_only_marker(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries
+        .flatten()
+        .all(|e| e.file_name() == WORK_MARKER && e.file_type().is_ok_and(|t| t.is_file()))
 }
 
 /// Child side: runs the job file's cases and writes `<out>/<case>/...` and `<out>/report.json`.
@@ -591,6 +612,14 @@ mod tests {
             &format!("monitor-rebaseline-{}-abc127", me.pid),
             Some(&reused),
         );
+        // Killed between mkdir and a complete marker: empty, or only a partial marker; removed.
+        let empty = r.join(format!("monitor-check-{}-abc129", dead.pid));
+        std::fs::create_dir(&empty).unwrap();
+        let partial = r.join(format!("monitor-check-{}-abc130", dead.pid));
+        std::fs::create_dir(&partial).unwrap();
+        std::fs::write(partial.join(WORK_MARKER), b"monitor work fo").unwrap();
+        // The same name format and no marker, but holding data: kept.
+        // (`no_marker` above.)
         // A symlink with our name and a marked target: neither the link nor its target goes.
         let target = make(r, "elsewhere", Some(&dead));
         let link = r.join(format!("monitor-check-{}-abc128", dead.pid));
@@ -599,6 +628,10 @@ mod tests {
         sweep_stale_work_dirs(r);
         assert!(!stale.exists(), "the dead owner's folder must go");
         assert!(!reused_dir.exists(), "a folder of a reused pid must go");
+        assert!(
+            !empty.exists() && !partial.exists(),
+            "half-made folders must go"
+        );
         for kept in [&foreign, &no_marker, &live, &mismatch, &target] {
             assert!(kept.join("keep").exists(), "{} was removed", kept.display());
         }
