@@ -57,6 +57,15 @@ fn last_run_status(site: &Site) -> (String, Option<String>) {
     .unwrap()
 }
 
+/// A site whose two cases have baselines made under ONNX Runtime 1.24.4, with thresholds that
+/// call that drift, and the store's content.
+fn drifting_site() -> (Site, Vec<(String, Vec<u8>)>) {
+    let site = Site::new(None, TIGHT);
+    site.rebaseline_with_old_ort(&[]);
+    let before = store_snapshot(&site);
+    (site, before)
+}
+
 /// Store content without lock files (taking a lock may create its file).
 fn store_snapshot(site: &Site) -> Vec<(String, Vec<u8>)> {
     snapshot(&site.path("baselines"))
@@ -218,9 +227,7 @@ fn full_disk_under_the_worker_folder_during_check() {
 
 #[test]
 fn read_only_baselines_reports_and_database_folders() {
-    let site = Site::new(None, TIGHT);
-    site.rebaseline_with_old_ort(&[]);
-    let before = store_snapshot(&site);
+    let (site, before) = drifting_site();
     let baselines = site.path("baselines");
 
     let (mut c, g) = read_only(&[&baselines], site.command(&["check", "--json"]));
@@ -293,9 +300,7 @@ fn read_only_baselines_reports_and_database_folders() {
 
 #[test]
 fn kill_9_of_check_at_random_moments() {
-    let site = Site::new(None, TIGHT);
-    site.rebaseline_with_old_ort(&[]);
-    let before = store_snapshot(&site);
+    let (site, before) = drifting_site();
     let tmp = site.path("tmp");
     std::fs::create_dir(&tmp).unwrap();
     let start = Instant::now();

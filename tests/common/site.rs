@@ -238,15 +238,7 @@ pub fn read_only(dirs: &[&Path], cmd: Command) -> (Command, ReadOnlyGuard) {
         for (i, d) in dirs.iter().enumerate() {
             c.env(format!("RO{i}"), d);
         }
-        for (k, v) in cmd.get_envs() {
-            match v {
-                Some(v) => c.env(k, v),
-                None => c.env_remove(k),
-            };
-        }
-        if let Some(d) = cmd.get_current_dir() {
-            c.current_dir(d);
-        }
+        copy_env(&cmd, &mut c);
         (c, ReadOnlyGuard { dirs: Vec::new() })
     } else {
         use std::os::unix::fs::PermissionsExt;
@@ -388,6 +380,7 @@ exit $rc"#;
     Some(out)
 }
 
+/// Gives `to` the environment changes and working folder of `from`.
 fn copy_env(from: &Command, to: &mut Command) {
     for (k, v) in from.get_envs() {
         match v {
