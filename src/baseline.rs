@@ -48,6 +48,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::sd::image::RgbImage;
+use crate::sd::model::sha256_hex;
 use crate::sd::npy::{self, NpyError};
 
 /// File names inside a version folder.
@@ -370,12 +371,6 @@ fn latent_hw(shape: &[usize]) -> Option<(usize, usize)> {
         [1, 4, h, w] if h > 0 && w > 0 => Some((h, w)),
         _ => None,
     }
-}
-
-/// Lowercase hex sha256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    crate::sd::model::hex(&Sha256::digest(bytes))
 }
 
 /// What an entry named like a version is, when it is not a folder.

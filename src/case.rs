@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::fingerprint::Environment;
 use crate::fsutil::atomic_write;
 use crate::limits::{Capacity, Limits};
-use crate::sd::model::{hex, FloatType};
+use crate::sd::model::{sha256_hex, FloatType};
 use crate::sd::noise::{self, NoiseKind};
 use crate::sd::npy;
 use crate::sd::pipeline::{GenerateParams, Generation, LoadedModel};
@@ -253,8 +253,8 @@ pub fn write_generation(dir: &Path, gen: &Generation, meta: &Value) -> Result<()
     let png = gen.image.to_png().context("encoding image.png")?;
     let mut meta = meta.clone();
     meta["outputs"] = json!({
-        "latents": {"file": "latents.npy", "shape": shape, "dtype": "float32", "sha256": sha256(&npy_bytes)},
-        "image": {"file": "image.png", "width": gen.image.width, "height": gen.image.height, "sha256_rgb": sha256(&gen.image.pixels)},
+        "latents": {"file": "latents.npy", "shape": shape, "dtype": "float32", "sha256": sha256_hex(&npy_bytes)},
+        "image": {"file": "image.png", "width": gen.image.width, "height": gen.image.height, "sha256_rgb": sha256_hex(&gen.image.pixels)},
     });
     for (name, bytes) in [
         ("latents.npy", npy_bytes),
@@ -274,7 +274,3 @@ pub fn pretty_json(v: &Value) -> Vec<u8> {
     s
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    hex(&Sha256::digest(bytes))
-}

@@ -246,6 +246,11 @@ pub fn sha256_file(path: &Path) -> Result<String, ModelError> {
     Ok(hex(&h.finalize()))
 }
 
+/// Lower-case hex sha256 of bytes in memory.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
 /// Lower-case hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
