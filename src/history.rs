@@ -577,19 +577,9 @@ impl History {
         };
         let mut closed = 0;
         for (id, pid, start, run_host) in open {
-            let reason = match pid.and_then(|p| u32::try_from(p).ok()) {
-                // Recorded before v2: no pid, so nothing can still be running it.
-                None => {
-                    "interrupted: recorded by an older monitor that did not finish it".to_string()
-                }
-                Some(_) if run_host.is_some() && run_host != host => continue,
-                Some(p) => {
-                    let start = start.and_then(|s| u64::try_from(s).ok());
-                    if crate::process::is_running(p, start) {
-                        continue;
-                    }
-                    format!("interrupted: process {p} ended without finishing the run (killed, crashed, or the history was not writable at its end)")
-                }
+            let Some(reason) = interrupted_reason(pid, start, run_host.as_deref(), host.as_deref())
+            else {
+                continue;
             };
             self.conn
                 .execute(
@@ -806,8 +796,8 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunInfo> {
     })
 }
 
-/// A run's status as a reader should see it: a `running` run whose process on this host is gone
-/// is `interrupted` (a read does not write that down; the next check or rebaseline does).
+/// A run's status as a reader should see it: a `running` run whose process is gone is
+/// `interrupted` (a read does not write that down; the next check or rebaseline does).
 fn run_status(
     finished: bool,
     status: Option<String>,
@@ -821,22 +811,31 @@ fn run_status(
         return (status, error);
     }
     let this_host = crate::fingerprint::hostname();
-    let gone = match pid.and_then(|p| u32::try_from(p).ok()) {
-        None => true,
-        Some(p) => {
-            (host.is_none() || host == this_host)
-                && !crate::process::is_running(p, pid_start.and_then(|s| u64::try_from(s).ok()))
-        }
-    };
-    if gone {
-        let why = match pid {
-            Some(p) => format!("interrupted: process {p} ended without finishing the run"),
-            None => "interrupted: recorded by an older monitor that did not finish it".into(),
-        };
-        ("interrupted".into(), error.or(Some(why)))
-    } else {
-        (status, error)
+    match interrupted_reason(pid, pid_start, host.as_deref(), this_host.as_deref()) {
+        Some(why) => ("interrupted".into(), error.or(Some(why))),
+        None => (status, error),
     }
+}
+
+/// Why an unfinished run can no longer finish, or `None` while its process may still run it.
+/// A run recorded before v2 has no pid, so nothing can still be running it; a run of another
+/// host (a shared database) is left to that host.
+fn interrupted_reason(
+    pid: Option<i64>,
+    pid_start: Option<i64>,
+    run_host: Option<&str>,
+    this_host: Option<&str>,
+) -> Option<String> {
+    let Some(pid) = pid.and_then(|p| u32::try_from(p).ok()) else {
+        return Some("interrupted: recorded by an older monitor that did not finish it".into());
+    };
+    if run_host.is_some() && run_host != this_host {
+        return None;
+    }
+    if crate::process::is_running(pid, pid_start.and_then(|s| u64::try_from(s).ok())) {
+        return None;
+    }
+    Some(format!("interrupted: process {pid} ended without finishing the run (killed, crashed, or the history was not writable at its end)"))
 }
 
 fn json_col(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<serde_json::Value>> {
