@@ -121,15 +121,16 @@ pub fn run_in_worker(job: &Job, out_dir: &Path, timeout: Duration) -> Result<Wor
         let progress = Progress::read(out_dir);
         let mut culprit_blamed = false;
         for (&i, case) in pending.iter().zip(&sub.cases) {
-            match outcome(case, out_dir, &attempt) {
-                Some(o) => outcomes[i] = Some(o),
-                None if !culprit_blamed && progress.loaded && matches!(exit, Exit::Status(_)) => {
+            match (outcome(case, out_dir, &attempt), &exit) {
+                (Some(o), _) => outcomes[i] = Some(o),
+                (None, Exit::Status(status)) if !culprit_blamed && progress.loaded => {
                     // The case that was running when the worker died; the rest get a new worker.
                     culprit_blamed = true;
-                    outcomes[i] =
-                        Some(Outcome::Failed(crash_message(&exit, &case.name, &progress)));
+                    outcomes[i] = Some(Outcome::Failed(crash_message(
+                        status, &case.name, &progress,
+                    )));
                 }
-                None => {}
+                (None, _) => {}
             }
         }
         if !culprit_blamed {
@@ -236,11 +237,8 @@ impl Progress {
     }
 }
 
-fn crash_message(exit: &Exit, case: &str, progress: &Progress) -> String {
-    let how = match exit {
-        Exit::Status(s) => describe(s),
-        Exit::TimedOut => "timed out".into(),
-    };
+fn crash_message(status: &ExitStatus, case: &str, progress: &Progress) -> String {
+    let how = describe(status);
     match &progress.running {
         Some(c) if c == case => format!(
             "the worker died ({how}) while running case {case}; the cases after it ran in a new worker"
