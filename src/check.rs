@@ -278,11 +278,8 @@ fn check_case(
         }
     };
     out.baseline_version = Some(baseline.version);
-    if let Err(reason) = crate::metadata::validate(&baseline.metadata, &case.name) {
-        out.error = Some(format!(
-            "{}: baseline damaged: {reason}",
-            baseline.dir.join(METADATA_FILE).display()
-        ));
+    if let Err(e) = crate::metadata::check_baseline(&baseline, &case.name) {
+        out.error = Some(e);
         return out;
     }
     let run = match read_generation(dir) {

@@ -8,6 +8,8 @@
 
 use serde_json::Value;
 
+use crate::baseline::{Baseline, METADATA_FILE};
+
 /// The first problem found in `meta`, as "FIELD: what is wrong" (the caller names the file).
 /// `case` is the case the metadata must belong to (another case's baseline copied into this
 /// case's folder is damage, not drift).
@@ -69,6 +71,16 @@ pub fn validate(meta: &Value, case: &str) -> Result<(), String> {
     field(meta, "execution_provider", Value::as_object, "an object")?;
     field(meta, "onnxruntime.version", Value::as_str, "a string")?;
     Ok(())
+}
+
+/// [`validate`] for a stored baseline of `case`; the error names its metadata.json as damaged.
+pub fn check_baseline(baseline: &Baseline, case: &str) -> Result<(), String> {
+    validate(&baseline.metadata, case).map_err(|reason| {
+        format!(
+            "{}: baseline damaged: {reason}",
+            baseline.dir.join(METADATA_FILE).display()
+        )
+    })
 }
 
 /// True for 64 hex digits.

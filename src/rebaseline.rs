@@ -102,16 +102,13 @@ fn compare_with_current(
     };
     p.previous = Some(latest);
     let damaged = match store.load(&case.name, latest) {
-        Ok(base) => match crate::metadata::validate(&base.metadata, &case.name) {
+        Ok(base) => match crate::metadata::check_baseline(&base, &case.name) {
             Ok(()) => {
                 let thresholds = case.thresholds(&config.thresholds);
                 p.report = Some(compare_with(files, &base, &thresholds).0);
                 return;
             }
-            Err(reason) => format!(
-                "{}: baseline damaged: {reason}",
-                base.dir.join(crate::baseline::METADATA_FILE).display()
-            ),
+            Err(e) => e,
         },
         Err(e) => e.to_string(),
     };
