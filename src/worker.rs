@@ -88,6 +88,8 @@ pub struct WorkerRun {
 }
 
 const REPORT: &str = "report.json";
+/// Environment variable carrying the parent's pid to the worker.
+const PARENT_ENV: &str = "MONITOR_WORKER_PARENT";
 const JOB: &str = "job.json";
 
 /// Parent side: runs `job` in `monitor worker`, writing into `out_dir`, killing it once
@@ -176,6 +178,7 @@ fn run_once(job: &Job, out_dir: &Path, deadline: Instant) -> Result<(Exit, Repor
         .arg(&job_file)
         .arg("--out")
         .arg(out_dir)
+        .env(PARENT_ENV, std::process::id().to_string())
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("starting worker {}", exe.display()))?;
@@ -470,6 +473,16 @@ pub fn work(job_file: &Path, out_dir: &Path) -> Result<()> {
         // A worker whose check was killed must not keep the GPU busy for nobody.
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
+    // A parent that died before the line above set the signal leaves an orphan that would run
+    // every case into a work folder the next monitor sweeps: stop now instead.
+    if let Some(parent) = std::env::var(PARENT_ENV)
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+    {
+        if std::os::unix::process::parent_id() != parent {
+            anyhow::bail!("the monitor process {parent} that started this worker is gone");
+        }
+    }
     let bytes = std::fs::read(job_file)
         .with_context(|| format!("reading worker job {}", job_file.display()))?;
     let job: Job = serde_json::from_slice(&bytes)
@@ -498,7 +511,10 @@ fn run_cases(job: &Job, out_dir: &Path, report: &mut Report) -> Result<()> {
         }
         let start = Instant::now();
         let result = runner.run(case, &mut |_, _| {}).and_then(|(gen, meta)| {
-            write_generation(&out_dir.join(&case.name), &gen, &meta)?;
+            // Not create_dir_all: a work folder swept away (its parent died) must not come back.
+            let dir = out_dir.join(&case.name);
+            std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            write_generation(&dir, &gen, &meta)?;
             Ok(gen.warnings)
         });
         let duration_s = start.elapsed().as_secs_f64();

@@ -341,9 +341,23 @@ fn kill_9_of_rebaseline_never_leaves_a_half_baseline() {
                 .any(|p| n.starts_with(&format!("monitor-rebaseline-{p}-")))
         })
         .collect();
+    let contents: Vec<String> = leftovers
+        .iter()
+        .map(|n| {
+            let d = std::env::temp_dir().join(n);
+            let files: Vec<String> = std::fs::read_dir(&d)
+                .map(|rd| {
+                    rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let marker = std::fs::read_to_string(d.join(".monitor-work")).unwrap_or_default();
+            format!("{n}: {files:?} marker {marker:?}")
+        })
+        .collect();
     assert!(
         leftovers.is_empty(),
-        "work folders of killed runs left behind: {leftovers:?}"
+        "work folders of killed runs left behind: {contents:?}"
     );
     eprintln!("kill -9 loop: {iterations} kills spread over {span_ms} ms; {landed_after_write} came after the fox baseline was written");
     // The delays must have covered both sides of the write, or the test proved nothing.
@@ -429,3 +443,26 @@ fn a_worker_crash_in_one_case_costs_that_case_alone() {
 }
 
 const FOX2: &str = "{name: fox2, prompt: \"a red fox\", seed: 7, steps: 2, width: 64, height: 64, scheduler: ddim, noise: numpy}";
+
+/// A worker whose parent died before it could arm its parent-death signal stops at once instead
+/// of running every case, as an orphan, into a work folder the next monitor sweeps.
+#[test]
+fn an_orphaned_worker_stops_before_doing_anything() {
+    let out = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_monitor"))
+        .args(["worker", "--job"])
+        .arg(out.path().join("job.json"))
+        .arg("--out")
+        .arg(out.path())
+        // Not this test's pid: as if the monitor that started it were gone.
+        .env("MONITOR_WORKER_PARENT", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("process 1 that started this worker is gone"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+}
