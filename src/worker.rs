@@ -440,8 +440,7 @@ pub fn sweep_stale_work_dirs(root: &Path) {
                 if owner.pid != pid || owner.uid != uid || owner.is_alive() {
                     continue;
                 }
-                // remove_dir_all does not follow symlinks inside the folder.
-                let _ = std::fs::remove_dir_all(&path);
+                remove_work_dir(&path, &owner);
             }
             // Killed between creating the folder and finishing its marker: the folder holds
             // nothing else, so removing it cannot lose anyone's data (remove_dir refuses a folder
@@ -452,6 +451,34 @@ pub fn sweep_stale_work_dirs(root: &Path) {
             }
             None => {}
         }
+    }
+}
+
+/// Removes a dead owner's work folder, its marker last. The owner's worker dies with it, but can
+/// finish one last file operation after its parent is gone (a SIGKILL waits for the system call
+/// in progress); if that puts something back while the folder is emptied, the folder keeps (or
+/// gets back) its marker, so the next sweep removes it instead of leaking it unmarked.
+fn remove_work_dir(dir: &Path, owner: &Owner) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name() == WORK_MARKER {
+                continue;
+            }
+            let p = e.path();
+            // remove_dir_all does not follow symlinks inside the folder.
+            let _ = match e.file_type() {
+                Ok(t) if t.is_dir() => std::fs::remove_dir_all(&p),
+                _ => std::fs::remove_file(&p),
+            };
+        }
+    }
+    if !holds_only_marker(dir) {
+        return;
+    }
+    let marker = dir.join(WORK_MARKER);
+    let _ = std::fs::remove_file(&marker);
+    if std::fs::remove_dir(dir).is_err() && dir.is_dir() {
+        let _ = std::fs::write(&marker, owner.to_marker());
     }
 }
 

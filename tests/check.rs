@@ -330,7 +330,10 @@ fn kill_9_of_rebaseline_never_leaves_a_half_baseline() {
         }
         landed_after_write = site.store().version_numbers("fox").unwrap().len() - 1;
     }
-    // The next run sweeps the work folders the killed runs could not remove.
+    // A killed run's worker dies with it, but may finish the system call it was in; the sweep
+    // keeps a folder such a last write touches for the run after. Let the workers die first, so
+    // that the next run alone must sweep every folder.
+    common::wait_for_workers_of(&killed_pids);
     site.rebaseline();
     let leftovers: Vec<String> = std::fs::read_dir(std::env::temp_dir())
         .unwrap()

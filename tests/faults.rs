@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::site::{
     fault_line, integrity, on_full_disk, parse_check, read_only, snapshot, verdicts, Site, TIGHT,
 };
-use common::{kill_after, Lcg};
+use common::{kill_after, wait_for_workers_of, Lcg};
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -313,17 +313,20 @@ fn kill_9_of_check_at_random_moments() {
     let span = (start.elapsed().as_millis() as u64 * 6 / 5).max(50);
     let mut rng = Lcg(0xc4ec);
     let kills = 20;
+    let mut killed = Vec::new();
     for _ in 0..kills {
         let mut cmd = site.command(&["check"]);
         cmd.env("TMPDIR", &tmp);
-        kill_after(cmd, Duration::from_millis(rng.next() % span));
+        killed.push(kill_after(cmd, Duration::from_millis(rng.next() % span)));
         assert_eq!(
             store_snapshot(&site),
             before,
             "a killed check changed the store"
         );
     }
-    // The next check closes the killed runs and sweeps their work folders.
+    // The next check closes the killed runs and sweeps their work folders (once their workers,
+    // which die with them, have finished dying).
+    wait_for_workers_of(&killed);
     let o = site
         .command(&["check"])
         .env("TMPDIR", &tmp)

@@ -129,3 +129,29 @@ pub fn kill_after(mut cmd: std::process::Command, delay: std::time::Duration) ->
     let _ = child.wait();
     child.id()
 }
+
+/// Waits (at most 30 s) until no process is a worker started by one of `parents` (workers carry
+/// their parent's pid in MONITOR_WORKER_PARENT).
+pub fn wait_for_workers_of(parents: &[u32]) {
+    let wanted: Vec<String> = parents
+        .iter()
+        .map(|p| format!("MONITOR_WORKER_PARENT={p}"))
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let alive = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read(e.path().join("environ")).is_ok_and(|env| {
+                env.split(|&b| b == 0)
+                    .any(|var| wanted.iter().any(|w| var == w.as_bytes()))
+            })
+        });
+        if !alive {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers of killed runs still alive after 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
