@@ -319,19 +319,43 @@ const WORK_MARKER: &str = ".monitor-work";
 
 /// A private work folder for one check or rebaseline, removed when dropped. Folders left by a
 /// process killed with SIGKILL are swept by the next one (see [`sweep_stale_work_dirs`]).
-pub fn work_dir(kind: &str) -> Result<tempfile::TempDir> {
+pub fn work_dir(kind: &str) -> Result<WorkDir> {
     let root = std::env::temp_dir();
     sweep_stale_work_dirs(&root);
-    let dir = tempfile::Builder::new()
+    let path = tempfile::Builder::new()
         .prefix(&format!("monitor-{kind}-{}-", std::process::id()))
         .rand_bytes(6)
         .tempdir_in(&root)
-        .with_context(|| format!("creating a work folder in {}", root.display()))?;
-    let marker = dir.path().join(WORK_MARKER);
-    let me = Owner::current();
-    std::fs::write(&marker, me.to_marker())
-        .with_context(|| format!("writing {}", marker.display()))?;
-    Ok(dir)
+        .with_context(|| format!("creating a work folder in {}", root.display()))?
+        .keep();
+    let marker = path.join(WORK_MARKER);
+    let owner = Owner::current();
+    if let Err(e) = std::fs::write(&marker, owner.to_marker()) {
+        let _ = std::fs::remove_dir_all(&path);
+        return Err(e).with_context(|| format!("writing {}", marker.display()));
+    }
+    Ok(WorkDir { path, owner })
+}
+
+/// A work folder made by [`work_dir`]. Dropping it removes it like the sweep does, marker last,
+/// so a process killed while cleaning up leaves a folder the next sweep still recognises.
+#[derive(Debug)]
+pub struct WorkDir {
+    path: PathBuf,
+    owner: Owner,
+}
+
+impl WorkDir {
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        remove_work_dir(&self.path, &self.owner);
+    }
 }
 
 /// Who made a work folder: pid, the pid's start time (pids are reused) and uid.
@@ -454,10 +478,11 @@ pub fn sweep_stale_work_dirs(root: &Path) {
     }
 }
 
-/// Removes a dead owner's work folder, its marker last. The owner's worker dies with it, but can
-/// finish one last file operation after its parent is gone (a SIGKILL waits for the system call
-/// in progress); if that puts something back while the folder is emptied, the folder keeps (or
-/// gets back) its marker, so the next sweep removes it instead of leaking it unmarked.
+/// Removes a work folder, its marker last, so that an interrupted removal never leaves it
+/// unmarked. A dead owner's worker dies with it, but can finish one last file operation after its
+/// parent is gone (a SIGKILL waits for the system call in progress); if that puts something back
+/// while the folder is emptied, the folder keeps (or gets back) its marker, so the next sweep
+/// removes it instead of leaking it.
 fn remove_work_dir(dir: &Path, owner: &Owner) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
@@ -608,6 +633,18 @@ mod tests {
         ] {
             assert_eq!(work_dir_pid(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_work_folder_is_marked_and_removed_when_dropped() {
+        let dir = work_dir("check").unwrap();
+        let path = dir.path().to_path_buf();
+        std::fs::create_dir(path.join("fox")).unwrap();
+        std::fs::write(path.join("fox/latents.npy"), b"x").unwrap();
+        let marker = std::fs::read_to_string(path.join(WORK_MARKER)).unwrap();
+        assert_eq!(Owner::from_marker(&marker), Some(Owner::current()));
+        drop(dir);
+        assert!(!path.exists());
     }
 
     #[test]
