@@ -66,7 +66,10 @@ use std::str::FromStr;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
+use crate::alert::config::AlertsConfig;
 use crate::case::CaseSpec;
+use crate::duration::ConfigDuration;
+use crate::remediate::RemediationConfig;
 use crate::compare::{PartialThresholds, Thresholds};
 use crate::limits::Limits;
 use crate::sd::noise::NoiseKind;
@@ -118,11 +121,45 @@ pub struct Config {
     /// The largest case allowed, and the memory a case may use.
     #[serde(default)]
     pub limits: Limits,
+    /// When the daemon checks: 6-field (with seconds) or 5-field cron; a case may have its own.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// IANA time zone the schedules are read in (default UTC).
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// When and where to alert.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+    /// Restarting the generation service on a confirmed drift.
+    #[serde(default)]
+    pub remediation: Option<RemediationConfig>,
+    /// The daemon itself.
+    #[serde(default)]
+    pub daemon: DaemonConfig,
     /// The fixed test cases, in file order.
     pub cases: Vec<Case>,
     /// The file this was loaded from (not a YAML key).
     #[serde(skip)]
     pub source: PathBuf,
+}
+
+/// `daemon:` — `monitor run`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// On SIGTERM, how long a running check may go on before its worker is killed.
+    pub shutdown_grace: ConfigDuration,
+    /// On SIGTERM, how long undelivered alerts are still tried.
+    pub flush_timeout: ConfigDuration,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            shutdown_grace: ConfigDuration(std::time::Duration::from_secs(30)),
+            flush_timeout: ConfigDuration(std::time::Duration::from_secs(10)),
+        }
+    }
 }
 
 /// `worker:` — the child process that runs the model.
@@ -262,6 +299,9 @@ pub struct Case {
     /// Per-case threshold overrides (default none).
     #[serde(default)]
     pub thresholds: Option<PartialThresholds>,
+    /// This case's own schedule (else the global `schedule`).
+    #[serde(default)]
+    pub schedule: Option<String>,
 }
 
 impl Case {

@@ -79,6 +79,63 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE runs ADD COLUMN host TEXT;
     UPDATE runs SET status = 'finished' WHERE finished_at IS NOT NULL;
     PRAGMA application_id = 1396985166;",
+    // v3: the daemon. What started a run; skipped ticks; per-case alert state; the durable alert
+    // outbox (one row per alert, one delivery row per channel); remediation actions; the daemon's
+    // own heartbeat and next run, for `monitor status`.
+    "ALTER TABLE runs ADD COLUMN trigger TEXT;      -- manual | schedule | signal | recheck | once
+    CREATE TABLE alert_state (
+        case_name TEXT PRIMARY KEY,
+        state TEXT NOT NULL,             -- ok | pending | firing
+        verdict TEXT,                    -- the last bad verdict (what it fires for)
+        bad_streak INTEGER NOT NULL DEFAULT 0,
+        good_streak INTEGER NOT NULL DEFAULT 0,
+        firing_since TEXT,
+        last_notified_at TEXT,
+        escalated INTEGER NOT NULL DEFAULT 0,  -- a restart did not help; no more restarts
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        created_at TEXT NOT NULL,
+        run_id INTEGER,                  -- the round that raised it (kept when the run is pruned)
+        kind TEXT NOT NULL,              -- firing | reminder | resolved | escalation | auto_rebaseline | test
+        title TEXT NOT NULL,
+        payload_json TEXT NOT NULL       -- the versioned alert document (no secrets)
+    );
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY,
+        alert_id INTEGER NOT NULL REFERENCES outbox(id) ON DELETE CASCADE,
+        channel TEXT NOT NULL,           -- email | slack | webhook
+        state TEXT NOT NULL,             -- pending | delivered | failed
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,   -- unix seconds
+        last_error TEXT,                 -- redacted: never a secret
+        delivered_at TEXT,
+        UNIQUE (alert_id, channel)
+    );
+    CREATE INDEX deliveries_pending ON deliveries(state, next_attempt_at);
+    CREATE TABLE actions (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER,
+        at TEXT NOT NULL,
+        at_unix REAL NOT NULL,
+        kind TEXT NOT NULL,              -- restart | recheck | auto_rebaseline | escalation
+        cases TEXT,                      -- comma-separated case names
+        target TEXT,                     -- unit or argv
+        outcome TEXT NOT NULL,           -- ok | failed | timed_out | over_budget | still_drifting | fixed
+        detail TEXT,
+        duration_s REAL
+    );
+    CREATE INDEX actions_at ON actions(at_unix);
+    CREATE TABLE daemon (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        pid INTEGER,
+        started_at TEXT,
+        heartbeat_at TEXT,
+        stopped_at TEXT,
+        next_run_at TEXT,
+        last_round TEXT                  -- one-line summary of the last round
+    );",
 ];
 
 /// `PRAGMA application_id` of a monitor history ("SDMN").
@@ -287,8 +344,19 @@ impl History {
         &self.path
     }
 
-    fn err(&self, action: impl Into<String>, e: rusqlite::Error) -> HistoryError {
+    /// A rusqlite error as a [`HistoryError`] naming this database and `action`.
+    pub(crate) fn err(&self, action: impl Into<String>, e: rusqlite::Error) -> HistoryError {
         map_err(&self.path, self.busy_timeout, action, e)
+    }
+
+    /// The connection, for the modules that own the daemon's tables (alerts, actions).
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The connection, for transactions of the modules that own the daemon's tables.
+    pub(crate) fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
     }
 
     fn configure(&mut self) -> Result<(), HistoryError> {

@@ -2,6 +2,7 @@
 //!
 //! `sd` is the pipeline (knows nothing of monitoring); the rest of the crate builds the monitor on it.
 
+pub mod alert;
 pub mod baseline;
 pub mod case;
 pub mod check;
@@ -9,6 +10,8 @@ pub mod cli;
 pub mod clock;
 pub mod compare;
 pub mod config;
+pub mod daemon;
+pub mod duration;
 pub mod fingerprint;
 pub mod fsutil;
 pub mod history;
@@ -16,5 +19,7 @@ pub mod limits;
 pub mod metadata;
 pub mod process;
 pub mod rebaseline;
+pub mod remediate;
 pub mod sd;
+pub mod secret;
 pub mod worker;

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::sd::runtime::{ConvAlgoSearch, ExecutionProvider, RuntimeSettings};
 
+mod alerts;
 mod baselines;
 mod bench;
 mod check;
@@ -54,6 +55,10 @@ enum Command {
     Baselines(baselines::BaselinesArgs),
     /// Show the newest recorded results (table, or --json).
     History(history::HistoryArgs),
+    /// Send a test alert to every configured channel (`alert test`).
+    Alert(alerts::AlertArgs),
+    /// List recent alerts and their delivery state per channel.
+    Alerts(alerts::AlertsArgs),
 }
 
 /// ONNX Runtime location and every setting that can change output bits.
@@ -119,6 +124,8 @@ pub fn main() -> u8 {
         Command::Worker(a) => worker::run(a),
         Command::Baselines(a) => baselines::run(a),
         Command::History(a) => history::run(a),
+        Command::Alert(a) => alerts::run_alert(a),
+        Command::Alerts(a) => alerts::run_alerts(a),
     };
     match result {
         Ok(code) => code,
