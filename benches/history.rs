@@ -36,7 +36,7 @@ fn result(case: usize, i: usize) -> CaseResult {
     };
     CaseResult {
         case_name: format!("case-{case:02}"),
-        verdict: verdict.into(),
+        verdict: verdict.parse().expect("verdict"),
         baseline_version: Some(1 + (i / 10_000) as i64),
         latents_sha256: Some(format!("{:064x}", i * CASES + case)),
         latent_max_abs: Some(1e-4 * (i % 7) as f64),
@@ -66,6 +66,7 @@ fn main() {
         let run = h
             .begin_run(&NewRun {
                 kind: "check".into(),
+                trigger: Some("schedule".into()),
                 started_at: rfc3339(t0 + i as u64 * 900),
                 model_path: Some("/models/sd15".into()),
                 environment: Some(json!({"os": "linux", "onnxruntime": "1.22.0"})),

@@ -20,14 +20,37 @@ use crate::fingerprint::Environment;
 use crate::fsutil::atomic_write;
 use crate::history::{CaseResult, History, NewRun};
 use crate::sd::image::RgbImage;
-use crate::worker::{self, Job, Outcome, WorkerRun};
+use crate::sd::runtime::ExecutionProvider;
+use crate::worker::{self, Cancel, Job, Outcome, WorkerRun};
 
-/// Exit code when every case is identical or within tolerance.
-pub const EXIT_OK: u8 = 0;
-/// Exit code when a case drifted or its model changed.
-pub const EXIT_DRIFT: u8 = 1;
-/// Exit code when a case could not be checked (takes precedence: the check is incomplete).
-pub const EXIT_ERROR: u8 = 2;
+/// How a check went as a whole; the CLI maps it to the exit code (`cli::exit_code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    /// Every case identical or within tolerance.
+    Ok,
+    /// A case drifted or its model changed.
+    Drift,
+    /// A case could not be checked, or the results could not be recorded (takes precedence:
+    /// the check is incomplete).
+    Error,
+}
+
+impl CheckStatus {
+    /// The worst status of `results`.
+    pub fn of(results: &[CaseCheck]) -> CheckStatus {
+        if results.iter().any(|r| r.verdict == Verdict::Error) {
+            CheckStatus::Error
+        } else if results
+            .iter()
+            .any(|r| matches!(r.verdict, Verdict::Drift | Verdict::ModelChanged))
+        {
+            CheckStatus::Drift
+        } else {
+            CheckStatus::Ok
+        }
+    }
+}
 
 /// One case's outcome.
 #[derive(Debug, Clone, Serialize)]
@@ -72,8 +95,8 @@ pub struct CheckRun {
     pub run_id: i64,
     /// Per case, in config order.
     pub cases: Vec<CaseCheck>,
-    /// 0, 1 or 2 (see the constants).
-    pub exit_code: u8,
+    /// The worst outcome.
+    pub status: CheckStatus,
     /// Timings.
     pub timings: CheckTimings,
     /// Set when the results could not be written to the history (they are still reported).
@@ -88,6 +111,22 @@ pub struct CheckOptions {
     pub cases: Vec<String>,
     /// Kill the worker after this long.
     pub worker_timeout: Duration,
+    /// What started it (recorded in the history): manual, schedule, signal, recheck, once.
+    pub trigger: &'static str,
+    /// Set by a stopping daemon: the worker is killed, unfinished cases become `error`.
+    pub cancel: Cancel,
+}
+
+impl CheckOptions {
+    /// A manual check of `cases` (all when empty) with the config's worker timeout.
+    pub fn manual(config: &Config, cases: Vec<String>) -> CheckOptions {
+        CheckOptions {
+            cases,
+            worker_timeout: Duration::from_secs_f64(config.worker.timeout_s),
+            trigger: "manual",
+            cancel: Cancel::new(),
+        }
+    }
 }
 
 /// The config's cases named in `names` (all when empty), each once, in the order first named;
@@ -113,14 +152,23 @@ pub fn select_cases<'c>(config: &'c Config, names: &[String]) -> Result<Vec<&'c 
         .collect()
 }
 
-/// Runs `cases` in a worker with the config's model and runtime settings.
+/// Runs `cases` in a worker with the config's model and runtime settings, holding the model
+/// device's lock (waiting up to `timeout` for another monitor process to finish with it).
 pub fn run_worker(
     config: &Config,
     cases: &[&Case],
     environment: &Environment,
     out_dir: &Path,
     timeout: Duration,
+    cancel: &Cancel,
 ) -> Result<WorkerRun> {
+    let device = match config.model.execution_provider {
+        ExecutionProvider::Cpu => "cpu".to_string(),
+        ExecutionProvider::Cuda => format!("cuda{}", config.model.device_id),
+    };
+    let _lock = crate::device_lock::acquire(&config.storage.database, &device, timeout, cancel, |who| {
+        tracing::warn!("waiting for device {device}: {who}");
+    })?;
     let job = Job {
         model: config.model.path.clone(),
         ort_library: config.onnxruntime.library.clone(),
@@ -129,7 +177,7 @@ pub fn run_worker(
         environment: environment.clone(),
         limits: config.limits,
     };
-    worker::run_in_worker(&job, out_dir, timeout)
+    worker::run_in_worker(&job, out_dir, timeout, cancel)
 }
 
 /// `metadata.model.files_sha256` of a generation.
@@ -152,6 +200,7 @@ pub fn check(config: &Config, opts: &CheckOptions) -> Result<CheckRun> {
     let run_id = history.begin_run(&NewRun {
         model_path: Some(config.model.path.display().to_string()),
         environment: Some(serde_json::to_value(&environment)?),
+        trigger: Some(opts.trigger.to_string()),
         ..NewRun::now("check")
     })?;
     let compared = run_and_compare(config, opts, &cases, &store, &environment, run_id);
@@ -163,21 +212,21 @@ pub fn check(config: &Config, opts: &CheckOptions) -> Result<CheckRun> {
             return Err(e);
         }
     };
-    let mut exit_code = exit_code(&results);
+    let mut status = CheckStatus::of(&results);
     let rows: Vec<CaseResult> = results.iter().map(history_row).collect();
     let total_s = start.elapsed().as_secs_f64();
     // The model run is done and its results are worth showing even if they cannot be stored
     // (e.g. the database stayed locked past the busy timeout): report, don't discard.
     let recorded = history
         .record_results(run_id, &rows)
-        .and_then(|()| history.finish_run(run_id, i32::from(exit_code), total_s))
+        .and_then(|()| history.finish_run(run_id, i32::from(crate::cli::exit_code(status)), total_s))
         .and_then(|()| match config.storage.retention_days {
             0 => Ok(0),
             days => history.prune(days),
         });
     let history_error = recorded.err().map(|e| e.to_string());
     if history_error.is_some() {
-        exit_code = EXIT_ERROR;
+        status = CheckStatus::Error;
     }
     let generation_s = results.iter().map(|r| r.duration_s).sum();
     let timings = CheckTimings {
@@ -190,7 +239,7 @@ pub fn check(config: &Config, opts: &CheckOptions) -> Result<CheckRun> {
     Ok(CheckRun {
         run_id,
         cases: results,
-        exit_code,
+        status,
         timings,
         history_error,
     })
@@ -206,7 +255,14 @@ fn run_and_compare(
     run_id: i64,
 ) -> Result<(Vec<CaseCheck>, WorkerRun)> {
     let work = crate::worker::work_dir("check")?;
-    let run = run_worker(config, cases, environment, work.path(), opts.worker_timeout)?;
+    let run = run_worker(
+        config,
+        cases,
+        environment,
+        work.path(),
+        opts.worker_timeout,
+        &opts.cancel,
+    )?;
     // Every case is compared with the current baselines of one moment: no rebaseline batch can
     // be half-renamed while they are read.
     let _read = store
@@ -417,20 +473,6 @@ fn keep_artifacts(
     result
 }
 
-/// 2 if any case errored, else 1 if any drifted or changed model, else 0.
-pub fn exit_code(results: &[CaseCheck]) -> u8 {
-    if results.iter().any(|r| r.verdict == Verdict::Error) {
-        EXIT_ERROR
-    } else if results
-        .iter()
-        .any(|r| matches!(r.verdict, Verdict::Drift | Verdict::ModelChanged))
-    {
-        EXIT_DRIFT
-    } else {
-        EXIT_OK
-    }
-}
-
 /// The history row of a case.
 pub fn history_row(r: &CaseCheck) -> CaseResult {
     let report = r.report.as_ref();
@@ -438,7 +480,7 @@ pub fn history_row(r: &CaseCheck) -> CaseResult {
     let img = report.and_then(|r| r.image.as_ref());
     CaseResult {
         case_name: r.name.clone(),
-        verdict: r.verdict.to_string(),
+        verdict: r.verdict,
         baseline_version: r.baseline_version.map(i64::from),
         latents_sha256: lat.map(|l| l.run_sha256.clone()),
         latent_max_abs: lat.map(|l| l.max_abs),

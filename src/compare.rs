@@ -556,6 +556,8 @@ pub enum Verdict {
     ModelChanged,
     /// The run could not be completed or compared.
     Error,
+    /// Nothing to compare with: a rebaseline's first baseline of a case (never a check's).
+    New,
 }
 
 impl Verdict {
@@ -567,7 +569,33 @@ impl Verdict {
             Verdict::Drift => "drift",
             Verdict::ModelChanged => "model_changed",
             Verdict::Error => "error",
+            Verdict::New => "new",
         }
+    }
+}
+
+impl std::str::FromStr for Verdict {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Verdict, String> {
+        [
+            Verdict::Identical,
+            Verdict::WithinTolerance,
+            Verdict::Drift,
+            Verdict::ModelChanged,
+            Verdict::Error,
+            Verdict::New,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+        .ok_or_else(|| format!("unknown verdict {s:?}"))
+    }
+}
+
+impl Verdict {
+    /// True for the verdicts that count as a failed check (drift, model change, error).
+    pub fn is_bad(self) -> bool {
+        matches!(self, Verdict::Drift | Verdict::ModelChanged | Verdict::Error)
     }
 }
 

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
+use crate::compare::Verdict;
+
 use crate::clock::{rfc3339, utc_now_rfc3339};
 
 /// How long a writer waits for another process's write transaction before giving up.
@@ -195,6 +197,8 @@ impl HistoryError {
 pub struct NewRun {
     /// `check` or `rebaseline`.
     pub kind: String,
+    /// What started it: manual, schedule, signal, recheck, once (None: not recorded).
+    pub trigger: Option<String>,
     /// RFC 3339 UTC (`YYYY-MM-DDTHH:MM:SSZ`; retention compares these as text).
     pub started_at: String,
     pub model_path: Option<String>,
@@ -209,6 +213,7 @@ impl NewRun {
     pub fn now(kind: &str) -> NewRun {
         NewRun {
             kind: kind.to_string(),
+            trigger: None,
             started_at: utc_now_rfc3339(),
             model_path: None,
             environment: None,
@@ -218,11 +223,11 @@ impl NewRun {
 }
 
 /// One case's outcome within a run. JSON fields are stored as JSON text.
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CaseResult {
     pub case_name: String,
-    /// `identical`, `within_tolerance`, `drift`, `model_changed` or `error`.
-    pub verdict: String,
+    /// The verdict (stored as its name).
+    pub verdict: Verdict,
     pub baseline_version: Option<i64>,
     pub latents_sha256: Option<String>,
     pub latent_max_abs: Option<f64>,
@@ -238,6 +243,30 @@ pub struct CaseResult {
     pub error: Option<String>,
     pub duration_s: Option<f64>,
     pub timings: Option<serde_json::Value>,
+}
+
+impl CaseResult {
+    /// A result of `case_name` with `verdict` and nothing else recorded.
+    pub fn new(case_name: impl Into<String>, verdict: Verdict) -> CaseResult {
+        CaseResult {
+            case_name: case_name.into(),
+            verdict,
+            baseline_version: None,
+            latents_sha256: None,
+            latent_max_abs: None,
+            latent_mean_abs: None,
+            latent_rmse: None,
+            latent_cosine: None,
+            ssim: None,
+            psnr_db: None,
+            pixels_differing: None,
+            reasons: None,
+            env_diff: None,
+            error: None,
+            duration_s: None,
+            timings: None,
+        }
+    }
 }
 
 /// A stored result joined with its run, as `recent` returns it.
@@ -509,8 +538,8 @@ impl History {
         self.conn
             .execute(
                 "INSERT INTO runs (kind, started_at, model_path, environment_json, skipped_reason,
-                                   status, pid, pid_start, host)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8)",
+                                   status, pid, pid_start, host, trigger)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?9)",
                 params![
                     run.kind,
                     run.started_at,
@@ -520,6 +549,7 @@ impl History {
                     pid,
                     pid_start,
                     crate::fingerprint::hostname(),
+                    run.trigger,
                 ],
             )
             .map_err(|e| self.err(format!("recording the start of a {} run", run.kind), e))?;
@@ -744,12 +774,15 @@ impl History {
         run().map_err(|e| self.err(action, e))
     }
 
-    /// The last `n` verdicts of `case`, newest first (for "N failures in a row" alerts).
-    pub fn last_verdicts(&self, case: &str, n: usize) -> Result<Vec<String>, HistoryError> {
+    /// The last `n` check verdicts of `case`, newest first (for "N failures in a row" alerts).
+    /// Only results of check runs count: a rebaseline's `new`, or its drift against the version
+    /// it replaces, is no failed check.
+    pub fn last_verdicts(&self, case: &str, n: usize) -> Result<Vec<Verdict>, HistoryError> {
         let n = i64::try_from(n).unwrap_or(i64::MAX);
-        let run = || -> rusqlite::Result<Vec<String>> {
+        let run = || -> rusqlite::Result<Vec<Verdict>> {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT verdict FROM results WHERE case_name = ?1 ORDER BY id DESC LIMIT ?2",
+                "SELECT r.verdict FROM results r JOIN runs u ON u.id = r.run_id
+                 WHERE r.case_name = ?1 AND u.kind = 'check' ORDER BY r.id DESC LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![case, n], |r| r.get(0))?;
             rows.collect()
@@ -1004,5 +1037,19 @@ fn map_err(
                 message: format!("{}{hint}", e.to_string().replace('\n', " ")),
             }
         }
+    }
+}
+
+impl rusqlite::types::ToSql for Verdict {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl rusqlite::types::FromSql for Verdict {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let s = v.as_str()?;
+        s.parse()
+            .map_err(|e: String| rusqlite::types::FromSqlError::Other(e.into()))
     }
 }

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod compare;
 pub mod config;
 pub mod daemon;
+pub mod device_lock;
 pub mod duration;
 pub mod fingerprint;
 pub mod fsutil;

@@ -13,7 +13,7 @@ use crate::compare::{CompareReport, Verdict};
 use crate::config::{Case, Config};
 use crate::fingerprint::Environment;
 use crate::history::{CaseResult, History, NewRun};
-use crate::worker::Outcome;
+use crate::worker::{Cancel, Outcome};
 
 /// A regenerated case, ready to be accepted.
 pub struct Proposal {
@@ -41,7 +41,7 @@ pub fn propose(
     timeout: Duration,
 ) -> Result<Vec<Proposal>> {
     let store = BaselineStore::new(&config.storage.baselines);
-    let run = run_worker(config, cases, environment, work, timeout)?;
+    let run = run_worker(config, cases, environment, work, timeout, &Cancel::new())?;
     let mut out = Vec::new();
     for (case, (name, outcome)) in cases.iter().zip(&run.outcomes) {
         let mut p = Proposal {
@@ -186,18 +186,17 @@ pub fn accept(
         .iter()
         .map(|(name, version, latents_sha256)| {
             let p = proposals.iter().find(|p| &p.name == name);
+            // The verdict of the accepted output against the baseline it replaces.
+            let verdict = p
+                .and_then(|p| p.report.as_ref())
+                .map_or(Verdict::New, |r| r.classification.verdict);
             CaseResult {
-                case_name: name.clone(),
-                // The verdict of the accepted output against the baseline it replaces.
-                verdict: p
-                    .and_then(|p| p.report.as_ref())
-                    .map_or("new".to_string(), |r| r.classification.verdict.to_string()),
                 baseline_version: Some(i64::from(*version)),
                 latents_sha256: Some(latents_sha256.clone()),
                 reasons: Some(
                     json!({"reason": why, "who": who, "replaces": p.and_then(|p| p.previous)}),
                 ),
-                ..CaseResult::default()
+                ..CaseResult::new(name.clone(), verdict)
             }
         })
         .collect();

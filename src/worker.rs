@@ -7,6 +7,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -92,11 +94,38 @@ const REPORT: &str = "report.json";
 const PARENT_ENV: &str = "MONITOR_WORKER_PARENT";
 const JOB: &str = "job.json";
 
+/// A stop request for a running worker (the daemon is shutting down). Cloning shares the flag.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// A flag that is not set.
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    /// Asks every worker watching this flag to be killed now.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// True once [`Cancel::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// Parent side: runs `job` in `monitor worker`, writing into `out_dir`, killing it once
-/// `timeout` has passed. A worker that crashes while running a case (an abort, a segfault in a
-/// kernel) costs that case alone: it is reported with the crash, and the cases after it run in a
-/// fresh worker. A crash before the model is loaded, or a timeout, ends every unfinished case.
-pub fn run_in_worker(job: &Job, out_dir: &Path, timeout: Duration) -> Result<WorkerRun> {
+/// `timeout` has passed or `cancel` is set. A worker that crashes while running a case (an abort,
+/// a segfault in a kernel) costs that case alone: it is reported with the crash, and the cases
+/// after it run in a fresh worker. A crash before the model is loaded, a timeout or a
+/// cancellation ends every unfinished case.
+pub fn run_in_worker(
+    job: &Job,
+    out_dir: &Path,
+    timeout: Duration,
+    cancel: &Cancel,
+) -> Result<WorkerRun> {
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("creating worker folder {}", out_dir.display()))?;
     let start = Instant::now();
@@ -114,7 +143,7 @@ pub fn run_in_worker(job: &Job, out_dir: &Path, timeout: Duration) -> Result<Wor
             cases: pending.iter().map(|&i| job.cases[i].clone()).collect(),
             ..job.clone()
         };
-        let (exit, attempt) = run_once(&sub, out_dir, deadline)?;
+        let (exit, attempt) = run_once(&sub, out_dir, deadline, cancel)?;
         if report.load_s.is_none() {
             report.load_s = attempt.load_s;
         }
@@ -163,7 +192,12 @@ pub fn run_in_worker(job: &Job, out_dir: &Path, timeout: Duration) -> Result<Wor
 }
 
 /// One worker process over `job`'s cases: how it ended and what it reported.
-fn run_once(job: &Job, out_dir: &Path, deadline: Instant) -> Result<(Exit, Report)> {
+fn run_once(
+    job: &Job,
+    out_dir: &Path,
+    deadline: Instant,
+    cancel: &Cancel,
+) -> Result<(Exit, Report)> {
     let job_file = out_dir.join(JOB);
     let body = serde_json::to_vec_pretty(job).context("encoding worker job")?;
     atomic_write(&job_file, &body).with_context(|| format!("writing {}", job_file.display()))?;
@@ -191,6 +225,11 @@ fn run_once(job: &Job, out_dir: &Path, deadline: Instant) -> Result<(Exit, Repor
             let _ = child.kill();
             let _ = child.wait();
             break Exit::TimedOut;
+        }
+        if cancel.is_cancelled() {
+            let _ = child.kill();
+            let _ = child.wait();
+            break Exit::Cancelled;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -262,12 +301,16 @@ fn unfinished_message(exit: &Exit, case: &str, timeout: Duration) -> String {
             "worker exited ({}) before case {case} finished",
             describe(s)
         ),
+        Exit::Cancelled => {
+            format!("worker stopped before case {case} finished: the monitor is shutting down")
+        }
     }
 }
 
 enum Exit {
     Status(ExitStatus),
     TimedOut,
+    Cancelled,
 }
 
 /// A case's outcome from what the worker left, or `None` when it did not get to finish it.

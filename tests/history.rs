@@ -5,13 +5,14 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use monitor::compare::Verdict;
 use monitor::history::{CaseResult, History, HistoryError, NewRun, SCHEMA_VERSION};
 use serde_json::json;
 
 fn result(case: &str, verdict: &str, max_abs: f64) -> CaseResult {
     CaseResult {
         case_name: case.into(),
-        verdict: verdict.into(),
+        verdict: verdict.parse().expect("verdict"),
         baseline_version: Some(3),
         latents_sha256: Some("ab".repeat(32)),
         latent_max_abs: Some(max_abs),
@@ -32,6 +33,7 @@ fn result(case: &str, verdict: &str, max_abs: f64) -> CaseResult {
 fn new_run(started_at: &str) -> NewRun {
     NewRun {
         kind: "check".into(),
+        trigger: Some("manual".into()),
         started_at: started_at.into(),
         model_path: Some("/models/sd15".into()),
         environment: Some(json!({"os": "linux", "gpu": null})),
@@ -56,7 +58,7 @@ fn round_trip_newest_first_case_filter_limit() {
     let a1 = result("astronaut", "identical", 0.0);
     let b1 = CaseResult {
         error: Some("CUDA out of memory".into()),
-        verdict: "error".into(),
+        verdict: monitor::compare::Verdict::Error,
         reasons: None,
         psnr_db: None,
         ..result("cat", "error", 0.0)
@@ -93,9 +95,9 @@ fn round_trip_newest_first_case_filter_limit() {
     assert!(h.recent(None, 0).unwrap().is_empty());
     assert_eq!(
         h.last_verdicts("astronaut", 5).unwrap(),
-        vec!["drift", "identical"]
+        vec![Verdict::Drift, Verdict::Identical]
     );
-    assert_eq!(h.last_verdicts("astronaut", 1).unwrap(), vec!["drift"]);
+    assert_eq!(h.last_verdicts("astronaut", 1).unwrap(), vec![Verdict::Drift]);
 
     let run = h.run(run1).unwrap().unwrap();
     assert_eq!(run.exit_code, Some(2));
@@ -148,7 +150,10 @@ fn empty_file_migrates_to_the_current_schema_and_reopening_is_a_no_op() {
         .unwrap();
     assert_eq!(mode, "wal");
     let indexes: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name")
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%'
+             ORDER BY name",
+        )
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()
@@ -156,7 +161,13 @@ fn empty_file_migrates_to_the_current_schema_and_reopening_is_a_no_op() {
         .unwrap();
     assert_eq!(
         indexes,
-        ["results_case_id", "results_run_id", "runs_started_at"]
+        [
+            "actions_at",
+            "deliveries_pending",
+            "results_case_id",
+            "results_run_id",
+            "runs_started_at"
+        ]
     );
 }
 
@@ -672,4 +683,35 @@ fn a_foreign_database_is_refused_untouched() {
         assert_eq!(std::fs::read(&path).unwrap(), before, "{name} was modified");
         assert!(!dir.path().join(format!("{name}-wal")).exists());
     }
+}
+
+#[test]
+fn last_verdicts_count_only_check_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = History::open(dir.path().join("monitor.db")).unwrap();
+    for (day, verdict) in [("01", "identical"), ("02", "drift")] {
+        let run = h.begin_run(&new_run(&format!("2026-11-{day}T00:00:00Z"))).unwrap();
+        h.record_result(run, &result("astronaut", verdict, 0.0)).unwrap();
+    }
+    // A rebaseline's rows (its output against the version it replaces, or `new`) are no check
+    // results: alert thresholds must not count them.
+    let rb = h
+        .begin_run(&NewRun {
+            kind: "rebaseline".into(),
+            ..new_run("2026-11-03T00:00:00Z")
+        })
+        .unwrap();
+    h.record_results(
+        rb,
+        &[
+            result("astronaut", "drift", 2e-3),
+            result("astronaut", "new", 0.0),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        h.last_verdicts("astronaut", 5).unwrap(),
+        vec![Verdict::Drift, Verdict::Identical]
+    );
+    assert_eq!(h.recent(Some("astronaut"), 1).unwrap()[0].result.verdict, Verdict::New);
 }

@@ -1,7 +1,5 @@
 //! `monitor check`: run the configured cases, compare with baselines, record, exit 0/1/2.
 
-use std::time::Duration;
-
 use anyhow::Result;
 use clap::Args;
 
@@ -26,10 +24,7 @@ pub struct CheckArgs {
 /// Runs the command; the exit code is the check's (0 ok, 1 drift/model change, 2 error).
 pub fn run(a: CheckArgs) -> Result<u8> {
     let config = Config::load(&a.config.path())?;
-    let opts = CheckOptions {
-        cases: a.cases,
-        worker_timeout: Duration::from_secs_f64(config.worker.timeout_s),
-    };
+    let opts = CheckOptions::manual(&config, a.cases);
     let result = check(&config, &opts)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
@@ -39,7 +34,7 @@ pub fn run(a: CheckArgs) -> Result<u8> {
     if let Some(e) = &result.history_error {
         eprintln!("monitor: error: results not recorded: {e}");
     }
-    Ok(result.exit_code)
+    Ok(super::exit_code(result.status))
 }
 
 fn print_table(run: &CheckRun) {
@@ -81,7 +76,7 @@ fn print_table(run: &CheckRun) {
         summary.join(", "),
         run.run_id,
         run.timings.total_s,
-        run.exit_code
+        super::exit_code(run.status)
     );
 }
 

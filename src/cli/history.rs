@@ -156,7 +156,7 @@ pub fn table(entries: &[Row]) -> String {
             [
                 e.created_at.clone(),
                 r.case_name.clone(),
-                r.verdict.clone(),
+                r.verdict.to_string(),
                 r.latent_max_abs.map_or("-".into(), |v| {
                     if v == 0.0 {
                         "0".into()

@@ -18,11 +18,26 @@ mod history;
 mod noise;
 mod progress;
 mod rebaseline;
+mod run;
+mod status;
 mod tokenize;
 mod worker;
 
-/// Exit code for "could not do it".
+/// Exit code of success (a check: every case identical or within tolerance).
+pub const EXIT_OK: u8 = 0;
+/// Exit code of a check where a case drifted or its model changed.
+pub const EXIT_DRIFT: u8 = 1;
+/// Exit code for "could not do it" (a check: a case could not be checked).
 pub const EXIT_ERROR: u8 = 2;
+
+/// The one mapping from a check's status to the process exit code (the history records it too).
+pub fn exit_code(status: crate::check::CheckStatus) -> u8 {
+    match status {
+        crate::check::CheckStatus::Ok => EXIT_OK,
+        crate::check::CheckStatus::Drift => EXIT_DRIFT,
+        crate::check::CheckStatus::Error => EXIT_ERROR,
+    }
+}
 
 /// Reproducibility watchdog for Stable Diffusion 1.5 ONNX exports.
 #[derive(Debug, Parser)]
@@ -59,6 +74,10 @@ enum Command {
     Alert(alerts::AlertArgs),
     /// List recent alerts and their delivery state per channel.
     Alerts(alerts::AlertsArgs),
+    /// The watchdog daemon: check on the configured schedule, alert, remediate (systemd-ready).
+    Run(run::RunArgs),
+    /// Per case: last verdict, alert state, next run; undelivered alerts, last remediation.
+    Status(status::StatusArgs),
 }
 
 /// ONNX Runtime location and every setting that can change output bits.
@@ -113,6 +132,13 @@ impl RuntimeArgs {
 /// Parses the command line and runs the command; returns the process exit code.
 pub fn main() -> u8 {
     let cli = Cli::parse();
+    // The daemon reports what it does as it goes; one-shot commands print their results and
+    // log only problems.
+    init_logging(if matches!(cli.command, Command::Run(_)) {
+        "info"
+    } else {
+        "warn"
+    });
     let result = match cli.command {
         Command::Check(a) => check::run(a),
         Command::Rebaseline(a) => rebaseline::run(a),
@@ -126,6 +152,8 @@ pub fn main() -> u8 {
         Command::History(a) => history::run(a),
         Command::Alert(a) => alerts::run_alert(a),
         Command::Alerts(a) => alerts::run_alerts(a),
+        Command::Run(a) => run::run(a),
+        Command::Status(a) => status::run(a),
     };
     match result {
         Ok(code) => code,
@@ -135,6 +163,23 @@ pub fn main() -> u8 {
             EXIT_ERROR
         }
     }
+}
+
+/// Logs go to stderr, one line per event, at `RUST_LOG`'s levels (else `default_level`). Under
+/// journald (`JOURNAL_STREAM` set) the timestamp is left to the journal.
+fn init_logging(default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false);
+    let _ = if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// One line from an error chain, outermost context first. Contexts often name the file their
