@@ -71,7 +71,7 @@ impl fmt::Display for ConfigDuration {
         let (unit, per) = UNITS
             .iter()
             .rev()
-            .find(|(_, per)| ms % per == 0)
+            .find(|(_, per)| ms.is_multiple_of(*per))
             .copied()
             .unwrap_or(("ms", 1));
         write!(f, "{}{unit}", ms / per)
@@ -124,7 +124,13 @@ mod tests {
 
     #[test]
     fn displays_in_the_largest_exact_unit() {
-        for (s, shown) in [("90s", "90s"), ("120s", "2m"), ("240m", "4h"), ("1500ms", "1500ms"), ("0", "0")] {
+        for (s, shown) in [
+            ("90s", "90s"),
+            ("120s", "2m"),
+            ("240m", "4h"),
+            ("1500ms", "1500ms"),
+            ("0", "0"),
+        ] {
             assert_eq!(s.parse::<ConfigDuration>().unwrap().to_string(), shown);
         }
     }
@@ -133,7 +139,9 @@ mod tests {
     fn yaml_bare_zero_is_off_and_other_bare_numbers_are_refused() {
         let z: ConfigDuration = serde_yaml::from_str("0").unwrap();
         assert!(z.is_zero());
-        let e = serde_yaml::from_str::<ConfigDuration>("30").unwrap_err().to_string();
+        let e = serde_yaml::from_str::<ConfigDuration>("30")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("30s"), "{e}");
     }
 }

@@ -151,9 +151,15 @@ mod tests {
             _ => None,
         };
         let file = SecretSource::File("smtp".into());
-        assert_eq!(file.resolve_with(dir.path(), env).unwrap().expose(), "from-creds");
+        assert_eq!(
+            file.resolve_with(dir.path(), env).unwrap().expose(),
+            "from-creds"
+        );
         let no_creds = |_: &str| None;
-        assert_eq!(file.resolve_with(dir.path(), no_creds).unwrap().expose(), "beside-config");
+        assert_eq!(
+            file.resolve_with(dir.path(), no_creds).unwrap().expose(),
+            "beside-config"
+        );
         let var = SecretSource::from_config_str("${SMTP_PASSWORD}");
         assert_eq!(var.resolve_with(dir.path(), env).unwrap().expose(), "pw");
         let missing = SecretSource::from_config_str("${NOPE}").resolve_with(dir.path(), env);

@@ -160,3 +160,171 @@ pub fn one_source(
         (None, None) => Err(format!("{key} (or {key}_file) is required")),
     }
 }
+
+/// Structural problems of `alerts:` as `(key, message)`, e.g. `("alerts.email.to", "no
+/// recipients; …")`. Secrets are not resolved here (that happens when channels are built).
+pub fn problems(config: &AlertsConfig) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = Vec::new();
+    let mut add = |key: &str, message: String| v.push((key.to_string(), message));
+    for (key, n) in [
+        ("alerts.failure_threshold", config.failure_threshold),
+        ("alerts.success_threshold", config.success_threshold),
+    ] {
+        if n == 0 {
+            add(
+                key,
+                format!("{n} rounds is not allowed; at least 1 is needed"),
+            );
+        }
+    }
+    if config.retry_initial.is_zero() {
+        add(
+            "alerts.retry_initial",
+            "must be longer than 0 (a failed delivery would be retried in a tight loop)".into(),
+        );
+    }
+    if config.retry_max < config.retry_initial {
+        add(
+            "alerts.retry_max",
+            format!(
+                "{} is shorter than retry_initial {}",
+                config.retry_max, config.retry_initial
+            ),
+        );
+    }
+    if config.timeout.is_zero() {
+        add("alerts.timeout", "must be longer than 0".into());
+    }
+    if let Some(e) = &config.email {
+        if e.smtp_host.trim().is_empty() {
+            add("alerts.email.smtp_host", "is empty".into());
+        }
+        if let Err(err) = e.from.parse::<lettre::message::Mailbox>() {
+            add(
+                "alerts.email.from",
+                format!("{:?} is not an email address ({err})", e.from),
+            );
+        }
+        if e.to.is_empty() {
+            add(
+                "alerts.email.to",
+                "no recipients; at least one is needed".into(),
+            );
+        }
+        for (i, to) in e.to.iter().enumerate() {
+            if let Err(err) = to.parse::<lettre::message::Mailbox>() {
+                add(
+                    &format!("alerts.email.to[{i}]"),
+                    format!("{to:?} is not an email address ({err})"),
+                );
+            }
+        }
+        let has_password = e.password.is_some() || e.password_file.is_some();
+        if e.password.is_some() && e.password_file.is_some() {
+            add(
+                "alerts.email.password",
+                "set alerts.email.password or alerts.email.password_file, not both".into(),
+            );
+        }
+        match (&e.username, has_password) {
+            (Some(_), false) => add(
+                "alerts.email.password",
+                "alerts.email.username is set but no password (or password_file)".into(),
+            ),
+            (None, true) => add(
+                "alerts.email.username",
+                "a password is set but no username".into(),
+            ),
+            _ => {}
+        }
+    }
+    if let Some(s) = &config.slack {
+        let key = "alerts.slack.webhook_url";
+        if let Err(e) = one_source(&s.webhook_url, &s.webhook_url_file, key) {
+            add(key, e);
+        }
+    }
+    if let Some(w) = &config.webhook {
+        let key = "alerts.webhook.url";
+        if let Err(e) = one_source(&w.url, &w.url_file, key) {
+            add(key, e);
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> AlertsConfig {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn keys(yaml: &str) -> Vec<String> {
+        problems(&parse(yaml)).into_iter().map(|(k, _)| k).collect()
+    }
+
+    #[test]
+    fn a_sound_config_has_no_problems() {
+        let c = parse(
+            "email: {smtp_host: mail, from: 'Monitor <m@example.com>', to: [a@example.com], username: u, password: '${PW}'}
+slack: {webhook_url: '${SLACK_WEBHOOK_URL}'}
+webhook: {url_file: hook.url}",
+        );
+        assert_eq!(problems(&c), Vec::<(String, String)>::new());
+        assert_eq!(
+            problems(&AlertsConfig::default()),
+            Vec::<(String, String)>::new()
+        );
+    }
+
+    #[test]
+    fn each_structural_problem_names_its_key() {
+        assert_eq!(
+            keys("failure_threshold: 0\nsuccess_threshold: 0"),
+            ["alerts.failure_threshold", "alerts.success_threshold"]
+        );
+        assert_eq!(
+            keys("retry_initial: 0\ntimeout: 0"),
+            ["alerts.retry_initial", "alerts.timeout"]
+        );
+        assert_eq!(
+            keys("retry_initial: 10m\nretry_max: 1m"),
+            ["alerts.retry_max"]
+        );
+        assert_eq!(
+            keys("email: {smtp_host: mail, from: nobody, to: []}"),
+            ["alerts.email.from", "alerts.email.to"]
+        );
+        assert_eq!(
+            keys("email: {smtp_host: mail, from: m@example.com, to: [a@example.com, 'not an address']}"),
+            ["alerts.email.to[1]"]
+        );
+        assert_eq!(
+            keys("email: {smtp_host: mail, from: m@x.org, to: [a@x.org], username: u, password: p, password_file: f}"),
+            ["alerts.email.password"]
+        );
+        assert_eq!(
+            keys("email: {smtp_host: mail, from: m@x.org, to: [a@x.org], username: u}"),
+            ["alerts.email.password"]
+        );
+        assert_eq!(
+            keys("email: {smtp_host: mail, from: m@x.org, to: [a@x.org], password: p}"),
+            ["alerts.email.username"]
+        );
+        assert_eq!(keys("slack: {}"), ["alerts.slack.webhook_url"]);
+        assert_eq!(
+            keys("webhook: {url: 'https://x/y', url_file: f}"),
+            ["alerts.webhook.url"]
+        );
+    }
+
+    #[test]
+    fn messages_never_show_a_secret_value() {
+        let c = parse("webhook: {url: 'https://x/SECRET-TOKEN', url_file: f}");
+        for (_, m) in problems(&c) {
+            assert!(!m.contains("SECRET-TOKEN"), "{m}");
+        }
+    }
+}

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod compose;
 pub mod config;
 pub mod email;
 pub mod outbox;
@@ -170,4 +171,52 @@ pub trait Channel: Send + Sync {
     fn name(&self) -> &'static str;
     /// Sends one alert. Must time out on its own; the error never contains a secret.
     fn send<'a>(&'a self, alert: &'a Alert) -> SendFuture<'a>;
+}
+
+/// The configured channels, ready to send, in [`config::AlertsConfig::channel_names`] order.
+/// Resolves the secrets (relative `*_file` paths against `config_dir`); an error names the key
+/// and where the value was looked for, never the value.
+pub fn build_channels(
+    config: &config::AlertsConfig,
+    config_dir: &std::path::Path,
+) -> Result<Vec<Box<dyn Channel>>, String> {
+    let timeout = config.timeout.get();
+    let secret = |inline, file, key: &str| -> Result<crate::secret::Secret, String> {
+        config::one_source(inline, file, key)?
+            .resolve(config_dir)
+            .map_err(|e| format!("{key}: {e}"))
+    };
+    let mut channels: Vec<Box<dyn Channel>> = Vec::new();
+    if let Some(email) = &config.email {
+        let password = match (&email.password, &email.password_file) {
+            (None, None) => None,
+            _ => Some(secret(
+                &email.password,
+                &email.password_file,
+                "alerts.email.password",
+            )?),
+        };
+        let channel = email::EmailChannel::new(email, password, timeout)?;
+        channels.push(Box::new(channel));
+    }
+    if config.slack.is_none() && config.webhook.is_none() {
+        return Ok(channels);
+    }
+    // One client for both HTTP channels: they share its connection pool and proxy settings.
+    let client = webhook::http_client()?;
+    if let Some(slack) = &config.slack {
+        let key = "alerts.slack.webhook_url";
+        let url = secret(&slack.webhook_url, &slack.webhook_url_file, key)?;
+        let channel = slack::SlackChannel::new(client.clone(), url, timeout)
+            .map_err(|e| format!("{key}: {e}"))?;
+        channels.push(Box::new(channel));
+    }
+    if let Some(hook) = &config.webhook {
+        let key = "alerts.webhook.url";
+        let url = secret(&hook.url, &hook.url_file, key)?;
+        let channel = webhook::WebhookChannel::new(client, url, timeout)
+            .map_err(|e| format!("{key}: {e}"))?;
+        channels.push(Box::new(channel));
+    }
+    Ok(channels)
 }
