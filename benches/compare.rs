@@ -69,7 +69,8 @@ fn main() {
         .collect();
     let run_lat: Vec<f32> = base_lat.iter().map(|v| v + 1e-5).collect();
     let files: BTreeMap<String, String> = [("unet/model.onnx".to_string(), "ab".repeat(32))].into();
-    let md = serde_json::json!({"onnxruntime": {"version": "1.31.1"}, "execution_provider": {"execution_provider": "cpu"}});
+    let md = monitor::generation::Metadata::from_value(&serde_json::json!({"onnxruntime": {"version": "1.31.1"}, "execution_provider": {"execution_provider": "cpu"}}))
+        .expect("metadata");
     let base = Outputs {
         latents: &base_lat,
         latent_shape: &SHAPE,

@@ -167,7 +167,7 @@ pub fn generation(data: &[u8]) {
     ] {
         std::fs::write(dir.join(name), bytes).expect("write");
     }
-    match monitor::baseline::read_generation(&dir) {
+    match monitor::generation::read(&dir) {
         Ok(files) => {
             let n: usize = files.shape.iter().product();
             assert_eq!(files.latents.len(), n);
@@ -175,9 +175,12 @@ pub fn generation(data: &[u8]) {
         }
         Err(e) => assert!(!e.to_string().contains('\n'), "{e}"),
     }
-    // The validator alone, on whatever JSON the metadata part holds.
-    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&rest[..meta_end]) {
-        let _ = monitor::metadata::validate(&v, "fox");
+    // The metadata reader and the validator alone, on whatever the metadata part holds.
+    match monitor::generation::Metadata::from_slice(&rest[..meta_end]) {
+        Ok(m) => {
+            let _ = monitor::metadata::validate(&m, "fox");
+        }
+        Err(e) => assert!(!e.contains('\n'), "{e}"),
     }
 }
 

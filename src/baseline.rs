@@ -7,10 +7,13 @@
 //! <root>/<case>/.lock                 exclusive lock taken by every writer (never removed)
 //! <root>/<case>/v0001/latents.npy     float32 [1, 4, h, w]
 //! <root>/<case>/v0001/image.png       RGB8, (8w) x (8h)
-//! <root>/<case>/v0001/metadata.json   the run's metadata plus a "baseline" key
+//! <root>/<case>/v0001/metadata.json   the run's metadata plus a "baseline" block
 //! <root>/<case>/v0002/...             the next version; older ones are never changed or deleted
 //! <root>/<case>/.tmp-v0003-<pid>/     a write in progress (or left by a crash): readers ignore it
 //! ```
+//!
+//! Each version folder is a generation folder (see [`crate::generation`], which owns the file
+//! names, the metadata format and the verifying reader).
 //!
 //! The current baseline of a case is its highest version. A version folder only ever appears
 //! by `rename` of a complete, fsynced temp folder, so every `vNNNN` folder is complete; readers
@@ -45,18 +48,14 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
-
+use crate::generation::{
+    self, latent_hw, BaselineRecord, GenerationError, GenerationFiles, Metadata,
+};
 use crate::sd::image::RgbImage;
 use crate::sd::model::sha256_hex;
-use crate::sd::npy::{self, NpyError};
 
-/// File names inside a version folder.
-pub const LATENTS_FILE: &str = "latents.npy";
-/// See [`LATENTS_FILE`].
-pub const IMAGE_FILE: &str = "image.png";
-/// See [`LATENTS_FILE`].
-pub const METADATA_FILE: &str = "metadata.json";
+/// File names inside a version folder: a generation folder's.
+pub use crate::generation::{IMAGE_FILE, LATENTS_FILE, METADATA_FILE};
 /// Name of the per-case lock file.
 pub const LOCK_FILE: &str = ".lock";
 /// Prefix of temp folders (writes in progress or left by a crash).
@@ -91,7 +90,7 @@ pub enum BaselineError {
         /// The case folder.
         path: PathBuf,
     },
-    /// A file of a version is missing.
+    /// A file of a version is missing (outside reading a version: see `Generation`).
     #[error("{path}: missing (incomplete or damaged)")]
     Missing {
         /// The file.
@@ -105,47 +104,9 @@ pub enum BaselineError {
         /// Underlying error.
         source: std::io::Error,
     },
-    /// `latents.npy` is not a valid array (the npy error names the file).
+    /// A version's files are missing, unreadable, invalid or damaged (the error names the file).
     #[error(transparent)]
-    Npy(#[from] NpyError),
-    /// `latents.npy` has the wrong shape.
-    #[error("{path}: latents shape {shape:?} is not [1, 4, h, w]")]
-    LatentShape {
-        /// The file.
-        path: PathBuf,
-        /// Its shape.
-        shape: Vec<usize>,
-    },
-    /// `image.png` cannot be decoded.
-    #[error("{path}: not a decodable PNG: {reason}")]
-    Png {
-        /// The file.
-        path: PathBuf,
-        /// Decoder's message.
-        reason: String,
-    },
-    /// `image.png` does not match the latents' size.
-    #[error("{path}: image is {width}x{height} but the latents ({latent_w}x{latent_h}) need {}x{}", latent_w * 8, latent_h * 8)]
-    ImageSize {
-        /// The file.
-        path: PathBuf,
-        /// Image width.
-        width: u32,
-        /// Image height.
-        height: u32,
-        /// Latent width.
-        latent_w: usize,
-        /// Latent height.
-        latent_h: usize,
-    },
-    /// `metadata.json` is not a JSON object.
-    #[error("{path}: invalid metadata: {reason}")]
-    Metadata {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
+    Generation(#[from] GenerationError),
     /// The data handed to `write` is not a valid baseline (nothing was written).
     #[error("baseline {case}: {reason} (nothing written)")]
     Invalid {
@@ -236,8 +197,8 @@ pub struct Baseline {
     pub shape: Vec<usize>,
     /// The decoded image, `(8w) x (8h)`.
     pub image: RgbImage,
-    /// The whole `metadata.json`, `baseline` key included.
-    pub metadata: Value,
+    /// The whole `metadata.json`, `baseline` block included.
+    pub metadata: Metadata,
 }
 
 /// A new baseline to write.
@@ -249,8 +210,8 @@ pub struct NewBaseline<'a> {
     pub shape: &'a [usize],
     /// Image, `(8w) x (8h)`.
     pub image: &'a RgbImage,
-    /// The run's metadata (a JSON object); a `baseline` key is added (replacing any present).
-    pub metadata: Value,
+    /// The run's metadata; a `baseline` block is added (replacing any present).
+    pub metadata: Metadata,
     /// Who made it (user name, or "monitor check" etc.).
     pub who: String,
     /// Why.
@@ -259,7 +220,7 @@ pub struct NewBaseline<'a> {
     pub restored_from: Option<u32>,
 }
 
-/// One line of a case's history, from each version's `metadata.json` `baseline` key
+/// One line of a case's history, from each version's `metadata.json` `baseline` block
 /// (fields absent there read as empty strings / `None`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct VersionInfo {
@@ -337,6 +298,7 @@ pub fn parse_version_dir_name(name: &str) -> Option<u32> {
     (v >= 1 && version_dir_name(v) == name).then_some(v)
 }
 
+/// Reading a file outside [`generation::read`] (restore re-reads the verified files' bytes).
 fn read_err(path: &Path) -> impl FnOnce(std::io::Error) -> BaselineError + '_ {
     move |source| {
         if source.kind() == std::io::ErrorKind::NotFound {
@@ -365,14 +327,6 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Checks `shape` is `[1, 4, h, w]` (h, w > 0) and returns `(h, w)`.
-fn latent_hw(shape: &[usize]) -> Option<(usize, usize)> {
-    match *shape {
-        [1, 4, h, w] if h > 0 && w > 0 => Some((h, w)),
-        _ => None,
-    }
-}
-
 /// What an entry named like a version is, when it is not a folder.
 fn not_a_folder(path: &Path) -> Option<&'static str> {
     let meta = fs::symlink_metadata(path).ok()?;
@@ -394,7 +348,7 @@ struct Encoded {
     npy: Vec<u8>,
     png: Vec<u8>,
     image_rgb_sha256: String,
-    metadata: Value,
+    metadata: Metadata,
     who: String,
     why: String,
     restored_from: Option<u32>,
@@ -571,7 +525,7 @@ impl BaselineStore {
         Ok(self.case_dir(case)?.join(version_dir_name(version)))
     }
 
-    /// Loads and verifies one version (see [`read_generation`]).
+    /// Loads and verifies one version (see [`generation::read`]).
     pub fn load(&self, case: &str, version: u32) -> Result<Baseline> {
         let dir = self.version_dir(case, version)?;
         if let Some(what) = not_a_folder(&dir) {
@@ -594,7 +548,7 @@ impl BaselineStore {
             shape,
             image,
             metadata,
-        } = read_generation(&dir)?;
+        } = generation::read(&dir)?;
         Ok(Baseline {
             version,
             dir,
@@ -610,17 +564,14 @@ impl BaselineStore {
     pub fn versions(&self, case: &str) -> Result<Vec<VersionInfo>> {
         let mut out = Vec::new();
         for v in self.version_numbers(case)? {
-            let meta = read_metadata(&self.version_dir(case, v)?.join(METADATA_FILE))?;
-            let b = &meta["baseline"];
-            let s = |k: &str| b[k].as_str().unwrap_or_default().to_string();
+            let meta = generation::read_metadata(&self.version_dir(case, v)?.join(METADATA_FILE))?;
+            let b = meta.baseline.unwrap_or_default();
             out.push(VersionInfo {
                 version: v,
-                created_at: s("created_at"),
-                who: s("who"),
-                why: s("why"),
-                restored_from: b["restored_from"]
-                    .as_u64()
-                    .and_then(|x| u32::try_from(x).ok()),
+                created_at: b.created_at.unwrap_or_default(),
+                who: b.who.unwrap_or_default(),
+                why: b.why.unwrap_or_default(),
+                restored_from: b.restored_from,
             });
         }
         Ok(out)
@@ -651,7 +602,7 @@ impl BaselineStore {
     }
 
     /// Undo: copies version `version`'s files (latents.npy and image.png byte for byte,
-    /// metadata.json with a new `baseline` key) into a new version with
+    /// metadata.json with a new `baseline` block) into a new version with
     /// `restored_from = version`, and returns the new number. History stays linear; nothing is
     /// deleted. The old version is verified first.
     pub fn restore(&self, case: &str, version: u32, who: &str, why: &str) -> Result<u32> {
@@ -911,26 +862,22 @@ impl BaselineStore {
             })?;
         let final_dir = case_dir.join(version_dir_name(version));
         let mut metadata = it.metadata.clone();
-        let obj = metadata
-            .as_object_mut()
-            .ok_or_else(|| BaselineError::Invalid {
-                case: it.case.clone(),
-                reason: "metadata is not a JSON object".to_string(),
-            })?;
-        obj.insert(
-            "baseline".to_string(),
-            json!({
-                "case": it.case,
-                "version": version,
-                "created_at": crate::clock::utc_now_rfc3339(),
-                "who": it.who,
-                "why": it.why,
-                "restored_from": it.restored_from,
-                "latents_npy_sha256": sha256_hex(&it.npy),
-                "image_rgb_sha256": it.image_rgb_sha256,
-            }),
-        );
-        let meta_bytes = crate::case::pretty_json(&metadata);
+        metadata.baseline = Some(BaselineRecord {
+            case: Some(it.case.clone()),
+            version: Some(version),
+            created_at: Some(crate::clock::utc_now_rfc3339()),
+            who: Some(it.who.clone()),
+            why: Some(it.why.clone()),
+            restored_from: it.restored_from,
+            latents_npy_sha256: Some(sha256_hex(&it.npy)),
+            image_rgb_sha256: Some(it.image_rgb_sha256.clone()),
+            extra: Default::default(),
+        });
+        let meta_bytes = metadata.to_json().map_err(|e| BaselineError::Encode {
+            case: it.case.clone(),
+            file: METADATA_FILE,
+            reason: e.to_string(),
+        })?;
         let tmp = case_dir.join(format!(
             "{TMP_PREFIX}{}-{}",
             version_dir_name(version),
@@ -938,11 +885,10 @@ impl BaselineStore {
         ));
         let result = (|| {
             fs::create_dir(&tmp).map_err(write_err(&tmp, "creating temp folder"))?;
-            for (name, bytes) in [
-                (LATENTS_FILE, &it.npy[..]),
-                (IMAGE_FILE, &it.png[..]),
-                (METADATA_FILE, &meta_bytes[..]),
-            ] {
+            for (name, bytes) in generation::FILES
+                .into_iter()
+                .zip([&it.npy, &it.png, &meta_bytes])
+            {
                 self.write_file(&it.case, &tmp.join(name), name, bytes)?;
             }
             fsync_dir(&tmp).map_err(write_err(&tmp, "syncing temp folder"))
@@ -1061,16 +1007,12 @@ fn encode(case: &str, new: &NewBaseline<'_>) -> Result<Encoded> {
         file,
         reason,
     };
-    let mut npy_bytes = Vec::new();
-    npy::write_npy_f32(&mut npy_bytes, new.shape, new.latents)
+    let npy_bytes = generation::encode_latents(new.shape, new.latents)
         .map_err(|e| encode_err(LATENTS_FILE, e.to_string()))?;
     let png = new
         .image
         .to_png()
         .map_err(|e| encode_err(IMAGE_FILE, e.to_string()))?;
-    if !new.metadata.is_object() {
-        return Err(invalid("metadata is not a JSON object".to_string()));
-    }
     Ok(Encoded {
         case: case.to_string(),
         npy: npy_bytes,
@@ -1081,130 +1023,6 @@ fn encode(case: &str, new: &NewBaseline<'_>) -> Result<Encoded> {
         why: new.why.clone(),
         restored_from: new.restored_from,
     })
-}
-
-/// The three files of a generation — a baseline version or a run's output — read back.
-#[derive(Debug, Clone)]
-pub struct GenerationFiles {
-    /// Final latents, flat.
-    pub latents: Vec<f32>,
-    /// Their shape, `[1, 4, h, w]`.
-    pub shape: Vec<usize>,
-    /// The image, `(8w) x (8h)`.
-    pub image: RgbImage,
-    /// metadata.json, a JSON object.
-    pub metadata: Value,
-}
-
-/// The sha256s a generation's metadata records for its latents.npy bytes and its image's RGB
-/// pixels: the store's `baseline` block, else (older baselines, run outputs) the `outputs` block.
-fn recorded_hashes(meta: &Value) -> std::result::Result<(String, String), String> {
-    let b = &meta["baseline"];
-    let o = &meta["outputs"];
-    let pick = |store_key: &str, out: &Value, what: &str| {
-        b[store_key]
-            .as_str()
-            .or_else(|| out.as_str())
-            .filter(|s| s.len() == 64 && s.bytes().all(|c| c.is_ascii_hexdigit()))
-            .map(str::to_string)
-            .ok_or_else(|| {
-                format!("no sha256 of {what} recorded (baseline.{store_key} or outputs.*)")
-            })
-    };
-    Ok((
-        pick("latents_npy_sha256", &o["latents"]["sha256"], LATENTS_FILE)?,
-        pick(
-            "image_rgb_sha256",
-            &o["image"]["sha256_rgb"],
-            "the image's pixels",
-        )?,
-    ))
-}
-
-fn short(hash: &str) -> &str {
-    hash.get(..12).unwrap_or(hash)
-}
-
-/// Reads and verifies `metadata.json`, `latents.npy` and `image.png` in `dir`, in that order:
-/// metadata a JSON object recording the hashes of the other two; latents a float `[1,4,h,w]`
-/// array whose file bytes have the recorded sha256; the PNG decodable, `(8w) x (8h)`, with the
-/// recorded sha256 of its RGB pixels. Each failure names the file at fault.
-pub fn read_generation(dir: &Path) -> Result<GenerationFiles> {
-    let meta_path = dir.join(METADATA_FILE);
-    let metadata = read_metadata(&meta_path)?;
-    let (want_latents, want_rgb) =
-        recorded_hashes(&metadata).map_err(|reason| BaselineError::Damaged {
-            path: meta_path.clone(),
-            reason,
-        })?;
-    let lat_path = dir.join(LATENTS_FILE);
-    let npy_bytes = fs::read(&lat_path).map_err(read_err(&lat_path))?;
-    let arr = npy::parse_npy(&npy_bytes, &lat_path)?;
-    let Some((h, w)) = latent_hw(&arr.shape) else {
-        return Err(BaselineError::LatentShape {
-            path: lat_path,
-            shape: arr.shape,
-        });
-    };
-    let got = sha256_hex(&npy_bytes);
-    if !got.eq_ignore_ascii_case(&want_latents) {
-        return Err(BaselineError::Damaged {
-            path: lat_path,
-            reason: format!(
-                "sha256 {}… differs from the {}… recorded in {METADATA_FILE}",
-                short(&got),
-                short(&want_latents)
-            ),
-        });
-    }
-    let img_path = dir.join(IMAGE_FILE);
-    let png = fs::read(&img_path).map_err(read_err(&img_path))?;
-    let image = RgbImage::from_png(&png).map_err(|e| BaselineError::Png {
-        path: img_path.clone(),
-        reason: e.to_string(),
-    })?;
-    if image.width as usize != w * 8 || image.height as usize != h * 8 {
-        return Err(BaselineError::ImageSize {
-            path: img_path,
-            width: image.width,
-            height: image.height,
-            latent_w: w,
-            latent_h: h,
-        });
-    }
-    let got = sha256_hex(&image.pixels);
-    if !got.eq_ignore_ascii_case(&want_rgb) {
-        return Err(BaselineError::Damaged {
-            path: img_path,
-            reason: format!(
-                "sha256 of its RGB pixels {}… differs from the {}… recorded in {METADATA_FILE}",
-                short(&got),
-                short(&want_rgb)
-            ),
-        });
-    }
-    Ok(GenerationFiles {
-        latents: arr.data,
-        shape: arr.shape,
-        image,
-        metadata,
-    })
-}
-
-/// Reads a metadata.json that must be a JSON object.
-fn read_metadata(path: &Path) -> Result<Value> {
-    let bytes = fs::read(path).map_err(read_err(path))?;
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| BaselineError::Metadata {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    if !v.is_object() {
-        return Err(BaselineError::Metadata {
-            path: path.to_path_buf(),
-            reason: "not a JSON object".to_string(),
-        });
-    }
-    Ok(v)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! A test case (everything that determines an output) and running cases on one loaded model,
-//! writing each result as `latents.npy` + `image.png` + `metadata.json`.
+//! writing each result as a generation folder (see [`crate::generation`]).
 //!
 //! `monitor generate` runs one case in-process; `monitor check`/`rebaseline` run many in a
 //! worker process (see `worker`). Both write the same files, so a baseline is a generation.
@@ -10,14 +10,16 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::fingerprint::Environment;
-use crate::fsutil::atomic_write;
+use crate::generation::{
+    self, record_of, Metadata, ModelRecord, NoiseRecord, ParametersRecord, TimingsRecord,
+    TokensRecord,
+};
 use crate::limits::{Capacity, Limits};
-use crate::sd::model::{sha256_hex, FloatType};
+use crate::sd::model::FloatType;
 use crate::sd::noise::{self, NoiseKind};
-use crate::sd::npy;
 use crate::sd::pipeline::{GenerateParams, Generation, LoadedModel};
 use crate::sd::runtime::Runtime;
 use crate::sd::scheduler::SchedulerKind;
@@ -79,20 +81,24 @@ impl CaseSpec {
     }
 
     /// The `parameters` block of metadata.json (what a baseline must match to be comparable).
-    pub fn metadata(&self) -> Value {
-        json!({
-            "prompt": self.prompt,
-            "negative_prompt": self.negative_prompt,
-            "seed": self.seed,
-            "steps": self.steps,
-            "guidance_scale": self.guidance_scale,
-            "width": self.width,
-            "height": self.height,
-            "scheduler": self.scheduler.to_string(),
-            "karras_sigmas": self.karras,
-            "noise": self.noise.to_string(),
-            "noise_file": self.noise_file,
-        })
+    pub fn parameters(&self) -> ParametersRecord {
+        ParametersRecord {
+            prompt: Some(self.prompt.clone()),
+            negative_prompt: self.negative_prompt.clone(),
+            seed: Some(self.seed),
+            steps: Some(self.steps as u64),
+            guidance_scale: Some(f64::from(self.guidance_scale)),
+            width: Some(u64::from(self.width)),
+            height: Some(u64::from(self.height)),
+            scheduler: Some(self.scheduler.to_string()),
+            karras_sigmas: Some(self.karras),
+            noise: Some(self.noise.to_string()),
+            noise_file: self
+                .noise_file
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned()),
+            extra: Default::default(),
+        }
     }
 }
 
@@ -181,7 +187,7 @@ impl<'r> CaseRunner<'r> {
         &mut self,
         case: &CaseSpec,
         on_step: &mut dyn FnMut(usize, usize),
-    ) -> Result<(Generation, Value)> {
+    ) -> Result<(Generation, Metadata)> {
         case.check()
             .with_context(|| format!("case {}: karras", case.name))?;
         // Before any allocation of the case's size: a size the UNet or the host cannot run must
@@ -206,64 +212,62 @@ impl<'r> CaseRunner<'r> {
                 self.model_path.display()
             )
         })?;
-        let meta = self.metadata(case, karras, &gen);
+        let meta = self
+            .metadata(case, karras, &gen)
+            .with_context(|| format!("case {}: recording metadata", case.name))?;
         Ok((gen, meta))
     }
 
-    fn metadata(&self, case: &CaseSpec, karras: bool, gen: &Generation) -> Value {
-        let mut timings = serde_json::to_value(&gen.timings).unwrap_or_default();
-        if let Some(t) = timings.as_object_mut() {
-            t.insert("load_s".into(), json!(self.loaded.load_s));
-            t.insert("hash_s".into(), json!(self.hash_s));
-        }
-        let mut parameters = case.metadata();
-        parameters["karras_sigmas"] = json!(karras);
-        json!({
-            "monitor_version": env!("CARGO_PKG_VERSION"),
-            "created_at": crate::clock::utc_now_rfc3339(),
-            "case": case.name,
-            "parameters": parameters,
-            "model": {
-                "path": self.model_path,
-                "io": self.loaded.model.io(),
-                "vae_scaling_factor": self.loaded.model.dir().vae_scaling_factor(),
-                "files_sha256": self.files,
-            },
-            "tokens": {"prompt": gen.prompt_ids, "negative_prompt": gen.negative_ids},
-            "noise": {"source": case.noise.to_string(), "seed": case.seed, "initial_sha256": gen.initial_noise_sha256},
-            "timesteps": gen.timesteps,
-            "onnxruntime": self.runtime.info(),
-            "execution_provider": self.runtime.settings(),
-            "environment": self.environment,
-            "timings": timings,
-            "warnings": gen.warnings,
+    /// The run's metadata, every block but `outputs` (added when the files are written).
+    fn metadata(&self, case: &CaseSpec, karras: bool, gen: &Generation) -> Result<Metadata> {
+        let mut timings: TimingsRecord = record_of(&gen.timings).context("timings")?;
+        timings.load_s = Some(self.loaded.load_s);
+        timings.hash_s = Some(self.hash_s);
+        Ok(Metadata {
+            monitor_version: Some(env!("CARGO_PKG_VERSION").to_string()),
+            created_at: Some(crate::clock::utc_now_rfc3339()),
+            case: Some(case.name.clone()),
+            parameters: Some(ParametersRecord {
+                // What ran, which a model's scheduler config can turn on beyond the case.
+                karras_sigmas: Some(karras),
+                ..case.parameters()
+            }),
+            model: Some(ModelRecord {
+                path: Some(self.model_path.to_string_lossy().into_owned()),
+                io: Some(serde_json::to_value(self.loaded.model.io()).context("model io")?),
+                vae_scaling_factor: Some(self.loaded.model.dir().vae_scaling_factor()),
+                files_sha256: Some(self.files.clone()),
+                extra: Default::default(),
+            }),
+            tokens: Some(TokensRecord {
+                prompt: Some(gen.prompt_ids.clone()),
+                negative_prompt: gen.negative_ids.clone(),
+                extra: Default::default(),
+            }),
+            noise: Some(NoiseRecord {
+                source: Some(case.noise.to_string()),
+                seed: Some(case.seed),
+                initial_sha256: Some(gen.initial_noise_sha256.clone()),
+                extra: Default::default(),
+            }),
+            timesteps: Some(gen.timesteps.clone()),
+            onnxruntime: Some(record_of(self.runtime.info()).context("onnxruntime")?),
+            execution_provider: Some(
+                record_of(self.runtime.settings()).context("execution_provider")?,
+            ),
+            environment: Some(record_of(&self.environment).context("environment")?),
+            timings: Some(timings),
+            warnings: Some(gen.warnings.clone()),
+            ..Metadata::default()
         })
     }
 }
 
-/// Writes `latents.npy`, `image.png` and `metadata.json` into `dir`, each atomically, and adds
-/// an `outputs` block (shapes, hashes) to the metadata.
-pub fn write_generation(dir: &Path, gen: &Generation, meta: &Value) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating output folder {}", dir.display()))?;
-    let mut npy_bytes = Vec::new();
+/// Writes a generation as a generation folder in `dir` (see [`generation::write`]).
+pub fn write_generation(dir: &Path, gen: &Generation, meta: &Metadata) -> Result<()> {
     let shape: Vec<usize> = gen.latents.shape().to_vec();
     let values: Vec<f32> = gen.latents.iter().copied().collect();
-    npy::write_npy_f32(&mut npy_bytes, &shape, &values).context("encoding latents.npy")?;
-    let png = gen.image.to_png().context("encoding image.png")?;
-    let mut meta = meta.clone();
-    meta["outputs"] = json!({
-        "latents": {"file": "latents.npy", "shape": shape, "dtype": "float32", "sha256": sha256_hex(&npy_bytes)},
-        "image": {"file": "image.png", "width": gen.image.width, "height": gen.image.height, "sha256_rgb": sha256_hex(&gen.image.pixels)},
-    });
-    for (name, bytes) in [
-        ("latents.npy", npy_bytes),
-        ("image.png", png),
-        ("metadata.json", pretty_json(&meta)),
-    ] {
-        let p = dir.join(name);
-        atomic_write(&p, &bytes).with_context(|| format!("writing {}", p.display()))?;
-    }
+    generation::write(dir, &values, &shape, &gen.image, meta)?;
     Ok(())
 }
 
@@ -273,4 +277,3 @@ pub fn pretty_json(v: &Value) -> Vec<u8> {
     s.push(b'\n');
     s
 }
-

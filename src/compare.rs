@@ -16,6 +16,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::generation::Metadata;
 use crate::sd::image::RgbImage;
 
 /// Why two outputs could not be compared at all.
@@ -595,7 +596,10 @@ impl std::str::FromStr for Verdict {
 impl Verdict {
     /// True for the verdicts that count as a failed check (drift, model change, error).
     pub fn is_bad(self) -> bool {
-        matches!(self, Verdict::Drift | Verdict::ModelChanged | Verdict::Error)
+        matches!(
+            self,
+            Verdict::Drift | Verdict::ModelChanged | Verdict::Error
+        )
     }
 }
 
@@ -858,6 +862,11 @@ pub fn env_differences(run: &serde_json::Value, baseline: &serde_json::Value) ->
         .collect()
 }
 
+/// [`env_differences`] between two generations' metadata.
+pub fn metadata_env_differences(run: &Metadata, baseline: &Metadata) -> Vec<EnvDiff> {
+    env_differences(&run.to_value(), &baseline.to_value())
+}
+
 fn flatten_keys(prefix: &str, v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
     match v.as_object() {
         Some(map) => map
@@ -888,7 +897,7 @@ pub struct Outputs<'a> {
     /// sha256 of every model file, keyed by relative path (`metadata.model.files_sha256`).
     pub model_files: &'a BTreeMap<String, String>,
     /// The whole `metadata.json`, for [`env_differences`].
-    pub metadata: &'a serde_json::Value,
+    pub metadata: &'a Metadata,
 }
 
 /// Everything the check command prints and stores for one case.
@@ -942,7 +951,7 @@ pub fn compare(
         latents,
         image,
         thresholds: *thresholds,
-        env_differences: env_differences(run.metadata, baseline.metadata),
+        env_differences: metadata_env_differences(run.metadata, baseline.metadata),
         heatmap: None,
     };
     (report, heatmap)

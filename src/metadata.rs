@@ -5,71 +5,65 @@
 //! `onnxruntime` feed the environment differences. A block that is missing or malformed would
 //! otherwise be misread as a real change (every model file "changed", a rebaseline advised), so
 //! damaged metadata is an `error` that names the field, never a verdict about the model.
+//!
+//! Fields of the wrong type are already refused when the file is read
+//! ([`crate::generation::Metadata::from_value`]); what is left here is what reading accepts
+//! because the store and older versions allow it: fields that are absent, empty or zero.
 
 use serde_json::Value;
 
-use crate::baseline::{Baseline, METADATA_FILE};
+use crate::baseline::Baseline;
+use crate::generation::{Metadata, METADATA_FILE};
+
+/// True for 64 hex digits.
+pub use crate::generation::is_sha256;
 
 /// The first problem found in `meta`, as "FIELD: what is wrong" (the caller names the file).
 /// `case` is the case the metadata must belong to (another case's baseline copied into this
 /// case's folder is damage, not drift).
-pub fn validate(meta: &Value, case: &str) -> Result<(), String> {
-    if !meta.is_object() {
-        return Err("not a JSON object".into());
-    }
-    let recorded = field(meta, "case", Value::as_str, "a string")?;
+pub fn validate(meta: &Metadata, case: &str) -> Result<(), String> {
+    let recorded = required(meta.case.as_ref(), "case")?;
     if recorded != case {
         return Err(format!(
             "case: records case {recorded:?}, not {case:?} (another case's files copied here?)"
         ));
     }
-    if let Some(b) = meta.get("baseline") {
-        if let Some(c) = b.get("case").and_then(Value::as_str) {
-            if c != case {
-                return Err(format!(
-                    "baseline.case: records case {c:?}, not {case:?} (another case's files copied here?)"
-                ));
-            }
+    if let Some(c) = meta.baseline.as_ref().and_then(|b| b.case.as_ref()) {
+        if c != case {
+            return Err(format!(
+                "baseline.case: records case {c:?}, not {case:?} (another case's files copied here?)"
+            ));
         }
     }
-    field(meta, "parameters.prompt", Value::as_str, "a string")?;
-    optional(
-        meta,
-        "parameters.negative_prompt",
-        Value::as_str,
-        "a string or null",
+    let p = meta.parameters.clone().unwrap_or_default();
+    required(p.prompt.as_ref(), "parameters.prompt")?;
+    required(p.seed.as_ref(), "parameters.seed")?;
+    positive(p.steps, "parameters.steps")?;
+    required(p.guidance_scale.as_ref(), "parameters.guidance_scale")?;
+    positive(p.width, "parameters.width")?;
+    positive(p.height, "parameters.height")?;
+    required(p.scheduler.as_ref(), "parameters.scheduler")?;
+    required(p.noise.as_ref(), "parameters.noise")?;
+    let files = required(
+        meta.model.as_ref().and_then(|m| m.files_sha256.as_ref()),
+        "model.files_sha256",
     )?;
-    field(
-        meta,
-        "parameters.seed",
-        Value::as_u64,
-        "an unsigned integer",
-    )?;
-    positive(meta, "parameters.steps")?;
-    field(meta, "parameters.guidance_scale", Value::as_f64, "a number")?;
-    positive(meta, "parameters.width")?;
-    positive(meta, "parameters.height")?;
-    field(meta, "parameters.scheduler", Value::as_str, "a string")?;
-    field(meta, "parameters.noise", Value::as_str, "a string")?;
-    optional(
-        meta,
-        "parameters.karras_sigmas",
-        Value::as_bool,
-        "true or false",
-    )?;
-    let files = field(meta, "model.files_sha256", Value::as_object, "an object")?;
     if files.is_empty() {
         return Err("model.files_sha256: empty (no model file hashes recorded)".into());
     }
     for (name, hash) in files {
-        if !hash.as_str().is_some_and(is_sha256) {
+        if !is_sha256(hash) {
             return Err(format!(
-                "model.files_sha256.{name}: {hash} is not a sha256 hex string"
+                "model.files_sha256.{name}: {} is not a sha256 hex string",
+                brief(&Value::from(hash.as_str()))
             ));
         }
     }
-    field(meta, "execution_provider", Value::as_object, "an object")?;
-    field(meta, "onnxruntime.version", Value::as_str, "a string")?;
+    required(meta.execution_provider.as_ref(), "execution_provider")?;
+    required(
+        meta.onnxruntime.as_ref().and_then(|o| o.version.as_ref()),
+        "onnxruntime.version",
+    )?;
     Ok(())
 }
 
@@ -83,47 +77,15 @@ pub fn check_baseline(baseline: &Baseline, case: &str) -> Result<(), String> {
     })
 }
 
-/// True for 64 hex digits.
-pub fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+fn required<T>(v: Option<T>, key: &str) -> Result<T, String> {
+    v.ok_or_else(|| format!("{key}: missing"))
 }
 
-fn lookup<'a>(meta: &'a Value, dotted: &str) -> Option<&'a Value> {
-    dotted.split('.').try_fold(meta, |v, k| v.get(k))
-}
-
-fn field<'a, T>(
-    meta: &'a Value,
-    key: &str,
-    get: impl Fn(&'a Value) -> Option<T>,
-    expected: &str,
-) -> Result<T, String> {
-    match lookup(meta, key) {
-        None | Some(Value::Null) => Err(format!("{key}: missing")),
-        Some(v) => get(v).ok_or_else(|| format!("{key}: {} is not {expected}", brief(v))),
+fn positive(v: Option<u64>, key: &str) -> Result<u64, String> {
+    match required(v, key)? {
+        0 => Err(format!("{key}: 0 is not a positive integer")),
+        n => Ok(n),
     }
-}
-
-fn optional<'a, T>(
-    meta: &'a Value,
-    key: &str,
-    get: impl Fn(&'a Value) -> Option<T>,
-    expected: &str,
-) -> Result<(), String> {
-    match lookup(meta, key) {
-        None | Some(Value::Null) => Ok(()),
-        Some(v) => get(v)
-            .map(|_| ())
-            .ok_or_else(|| format!("{key}: {} is not {expected}", brief(v))),
-    }
-}
-
-fn positive(meta: &Value, key: &str) -> Result<u64, String> {
-    let n = field(meta, key, Value::as_u64, "a positive integer")?;
-    if n == 0 {
-        return Err(format!("{key}: 0 is not a positive integer"));
-    }
-    Ok(n)
 }
 
 /// A value shortened for a one-line message.
@@ -147,21 +109,26 @@ mod tests {
                 "guidance_scale": 7.5, "width": 64, "height": 64, "scheduler": "pndm",
                 "noise": "numpy", "karras_sigmas": false},
             "model": {"files_sha256": {"unet/model.onnx": "a".repeat(64)}},
-            "execution_provider": {"name": "cpu"},
+            "execution_provider": {"execution_provider": "cpu"},
             "onnxruntime": {"version": "1.31.1"},
             "baseline": {"case": "fox", "version": 1},
         })
     }
 
+    /// Reading then validating, as a check does: the first error either gives.
+    fn check(v: &Value) -> Result<(), String> {
+        validate(&Metadata::from_value(v)?, "fox")
+    }
+
     #[test]
     fn accepts_a_complete_record() {
-        validate(&good(), "fox").unwrap();
+        check(&good()).unwrap();
     }
 
     #[test]
     fn names_the_field_at_fault() {
         type Damage = fn(&mut Value);
-        let cases: [(&str, Damage, &str); 9] = [
+        let cases: [(&str, Damage, &str); 10] = [
             (
                 "model",
                 |m| {
@@ -189,7 +156,7 @@ mod tests {
             (
                 "seed type",
                 |m| m["parameters"]["seed"] = json!("1"),
-                "parameters.seed: \"1\" is not",
+                "parameters.seed: invalid type: string \"1\"",
             ),
             (
                 "zero steps",
@@ -204,7 +171,7 @@ mod tests {
             (
                 "bad hash",
                 |m| m["model"]["files_sha256"]["x"] = json!("zz"),
-                "model.files_sha256.x",
+                "model.files_sha256.x: \"zz\" is not",
             ),
             (
                 "no provider",
@@ -213,13 +180,18 @@ mod tests {
                 },
                 "execution_provider: missing",
             ),
+            (
+                "provider not an object",
+                |m| m["execution_provider"] = json!("cpu"),
+                "execution_provider: invalid type",
+            ),
         ];
         for (what, damage, expect) in cases {
             let mut m = good();
             damage(&mut m);
-            let e = validate(&m, "fox").unwrap_err();
+            let e = check(&m).unwrap_err();
             assert!(e.contains(expect), "{what}: {e}");
         }
-        assert!(validate(&json!([1]), "fox").is_err());
+        assert!(check(&json!([1])).is_err());
     }
 }

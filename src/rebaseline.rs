@@ -7,11 +7,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use crate::baseline::{read_generation, BaselineStore, GenerationFiles, NewBaseline};
+use crate::baseline::{BaselineStore, NewBaseline};
 use crate::check::{compare_with, run_worker};
 use crate::compare::{CompareReport, Verdict};
 use crate::config::{Case, Config};
 use crate::fingerprint::Environment;
+use crate::generation::{self, GenerationFiles};
 use crate::history::{CaseResult, History, NewRun};
 use crate::worker::{Cancel, Outcome};
 
@@ -56,7 +57,7 @@ pub fn propose(
             Outcome::Failed(e) => p.error = Some(e.clone()),
             Outcome::Done { dir, .. } => {
                 p.dir = Some(dir.clone());
-                let files = match read_generation(dir) {
+                let files = match generation::read(dir) {
                     Ok(f) => f,
                     Err(e) => {
                         p.error = Some(format!("{e:#}"));
@@ -231,7 +232,7 @@ fn write_all(
             .dir
             .as_deref()
             .with_context(|| format!("case {} has no output to accept", p.name))?;
-        outputs.push((p.name.as_str(), read_generation(dir)?));
+        outputs.push((p.name.as_str(), generation::read(dir)?));
     }
     let batch: Vec<(&str, NewBaseline<'_>)> = outputs
         .iter()

@@ -12,6 +12,7 @@ use common::Lcg;
 use monitor::baseline::{
     BaselineError, BaselineStore, NewBaseline, IMAGE_FILE, LATENTS_FILE, METADATA_FILE,
 };
+use monitor::generation::{BaselineRecord, Metadata};
 use monitor::sd::image::RgbImage;
 use monitor::sd::npy::write_npy_f32;
 use serde_json::json;
@@ -36,6 +37,16 @@ fn data(k: u32, h: usize, w: usize) -> (Vec<f32>, Vec<usize>, RgbImage) {
     )
 }
 
+/// Metadata as the store sees it: any object, read as a generation's metadata.
+fn metadata(v: serde_json::Value) -> Metadata {
+    Metadata::from_value(&v).unwrap()
+}
+
+/// The `baseline` block of a loaded version.
+fn block(m: &Metadata) -> &BaselineRecord {
+    m.baseline.as_ref().expect("baseline block")
+}
+
 fn write(store: &BaselineStore, case: &str, k: u32) -> Result<u32, BaselineError> {
     let (latents, shape, image) = data(k, 2, 3);
     store.write(
@@ -44,7 +55,9 @@ fn write(store: &BaselineStore, case: &str, k: u32) -> Result<u32, BaselineError
             latents: &latents,
             shape: &shape,
             image: &image,
-            metadata: json!({"parameters": {"seed": k, "prompt": "a fox"}, "onnxruntime": {"version": "1.31.1"}}),
+            metadata: metadata(
+                json!({"parameters": {"seed": k, "prompt": "a fox"}, "onnxruntime": {"version": "1.31.1"}}),
+            ),
             who: "tester".to_string(),
             why: format!("write {k}"),
             restored_from: None,
@@ -104,14 +117,14 @@ fn write_current_load_round_trip() {
         image.to_png().unwrap()
     );
     // Metadata: what was given plus the baseline key.
-    assert_eq!(b.metadata["parameters"]["seed"], 1);
-    let bl = &b.metadata["baseline"];
-    assert_eq!(bl["version"], 1);
-    assert_eq!(bl["who"], "tester");
-    assert_eq!(bl["why"], "write 1");
-    assert_eq!(bl["case"], "fox");
-    assert!(bl["restored_from"].is_null());
-    assert!(bl["created_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(b.metadata.parameters.as_ref().unwrap().seed, Some(1));
+    let bl = block(&b.metadata);
+    assert_eq!(bl.version, Some(1));
+    assert_eq!(bl.who.as_deref(), Some("tester"));
+    assert_eq!(bl.why.as_deref(), Some("write 1"));
+    assert_eq!(bl.case.as_deref(), Some("fox"));
+    assert!(bl.restored_from.is_none());
+    assert!(bl.created_at.as_deref().unwrap().ends_with('Z'));
     let loaded = store.load("fox", 1).unwrap();
     assert_eq!(loaded.metadata, b.metadata);
     assert_eq!(store.cases().unwrap(), vec!["fox".to_string()]);
@@ -148,13 +161,12 @@ fn second_write_is_current_and_first_is_intact_then_restore() {
             "{f}"
         );
     }
-    assert_eq!(
-        v3.metadata["parameters"],
-        json!({"seed": 1, "prompt": "a fox"})
-    );
-    assert_eq!(v3.metadata["baseline"]["restored_from"], 1);
-    assert_eq!(v3.metadata["baseline"]["version"], 3);
-    assert_eq!(v3.metadata["baseline"]["who"], "alice");
+    let v1_meta = store.load("fox", 1).unwrap().metadata;
+    assert_eq!(v3.metadata.parameters, v1_meta.parameters);
+    assert_eq!(v3.metadata.parameters.as_ref().unwrap().seed, Some(1));
+    assert_eq!(block(&v3.metadata).restored_from, Some(1));
+    assert_eq!(block(&v3.metadata).version, Some(3));
+    assert_eq!(block(&v3.metadata).who.as_deref(), Some("alice"));
     assert_eq!(snapshot(&v1_dir), v1, "v0001 changed by restore");
 
     let h = store.versions("fox").unwrap();
@@ -198,7 +210,7 @@ fn concurrent_writers_get_distinct_versions() {
     let store = BaselineStore::new(&root);
     for v in 1..=20 {
         let b = store.load("race", v).unwrap();
-        assert_eq!(b.metadata["baseline"]["version"], v);
+        assert_eq!(block(&b.metadata).version, Some(v));
     }
     assert!(temps(&root.join("race")).is_empty());
 }
@@ -426,7 +438,7 @@ fn write_batch(
                     latents: l,
                     shape: s,
                     image: i,
-                    metadata: json!({"parameters": {"prompt": c}}),
+                    metadata: metadata(json!({"parameters": {"prompt": c}})),
                     who: "tester".into(),
                     why: "batch".into(),
                     restored_from: None,
@@ -461,7 +473,10 @@ fn a_batch_is_all_or_nothing_when_a_later_case_fails() {
     let e = write_batch(&store.clone().fail_journal(), &batch_data(&cases, 2))
         .unwrap_err()
         .to_string();
-    assert!(e.contains(".journal.json") && e.contains("No space left"), "{e}");
+    assert!(
+        e.contains(".journal.json") && e.contains("No space left"),
+        "{e}"
+    );
     assert_eq!(snapshot_tree(d.path()), before, "the store changed");
     // The rename of the second case fails after the first was renamed: undone.
     let e = write_batch(&store.clone().fail_rename_of("bee"), &batch_data(&cases, 3))
@@ -566,23 +581,23 @@ fn invalid_new_baselines_write_nothing() {
         why: "t".into(),
         restored_from: None,
     };
+    // (Metadata that is not a JSON object can no longer be handed to the store: it is typed.)
     let cases = [
         (
-            nb(&latents, &shape, &short, json!({})),
+            nb(&latents, &shape, &short, Metadata::default()),
             "cannot encode image.png",
         ),
-        (nb(&latents, &shape, &wrong_size, json!({})), "need 24x16"),
         (
-            nb(&latents, &[1, 4, 2], &image, json!({})),
+            nb(&latents, &shape, &wrong_size, Metadata::default()),
+            "need 24x16",
+        ),
+        (
+            nb(&latents, &[1, 4, 2], &image, Metadata::default()),
             "not [1, 4, h, w]",
         ),
         (
-            nb(&latents[1..], &shape, &image, json!({})),
+            nb(&latents[1..], &shape, &image, Metadata::default()),
             "cannot encode latents.npy",
-        ),
-        (
-            nb(&latents, &shape, &image, json!([1])),
-            "not a JSON object",
         ),
     ];
     for (new, expect) in cases {
@@ -689,7 +704,7 @@ fn cli_list_and_show() {
     ]);
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v, store.load("fox", 2).unwrap().metadata);
+    assert_eq!(v, store.load("fox", 2).unwrap().metadata.to_value());
 
     // Errors: one line, exit 2, naming the file.
     let meta = root.join("owl/v0001").join(METADATA_FILE);
@@ -769,7 +784,7 @@ fn kill_9_during_writes_leaves_only_complete_baselines() {
             .unwrap_or_else(|e| panic!("v{v:04} incomplete after kill: {e}"));
         assert_eq!(b.shape, [1, 4, 16, 16]);
         assert_eq!((b.image.width, b.image.height), (128, 128));
-        assert_eq!(b.metadata["baseline"]["version"], v);
+        assert_eq!(block(&b.metadata).version, Some(v));
     };
     for i in 0..iterations {
         let mut child = Command::new(env!("CARGO_BIN_EXE_monitor"))

@@ -147,7 +147,7 @@ fn restore_makes_an_old_version_current_again() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v3 = site.store().load("fox", 3).unwrap();
-    assert_eq!(v3.metadata["baseline"]["restored_from"], 1);
+    assert_eq!(v3.metadata.baseline.unwrap().restored_from, Some(1));
     // v1 came from the other runtime, so the restored baseline drifts from a fresh run: the
     // restore is real.
     let (code, v, _) = site.check();

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use monitor::compare::*;
+use monitor::generation::Metadata;
 use monitor::sd::image::RgbImage;
 use serde_json::{json, Value};
 
@@ -774,6 +775,11 @@ fn ep() -> Value {
            "prefer_nhwc": false, "deterministic_compute": true, "intra_op_threads": null})
 }
 
+/// [`meta`] read as a generation's metadata is.
+fn typed(v: Value) -> Metadata {
+    Metadata::from_value(&v).expect("metadata")
+}
+
 #[test]
 fn env_same_metadata_has_no_differences() {
     let m = meta(
@@ -856,7 +862,7 @@ fn compare_bundles_everything_and_returns_heatmap_only_when_images_differ() {
     let lat = latents();
     let img = load_png("reference/pndm_64x64_s10_g7.5_neg/image.png");
     let files = models(&[("unet/model.onnx", "u")]);
-    let md = meta("1.31.1", ep(), None);
+    let md = typed(meta("1.31.1", ep(), None));
     let side = Outputs {
         latents: &lat,
         latent_shape: &SHAPE,
@@ -874,7 +880,7 @@ fn compare_bundles_everything_and_returns_heatmap_only_when_images_differ() {
 
     let mut other = img.clone();
     other.pixels[0] = other.pixels[0].wrapping_add(1);
-    let md2 = meta("1.30.0", ep(), None);
+    let md2 = typed(meta("1.30.0", ep(), None));
     let run = Outputs {
         image: &other,
         metadata: &md2,
@@ -892,7 +898,7 @@ fn compare_shape_mismatch_is_error_unless_the_model_changed() {
     let lat = latents();
     let img = pattern(8, 8);
     let files = models(&[("unet/model.onnx", "u")]);
-    let md = json!({});
+    let md = Metadata::default();
     let base = Outputs {
         latents: &lat,
         latent_shape: &SHAPE,

@@ -4,9 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::baseline::{BaselineStore, NewBaseline};
+use crate::generation::{Metadata, ParametersRecord};
 use crate::sd::image::RgbImage;
 
 /// Flags of `monitor baselines`.
@@ -174,14 +175,27 @@ fn show(a: ShowArgs) -> Result<u8> {
     }
     let count = store.version_numbers(&a.case).with_context(context)?.len();
     let m = &b.metadata;
-    let bl = &m["baseline"];
+    let bl = m.baseline.clone().unwrap_or_default();
     let text = |v: &Value| match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".to_string(),
         other => other.to_string(),
     };
+    let or_dash = |s: Option<&String>| s.map_or("-".to_string(), String::clone);
+    // Blocks whose every field is listed go through their JSON form, which keeps the file's
+    // order and includes fields this monitor does not know.
+    let fields = |v: Value, skip: &str| -> Vec<String> {
+        v.as_object()
+            .map(|o| {
+                o.iter()
+                    .filter(|(k, _)| k.as_str() != skip)
+                    .map(|(k, v)| format!("{k}={}", text(v)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     println!("case:       {}", a.case);
-    let restored = match bl["restored_from"].as_u64() {
+    let restored = match bl.restored_from {
         Some(v) => format!(", restores v{v:04}"),
         None => String::new(),
     };
@@ -189,49 +203,49 @@ fn show(a: ShowArgs) -> Result<u8> {
     println!("folder:     {}", b.dir.display());
     println!(
         "created:    {} by {}",
-        text(&bl["created_at"]),
-        text(&bl["who"])
+        or_dash(bl.created_at.as_ref()),
+        or_dash(bl.who.as_ref())
     );
-    println!("why:        {}", text(&bl["why"]));
-    if let Some(p) = m["parameters"].as_object() {
-        let parts: Vec<String> = p.iter().map(|(k, v)| format!("{k}={}", text(v))).collect();
+    println!("why:        {}", or_dash(bl.why.as_ref()));
+    if let Some(p) = &m.parameters {
+        let parts = fields(serde_json::to_value(p).unwrap_or_default(), "");
         println!("parameters: {}", parts.join(" "));
     }
-    let model_files = m["model"]["files_sha256"]
-        .as_object()
-        .map_or(0, |o| o.len());
+    let model = m.model.clone().unwrap_or_default();
     println!(
         "model:      {} ({} files with sha256)",
-        text(&m["model"]["path"]),
-        model_files
+        or_dash(model.path.as_ref()),
+        m.model_files().len()
     );
-    if !m["noise"].is_null() {
+    if let Some(n) = &m.noise {
         println!(
             "noise:      {} seed {} initial sha256 {}",
-            text(&m["noise"]["source"]),
-            text(&m["noise"]["seed"]),
-            text(&m["noise"]["initial_sha256"])
+            or_dash(n.source.as_ref()),
+            n.seed.map_or("-".to_string(), |s| s.to_string()),
+            or_dash(n.initial_sha256.as_ref())
         );
     }
-    println!("onnxruntime: {}", text(&m["onnxruntime"]["version"]));
-    let ep = &m["execution_provider"];
-    match ep.as_object() {
-        Some(o) => {
-            let parts: Vec<String> = o
-                .iter()
-                .filter(|(k, _)| k.as_str() != "execution_provider")
-                .map(|(k, v)| format!("{k}={}", text(v)))
-                .collect();
+    let ort_version = m.onnxruntime.as_ref().and_then(|o| o.version.as_ref());
+    println!("onnxruntime: {}", or_dash(ort_version));
+    match &m.execution_provider {
+        Some(ep) => {
+            let parts = fields(
+                serde_json::to_value(ep).unwrap_or_default(),
+                "execution_provider",
+            );
             println!(
                 "ep:         {} ({})",
-                text(&ep["execution_provider"]),
+                or_dash(ep.execution_provider.as_ref()),
                 parts.join(" ")
             );
         }
         None => println!("ep:         -"),
     }
-    if !m["environment"].is_null() {
-        println!("environment: {}", m["environment"]);
+    if let Some(env) = &m.environment {
+        println!(
+            "environment: {}",
+            serde_json::to_string(env).unwrap_or_default()
+        );
     }
     println!(
         "outputs:    latents {:?} float32, image {}x{}",
@@ -264,7 +278,7 @@ fn stress_write(a: StressArgs) -> Result<u8> {
                 latents: &latents,
                 shape: &shape,
                 image: &image,
-                metadata: json!({"parameters": {"synthetic": true, "i": i}}),
+                metadata: synthetic_metadata(i),
                 who: "stress-write".to_string(),
                 why: format!("write {i}"),
                 restored_from: None,
@@ -273,4 +287,15 @@ fn stress_write(a: StressArgs) -> Result<u8> {
         println!("v{v:04}");
     }
     Ok(0)
+}
+
+/// Metadata of a synthetic baseline: marked as such, and numbered.
+fn synthetic_metadata(i: u32) -> Metadata {
+    let mut parameters = ParametersRecord::default();
+    parameters.extra.insert("synthetic".into(), true.into());
+    parameters.extra.insert("i".into(), i.into());
+    Metadata {
+        parameters: Some(parameters),
+        ..Metadata::default()
+    }
 }

@@ -107,13 +107,13 @@ fn restore(config: &Config, a: &RebaselineArgs, version: u32) -> Result<u8> {
     let store = BaselineStore::new(&config.storage.baselines);
     let old = store.load(case, version)?;
     let current = store.latest_version(case)?.unwrap_or(0);
+    let b = old.metadata.baseline.unwrap_or_default();
+    let or_unknown = |s: Option<String>| s.unwrap_or_else(|| "?".to_string());
     println!(
         "{case}: restore v{version} (created {}, by {}: {}) as v{}",
-        old.metadata["baseline"]["created_at"]
-            .as_str()
-            .unwrap_or("?"),
-        old.metadata["baseline"]["who"].as_str().unwrap_or("?"),
-        old.metadata["baseline"]["why"].as_str().unwrap_or("?"),
+        or_unknown(b.created_at),
+        or_unknown(b.who),
+        or_unknown(b.why),
         current + 1
     );
     if !confirm(a.yes, "restore it?")? {
