@@ -1,23 +1,20 @@
 //! The product's core loop: run the configured cases in a worker, compare each with its stored
 //! baseline, keep what a human needs to see, and record everything in the history.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::baseline::{
-    read_generation, Baseline, BaselineStore, GenerationFiles, IMAGE_FILE, LATENTS_FILE,
-    METADATA_FILE,
-};
+use crate::baseline::{Baseline, BaselineStore};
 use crate::case::{pretty_json, CaseSpec};
 use crate::compare::{self, CompareReport, Outputs, Thresholds, Verdict};
 use crate::config::{Case, Config};
 use crate::fingerprint::Environment;
 use crate::fsutil::atomic_write;
+use crate::generation::{self, GenerationFiles, Metadata, METADATA_FILE};
 use crate::history::{CaseResult, History, NewRun};
 use crate::sd::image::RgbImage;
 use crate::sd::runtime::ExecutionProvider;
@@ -166,9 +163,10 @@ pub fn run_worker(
         ExecutionProvider::Cpu => "cpu".to_string(),
         ExecutionProvider::Cuda => format!("cuda{}", config.model.device_id),
     };
-    let _lock = crate::device_lock::acquire(&config.storage.database, &device, timeout, cancel, |who| {
-        tracing::warn!("waiting for device {device}: {who}");
-    })?;
+    let _lock =
+        crate::device_lock::acquire(&config.storage.database, &device, timeout, cancel, |who| {
+            tracing::warn!("waiting for device {device}: {who}");
+        })?;
     let job = Job {
         model: config.model.path.clone(),
         ort_library: config.onnxruntime.library.clone(),
@@ -178,11 +176,6 @@ pub fn run_worker(
         limits: config.limits,
     };
     worker::run_in_worker(&job, out_dir, timeout, cancel)
-}
-
-/// `metadata.model.files_sha256` of a generation.
-pub fn model_files(metadata: &Value) -> BTreeMap<String, String> {
-    serde_json::from_value(metadata["model"]["files_sha256"].clone()).unwrap_or_default()
 }
 
 /// Runs a check: worker, comparison, reports, history. Errors here are about the monitor itself
@@ -219,7 +212,9 @@ pub fn check(config: &Config, opts: &CheckOptions) -> Result<CheckRun> {
     // (e.g. the database stayed locked past the busy timeout): report, don't discard.
     let recorded = history
         .record_results(run_id, &rows)
-        .and_then(|()| history.finish_run(run_id, i32::from(crate::cli::exit_code(status)), total_s))
+        .and_then(|()| {
+            history.finish_run(run_id, i32::from(crate::cli::exit_code(status)), total_s)
+        })
         .and_then(|()| match config.storage.retention_days {
             0 => Ok(0),
             days => history.prune(days),
@@ -338,7 +333,7 @@ fn check_case(
         out.error = Some(e);
         return out;
     }
-    let run = match read_generation(dir) {
+    let run = match generation::read(dir) {
         Ok(r) => r,
         Err(e) => {
             out.error = Some(format!("{e:#}"));
@@ -383,20 +378,18 @@ pub fn compare_with(
     baseline: &Baseline,
     thresholds: &Thresholds,
 ) -> (CompareReport, Option<compare::DiffHeatmap>) {
-    let run_models = model_files(&run.metadata);
-    let base_models = model_files(&baseline.metadata);
     let a = Outputs {
         latents: &run.latents,
         latent_shape: &run.shape,
         image: &run.image,
-        model_files: &run_models,
+        model_files: run.metadata.model_files(),
         metadata: &run.metadata,
     };
     let b = Outputs {
         latents: &baseline.latents,
         latent_shape: &baseline.shape,
         image: &baseline.image,
-        model_files: &base_models,
+        model_files: baseline.metadata.model_files(),
         metadata: &baseline.metadata,
     };
     compare::compare(&a, &b, thresholds)
@@ -404,26 +397,18 @@ pub fn compare_with(
 
 /// The first parameter where a case differs from what its baseline was made with, if any.
 /// Comparing outputs of different inputs would report drift that is only a config edit.
-pub fn parameter_difference(spec: &CaseSpec, baseline_meta: &Value) -> Option<String> {
-    let now = spec.metadata();
-    let then = &baseline_meta["parameters"];
-    let keys = [
-        "prompt",
-        "negative_prompt",
-        "seed",
-        "steps",
-        "guidance_scale",
-        "width",
-        "height",
-        "scheduler",
-        "karras_sigmas",
-        "noise",
-    ];
-    keys.iter().find_map(|k| {
-        let (a, b) = (&then[*k], &now[*k]);
+pub fn parameter_difference(spec: &CaseSpec, baseline_meta: &Metadata) -> Option<String> {
+    let now = spec.parameters().comparable();
+    let then = baseline_meta
+        .parameters
+        .clone()
+        .unwrap_or_default()
+        .comparable();
+    then.into_iter().zip(now).find_map(|((k, a), (_, b))| {
         let same = match (a.as_f64(), b.as_f64()) {
             (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
-            _ => a == b || (*k == "karras_sigmas" && a.is_null() && b == &json!(false)),
+            // Early baselines did not record karras_sigmas, and had none.
+            _ => a == b || (k == "karras_sigmas" && a.is_null() && b == false),
         };
         (!same).then(|| format!("{k} {a} → {b}"))
     })
@@ -449,7 +434,7 @@ fn keep_artifacts(
             std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
         }
         std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        for f in [LATENTS_FILE, IMAGE_FILE, METADATA_FILE] {
+        for f in generation::FILES {
             let (from, to) = (run_dir.join(f), tmp.join(f));
             std::fs::copy(&from, &to)
                 .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;

@@ -34,6 +34,22 @@
 //!   latent_max_abs: 1.0e-3            # max |Δ| of final latents, ≥ 0        (default 1.0e-3)
 //!   latent_cosine_min: 0.9999         # min cosine similarity, in (0, 1]    (default 0.9999)
 //!   ssim_min: 0.99                    # min image SSIM, in (0, 1]           (default 0.99)
+//! schedule: "0 */30 * * * *"          # `monitor run`: 6-field (with seconds) or 5-field cron
+//! timezone: UTC                       # IANA zone the schedules are read in (default UTC)
+//! alerts:                             # see `alert::config` (thresholds, slack, webhook, email)
+//!   failure_threshold: 1              # bad rounds in a row before a case fires   (default 1)
+//!   success_threshold: 1              # good rounds in a row before it resolves   (default 1)
+//!   send_resolved: true               #                                          (default true)
+//!   reminder_interval: 4h             # re-notify while firing; 0 = off           (default 4h)
+//! remediation:                        # see `remediate` (default none)
+//!   restart: {unit: sd-webui.service} # or {command: [/usr/local/bin/restart-sd, --now]}
+//!   max_restarts: 3                   # per window                                (default 3)
+//!   window: 1h                        #                                          (default 1h)
+//!   recheck_delay: 30s                #                                          (default 30s)
+//!   auto_rebaseline: false            # store new baselines if drift persists    (default false)
+//! daemon:
+//!   shutdown_grace: 30s               # SIGTERM: time a running check gets       (default 30s)
+//!   flush_timeout: 10s                # SIGTERM: time left to deliver alerts     (default 10s)
 //! cases:                              # required, at least one
 //!   - name: sunset                    # required, unique; names the baseline folder
 //!     prompt: "..."                   # required
@@ -48,6 +64,7 @@
 //!     noise_file: null                # .npy initial latents, with noise: file (default null)
 //!     karras: false                   # Karras sigmas (euler, lms, dpmpp-2m) (default false)
 //!     thresholds: {ssim_min: 0.98}    # per-case overrides                  (default none)
+//!     schedule: "0 0 * * * *"         # this case's own schedule             (default the global)
 //! ```
 //!
 //! Errors are one line: `FILE:LINE:COLUMN: KEY: MESSAGE` (line and column when known, key when
@@ -68,10 +85,10 @@ use serde::{Deserialize, Deserializer};
 
 use crate::alert::config::AlertsConfig;
 use crate::case::CaseSpec;
-use crate::duration::ConfigDuration;
-use crate::remediate::RemediationConfig;
 use crate::compare::{PartialThresholds, Thresholds};
+use crate::duration::ConfigDuration;
 use crate::limits::Limits;
+use crate::remediate::RemediationConfig;
 use crate::sd::noise::NoiseKind;
 use crate::sd::runtime::{ConvAlgoSearch, ExecutionProvider, RuntimeSettings};
 use crate::sd::scheduler::SchedulerKind;
@@ -584,6 +601,7 @@ impl Config {
             );
         }
         self.validate_limits(&mut v);
+        self.validate_daemon(&mut v);
         if self.cases.is_empty() {
             v.error("cases", "no cases; at least one is needed".into());
         }
@@ -671,6 +689,11 @@ impl Config {
                     format!("karras: true cannot be used: the {} scheduler has no Karras sigmas option in diffusers; use euler, lms or dpmpp-2m", case.scheduler),
                 );
             }
+            if let Some(expr) = &case.schedule {
+                if let Err(e) = crate::daemon::schedule::parse_cron(expr) {
+                    v.error(&k("schedule"), e);
+                }
+            }
             check_thresholds(
                 &mut v,
                 &k("thresholds"),
@@ -679,6 +702,33 @@ impl Config {
             );
         }
         v.errors
+    }
+
+    /// `schedule`, `timezone`, `alerts`, `remediation` and `daemon` (what `monitor run` needs;
+    /// secrets are resolved only when the daemon starts, since `check` does not need them).
+    fn validate_daemon(&self, v: &mut Validator<'_>) {
+        if let Some(expr) = &self.schedule {
+            if let Err(e) = crate::daemon::schedule::parse_cron(expr) {
+                v.error("schedule", e);
+            }
+        }
+        if let Err(e) = crate::daemon::schedule::parse_timezone(self.timezone.as_deref()) {
+            v.error("timezone", e);
+        }
+        for (key, message) in crate::alert::config::problems(&self.alerts) {
+            v.error(&key, message);
+        }
+        if let Some(r) = &self.remediation {
+            for (key, message) in crate::remediate::validate(r) {
+                v.error(&key, message);
+            }
+        }
+        if self.daemon.shutdown_grace.is_zero() {
+            v.error(
+                "daemon.shutdown_grace",
+                "shutdown_grace must be more than 0 (the time a running check gets to finish on SIGTERM)".into(),
+            );
+        }
     }
 
     /// Cases the model in `model.path` cannot run, by its UNet's own size rule (read from the

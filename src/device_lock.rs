@@ -118,7 +118,10 @@ mod tests {
             told = w.to_string()
         })
         .unwrap_err();
-        assert!(told.contains(&format!("pid {}", std::process::id())), "{told}");
+        assert!(
+            told.contains(&format!("pid {}", std::process::id())),
+            "{told}"
+        );
         assert!(e.to_string().contains("device cpu stayed busy"), "{e}");
         // Another device is independent.
         acquire(&db, "cuda0", Duration::ZERO, &cancel, |_| {}).unwrap();

@@ -91,8 +91,8 @@ const MIGRATIONS: &[&str] = &[
         verdict TEXT,                    -- the last bad verdict (what it fires for)
         bad_streak INTEGER NOT NULL DEFAULT 0,
         good_streak INTEGER NOT NULL DEFAULT 0,
-        firing_since TEXT,
-        last_notified_at TEXT,
+        firing_since TEXT,               -- RFC 3339
+        last_notified_at REAL,           -- unix seconds of the last firing/reminder message
         escalated INTEGER NOT NULL DEFAULT 0,  -- a restart did not help; no more restarts
         updated_at TEXT NOT NULL
     );
@@ -301,7 +301,7 @@ pub struct RunInfo {
     pub model_path: Option<String>,
     pub environment: Option<serde_json::Value>,
     pub skipped_reason: Option<String>,
-    /// `running`, `finished`, `failed` or `interrupted` (`finished` for runs recorded before v2).
+    /// `running`, `finished`, `failed`, `interrupted` or `skipped` (`finished` for runs recorded before v2).
     pub status: String,
     /// Why the run failed or was interrupted.
     pub error: Option<String>,
@@ -705,6 +705,24 @@ impl History {
             rows.collect()
         };
         run().map_err(|e| self.err("reading runs without results", e))
+    }
+
+    /// Records a check that did not run at all (a tick that came while another check was still
+    /// running): a finished run with status `skipped` and the reason. Returns its id.
+    pub fn record_skipped(&mut self, trigger: &str, reason: &str) -> Result<i64, HistoryError> {
+        let id = self.begin_run(&NewRun {
+            trigger: Some(trigger.to_string()),
+            skipped_reason: Some(reason.to_string()),
+            ..NewRun::now("check")
+        })?;
+        self.conn
+            .execute(
+                "UPDATE runs SET finished_at = started_at, duration_s = 0, status = 'skipped'
+                 WHERE id = ?1",
+                [id],
+            )
+            .map_err(|e| self.err(format!("recording skipped run {id}"), e))?;
+        Ok(id)
     }
 
     /// Marks a run as skipped as a whole, with the reason.

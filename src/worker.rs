@@ -204,8 +204,7 @@ fn run_once(
     for stale in [REPORT, PROGRESS] {
         let _ = std::fs::remove_file(out_dir.join(stale));
     }
-    let exe =
-        std::env::current_exe().context("finding the monitor executable to start a worker")?;
+    let exe = worker_executable()?;
     let mut child = Command::new(&exe)
         .arg("worker")
         .arg("--job")
@@ -213,6 +212,10 @@ fn run_once(
         .arg("--out")
         .arg(out_dir)
         .env(PARENT_ENV, std::process::id().to_string())
+        // systemd's notification socket belongs to the daemon: a child must not speak for it.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("starting worker {}", exe.display()))?;
@@ -238,6 +241,25 @@ fn run_once(
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     Ok((exit, report))
+}
+
+/// The binary to run as the worker: this process's own. When it was replaced on disk while we run
+/// (a package upgrade under a long-running daemon), Linux names it `PATH (deleted)`; the file now
+/// at PATH is the upgraded monitor, which is what the next worker should be.
+fn worker_executable() -> Result<PathBuf> {
+    let exe =
+        std::env::current_exe().context("finding the monitor executable to start a worker")?;
+    let text = exe.to_string_lossy();
+    match text.strip_suffix(" (deleted)") {
+        Some(path) if Path::new(path).is_file() => {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                tracing::warn!("{path} was replaced since this process started; workers run the new binary (restart the daemon to run it throughout)")
+            });
+            Ok(PathBuf::from(path))
+        }
+        _ => Ok(exe),
+    }
 }
 
 /// `progress.txt`: what a worker reached, appended as it goes, so that the parent can tell a
@@ -330,7 +352,7 @@ fn outcome(case: &CaseSpec, out_dir: &Path, report: &Report) -> Option<Outcome> 
     }
     // No report for this case: metadata.json is written last, so its presence means complete.
     let dir = out_dir.join(&case.name);
-    if dir.join("metadata.json").exists() {
+    if crate::generation::is_complete(&dir) {
         return Some(Outcome::Done {
             dir,
             warnings: Vec::new(),

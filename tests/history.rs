@@ -97,7 +97,10 @@ fn round_trip_newest_first_case_filter_limit() {
         h.last_verdicts("astronaut", 5).unwrap(),
         vec![Verdict::Drift, Verdict::Identical]
     );
-    assert_eq!(h.last_verdicts("astronaut", 1).unwrap(), vec![Verdict::Drift]);
+    assert_eq!(
+        h.last_verdicts("astronaut", 1).unwrap(),
+        vec![Verdict::Drift]
+    );
 
     let run = h.run(run1).unwrap().unwrap();
     assert_eq!(run.exit_code, Some(2));
@@ -690,8 +693,11 @@ fn last_verdicts_count_only_check_runs() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = History::open(dir.path().join("monitor.db")).unwrap();
     for (day, verdict) in [("01", "identical"), ("02", "drift")] {
-        let run = h.begin_run(&new_run(&format!("2026-11-{day}T00:00:00Z"))).unwrap();
-        h.record_result(run, &result("astronaut", verdict, 0.0)).unwrap();
+        let run = h
+            .begin_run(&new_run(&format!("2026-11-{day}T00:00:00Z")))
+            .unwrap();
+        h.record_result(run, &result("astronaut", verdict, 0.0))
+            .unwrap();
     }
     // A rebaseline's rows (its output against the version it replaces, or `new`) are no check
     // results: alert thresholds must not count them.
@@ -713,5 +719,8 @@ fn last_verdicts_count_only_check_runs() {
         h.last_verdicts("astronaut", 5).unwrap(),
         vec![Verdict::Drift, Verdict::Identical]
     );
-    assert_eq!(h.recent(Some("astronaut"), 1).unwrap()[0].result.verdict, Verdict::New);
+    assert_eq!(
+        h.recent(Some("astronaut"), 1).unwrap()[0].result.verdict,
+        Verdict::New
+    );
 }

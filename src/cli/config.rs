@@ -57,6 +57,9 @@ fn validate(a: ValidateArgs) -> Result<u8> {
     if let Some(first) = config.model_problems(&text).into_iter().next() {
         anyhow::bail!("{first}");
     }
+    for w in daemon_warnings(&config) {
+        eprintln!("monitor: warning: {}: {w}", path.display());
+    }
     let names: Vec<&str> = config.cases.iter().map(|c| c.name.as_str()).collect();
     println!(
         "{}: ok ({} case{}: {}; model {})",
@@ -67,4 +70,33 @@ fn validate(a: ValidateArgs) -> Result<u8> {
         config.model.path.display()
     );
     Ok(0)
+}
+
+/// What would stop or weaken `monitor run` without making the config invalid for `check`: a
+/// secret that cannot be resolved here, a restart unit systemd does not know.
+fn daemon_warnings(config: &Config) -> Vec<String> {
+    let mut w = Vec::new();
+    let dir = config.source.parent().unwrap_or(std::path::Path::new("."));
+    if let Err(e) = crate::alert::build_channels(&config.alerts, dir) {
+        w.push(format!(
+            "{e} (`monitor run` and `monitor alert test` will refuse to start)"
+        ));
+    }
+    if let Some(r) = &config.remediation {
+        if let crate::remediate::RestartTarget::Unit(unit) = &r.restart {
+            match crate::remediate::unit_exists(unit) {
+                Some(false) => w.push(format!(
+                    "remediation.restart.unit: systemd has no unit {unit:?}; a restart would fail"
+                )),
+                None => w.push(format!(
+                    "remediation.restart.unit: cannot ask systemd whether unit {unit:?} exists (is systemd running?)"
+                )),
+                Some(true) => {}
+            }
+        }
+    }
+    if config.schedule.is_none() && config.cases.iter().all(|c| c.schedule.is_none()) {
+        w.push("no schedule: fine for `monitor check`, but `monitor run` needs `schedule:`".into());
+    }
+    w
 }

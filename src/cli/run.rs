@@ -1,4 +1,4 @@
-//! `monitor run`: the daemon (being written).
+//! `monitor run`: the daemon (see `crate::daemon`).
 
 use anyhow::Result;
 use clap::Args;
@@ -10,13 +10,15 @@ use super::config::ConfigFileArg;
 pub struct RunArgs {
     #[command(flatten)]
     config: ConfigFileArg,
-    /// Run one scheduled round (check, alerts, remediation) and exit with `check`'s exit code.
+    /// Run one round of every case (check, alerts, remediation) and exit with `check`'s codes.
     #[arg(long)]
     once: bool,
 }
 
-/// Runs the daemon.
+/// Runs the daemon until SIGTERM (exit 0), or one round with `--once` (exit 0/1/2 as `check`).
 pub fn run(a: RunArgs) -> Result<u8> {
-    let _ = (a.config, a.once);
-    anyhow::bail!("not yet implemented")
+    match crate::daemon::run(&a.config.path(), a.once)? {
+        Some(status) => Ok(super::exit_code(status)),
+        None => Ok(0),
+    }
 }
