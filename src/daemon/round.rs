@@ -326,59 +326,14 @@ async fn remediate(
             .map(|c| compose::alert_case(c, None))
             .collect()
     };
-    let now = unix_now();
-    let past = record::restarts_since(h, now - rc.window.as_secs_f64())?;
-    if !remediate::budget_allows(&past, now, rc.max_restarts, rc.window.get()) {
-        let outcome = format!(
-            "not done: the restart budget ({} per {}) is used up",
-            rc.max_restarts, rc.window
-        );
-        record::record_action(
-            h,
-            &action(
-                run_id,
-                "restart",
-                cases,
-                Some(what.clone()),
-                "over_budget",
-                Some(outcome.clone()),
-                None,
-            ),
-        )?;
+    if let Err(why) = restart_within_budget(h, rc, cases, run_id, &what).await? {
         alerts.push(escalate(
             h,
             config,
             cases,
             docs(results),
             &what,
-            &outcome,
-            run_id,
-        )?);
-        return Ok(());
-    }
-    tracing::warn!(cases = %cases.join(","), "drift confirmed: running {what}");
-    let r = remediate::restart(&rc.restart, rc.timeout.get()).await;
-    record::record_action(
-        h,
-        &action(
-            run_id,
-            "restart",
-            cases,
-            Some(what.clone()),
-            r.outcome,
-            Some(r.detail.clone()),
-            Some(r.duration_s),
-        ),
-    )?;
-    if !r.ok {
-        let outcome = format!("the restart {} ({})", r.outcome.replace('_', " "), r.detail);
-        alerts.push(escalate(
-            h,
-            config,
-            cases,
-            docs(results),
-            &what,
-            &outcome,
+            &why,
             run_id,
         )?);
         return Ok(());
@@ -458,6 +413,59 @@ async fn remediate(
         alerts.push(auto_rebaseline(ctx, h, &still, &re_results, re_run).await?);
     }
     Ok(())
+}
+
+/// Restarts the service unless the budget is used up, and records the attempt either way.
+/// `Ok(Err(why))` when it was not restarted or the restart failed (the escalation's wording).
+/// (`&mut`: a shared `&History` is not `Send`, and this future is held across an await.)
+async fn restart_within_budget(
+    h: &mut History,
+    rc: &RemediationConfig,
+    cases: &[String],
+    run_id: Option<i64>,
+    what: &str,
+) -> Result<Result<(), String>> {
+    let now = unix_now();
+    let past = record::restarts_since(h, now - rc.window.as_secs_f64())?;
+    let target = Some(what.to_string());
+    if !remediate::budget_allows(&past, now, rc.max_restarts, rc.window.get()) {
+        let why = format!(
+            "not done: the restart budget ({} per {}) is used up",
+            rc.max_restarts, rc.window
+        );
+        let a = action(
+            run_id,
+            "restart",
+            cases,
+            target,
+            "over_budget",
+            Some(why.clone()),
+            None,
+        );
+        record::record_action(h, &a)?;
+        return Ok(Err(why));
+    }
+    tracing::warn!(cases = %cases.join(","), "drift confirmed: running {what}");
+    let r = remediate::restart(&rc.restart, rc.timeout.get()).await;
+    let a = action(
+        run_id,
+        "restart",
+        cases,
+        target,
+        r.outcome,
+        Some(r.detail.clone()),
+        Some(r.duration_s),
+    );
+    record::record_action(h, &a)?;
+    if r.ok {
+        Ok(Ok(()))
+    } else {
+        Ok(Err(format!(
+            "the restart {} ({})",
+            r.outcome.replace('_', " "),
+            r.detail
+        )))
+    }
 }
 
 /// Stores new baselines for `cases` (regenerated, through the normal rebaseline path, so they are
