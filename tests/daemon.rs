@@ -338,7 +338,10 @@ fn one_daemon_life_drift_restart_escalation_resolved_and_clean_stop() {
     // Every check ran in a worker: the daemon never mapped ONNX Runtime (so the GPU is free
     // between checks).
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", d.child.id())).unwrap();
-    assert!(!maps.contains("onnxruntime"), "the daemon loaded ONNX Runtime");
+    assert!(
+        !maps.contains("onnxruntime"),
+        "the daemon loaded ONNX Runtime"
+    );
 
     d.signal(libc::SIGTERM);
     let exit = d.wait_exit(Duration::from_secs(30));

@@ -46,11 +46,18 @@ pub async fn run(
     kick: Arc<tokio::sync::Notify>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut h = match History::open(&database) {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::error!("alert delivery cannot start: {e}");
-            return;
+    // A database that cannot be opened now (locked by a long migration, a full disk) may be
+    // fine in a minute: alerts wait in the outbox, so keep trying rather than give up.
+    let mut h = loop {
+        match History::open(&database) {
+            Ok(h) => break h,
+            Err(e) => {
+                tracing::error!("alert delivery cannot open the database (retrying in 30 s): {e}")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = stop.changed() => return,
         }
     };
     while !*stop.borrow() {
