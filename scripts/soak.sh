@@ -34,8 +34,13 @@ c = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
 print(c.execute("select count(*) from runs where kind='check' and status='finished'").fetchone()[0])
 PY
 }
-rss() { awk '/VmRSS/ {print $2}' /proc/$PID/status; }
-fds() { ls /proc/$PID/fd | wc -l; }
+# A round holds two more descriptors (its database connection and WAL) than an idle daemon, so
+# fds and RSS are the smallest of 20 samples over 2 s: the idle value, comparable start to end.
+idle_min() { local m=; for _ in $(seq 20); do v=$("$@"); [ -z "$m" ] || [ "$v" -lt "$m" ] && m=$v; sleep 0.1; done; echo "$m"; }
+rss_now() { awk '/VmRSS/ {print $2}' /proc/$PID/status; }
+fds_now() { ls /proc/$PID/fd | wc -l; }
+rss() { idle_min rss_now; }
+fds() { idle_min fds_now; }
 cpu_ticks() { awk '{print $14 + $15}' /proc/$PID/stat; }
 # Bytes in use after folding the WAL into the main file (the WAL's own size is not growth).
 db_bytes() {
