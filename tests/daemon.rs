@@ -398,6 +398,12 @@ fn ticks_during_a_running_check_are_skipped_and_a_broken_reload_keeps_the_old_co
     // Checks never overlap: at most one run is unfinished at any time.
     assert!(count(&site, "SELECT count(*) FROM runs WHERE finished_at IS NULL") <= 1);
 
+    // SIGUSR1 checks now (its run says what started it).
+    d.signal(libc::SIGUSR1);
+    d.wait_for("a check started by SIGUSR1", long, || {
+        count(&site, "SELECT count(*) FROM runs WHERE trigger = 'signal'") >= 1
+    });
+
     // SIGHUP with a broken file: refused with its one-line error, the old config keeps running.
     let cfg = site.path("monitor.yaml");
     let good = std::fs::read_to_string(&cfg).unwrap();
