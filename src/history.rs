@@ -838,7 +838,8 @@ impl History {
         self.prune_before(&cutoff)
     }
 
-    /// Deletes runs with `started_at` before `cutoff` (RFC 3339 UTC) in one transaction, then
+    /// Deletes runs with `started_at` before `cutoff` (RFC 3339 UTC) in one transaction, with the
+    /// alerts (unless still undelivered) and remediation actions older than it, then
     /// truncates the WAL. No VACUUM: it rewrites the whole file under an exclusive lock (blocking
     /// a concurrent check for seconds on a large history) and needs up to twice the disk space,
     /// while the freed pages are reused by the next inserts, so under a fixed retention the file
@@ -854,6 +855,16 @@ impl History {
             .map_err(e)?;
         let n = tx
             .execute("DELETE FROM runs WHERE started_at < ?1", [cutoff])
+            .map_err(e)?;
+        // The daemon's records age out with the runs; an alert still waiting for a delivery
+        // stays however old it is (nothing is lost), and its deliveries go with it (cascade).
+        tx.execute(
+            "DELETE FROM outbox WHERE created_at < ?1 AND NOT EXISTS
+                 (SELECT 1 FROM deliveries d WHERE d.alert_id = outbox.id AND d.state = 'pending')",
+            [cutoff],
+        )
+        .map_err(e)?;
+        tx.execute("DELETE FROM actions WHERE at < ?1", [cutoff])
             .map_err(e)?;
         tx.commit().map_err(e)?;
         // Best effort: a reader in another process can keep part of the WAL alive; that is no

@@ -724,3 +724,41 @@ fn last_verdicts_count_only_check_runs() {
         Verdict::New
     );
 }
+
+#[test]
+fn pruning_takes_old_alerts_and_actions_but_never_an_undelivered_alert() {
+    use monitor::alert::{compose, outbox};
+    use monitor::daemon::record::{self, Action};
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = History::open(dir.path().join("monitor.db")).unwrap();
+    let done = outbox::enqueue(&mut h, &compose::test_alert(), &[]).unwrap();
+    let waiting = outbox::enqueue(&mut h, &compose::test_alert(), &["webhook"]).unwrap();
+    record::record_action(
+        &h,
+        &Action {
+            run_id: None,
+            at: "2026-12-01T00:00:00Z".into(),
+            kind: "restart".into(),
+            cases: vec!["fox".into()],
+            target: Some("systemctl restart sd-webui.service".into()),
+            outcome: "ok".into(),
+            detail: None,
+            duration_s: Some(1.0),
+        },
+    )
+    .unwrap();
+    // Everything is older than a cutoff in the future.
+    h.prune_before("2999-01-01T00:00:00Z").unwrap();
+    let ids: Vec<i64> = outbox::recent(&h, 10)
+        .unwrap()
+        .iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(
+        ids,
+        [waiting],
+        "alert {done} (nothing pending) should be gone"
+    );
+    assert_eq!(outbox::undelivered(&h).unwrap(), 1);
+    assert!(record::recent_actions(&h, 10).unwrap().is_empty());
+}
