@@ -190,6 +190,18 @@ fn alerts_config(sink: &SmtpSink, webhook: &HttpPeer) -> String {
     )
 }
 
+/// `monitor run --once`, which must exit with `code`.
+fn run_once(site: &Site, code: i32) -> std::process::Output {
+    let o = site.run(&["run", "--once"]);
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
 /// Webhook alert documents received, in order.
 fn webhook_alerts(peer: &HttpPeer) -> Vec<Value> {
     peer.requests()
@@ -442,13 +454,7 @@ fn a_hung_worker_is_killed_at_the_timeout_and_alerts_as_an_error_without_a_resta
         ),
     );
     let start = Instant::now();
-    let o = site.run(&["run", "--once"]);
-    assert_eq!(
-        o.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let o = run_once(&site, 2);
     assert!(start.elapsed() < Duration::from_secs(30));
     let alerts = webhook_alerts(&webhook);
     assert!(
@@ -491,13 +497,7 @@ fn a_failing_or_hanging_restart_is_recorded_and_escalated() {
         // Baselines from another runtime release: every check drifts.
         site.rebaseline_with_old_ort(&[]);
         let start = Instant::now();
-        let o = site.run(&["run", "--once"]);
-        assert_eq!(
-            o.status.code(),
-            Some(1),
-            "{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        run_once(&site, 1);
         assert!(
             start.elapsed() < Duration::from_secs(25),
             "a hanging restart held the round"
@@ -593,13 +593,7 @@ fn auto_rebaseline_stores_new_baselines_when_drift_persists_after_a_restart() {
         ),
     );
     site.rebaseline_with_old_ort(&[]);
-    let o = site.run(&["run", "--once"]);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    run_once(&site, 1);
     let alerts = webhook_alerts(&webhook);
     assert_eq!(kinds(&alerts), ["firing", "escalation", "auto_rebaseline"]);
     assert!(
@@ -628,13 +622,7 @@ fn auto_rebaseline_stores_new_baselines_when_drift_persists_after_a_restart() {
             ("auto_rebaseline".into(), "ok".into())
         ]
     );
-    let o = site.run(&["run", "--once"]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    run_once(&site, 0);
     assert_eq!(webhook_alerts(&webhook).len(), 3);
 }
 
