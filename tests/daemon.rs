@@ -346,6 +346,12 @@ fn one_daemon_life_drift_restart_escalation_resolved_and_clean_stop() {
     assert_eq!(status["cases"][0]["alert"], "ok");
     assert_eq!(status["cases"][0]["last_verdict"], "identical");
     assert_eq!(status["last_actions"][0]["outcome"], "still_drifting");
+    let text = String::from_utf8(site.run(&["status"]).stdout).unwrap();
+    assert!(text.starts_with("daemon: running (pid "), "{text}");
+    assert!(
+        text.contains("last remediation: ") && text.contains("recheck for fox: still_drifting"),
+        "{text}"
+    );
 
     // Every check ran in a worker: the daemon never mapped ONNX Runtime (so the GPU is free
     // between checks).

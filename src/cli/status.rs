@@ -64,10 +64,12 @@ fn text(s: &Status) -> String {
     match s.last_actions.first() {
         None => out.push_str("last remediation: none\n"),
         Some(a) => out.push_str(&format!(
-            "last remediation: {} {} {} for {}: {}{}\n",
+            "last remediation: {} {}{} for {}: {}{}\n",
             a.at,
             a.kind,
-            a.target.as_deref().unwrap_or(""),
+            a.target
+                .as_deref()
+                .map_or(String::new(), |t| format!(" `{t}`")),
             a.cases.join(", "),
             a.outcome,
             a.detail
