@@ -659,3 +659,34 @@ fn config_validate_warns_about_what_would_stop_the_daemon() {
         "{err}"
     );
 }
+
+#[test]
+fn a_host_without_ca_certificates_still_sends_plain_http_alerts() {
+    // Seen in a minimal Debian container under systemd: without the ca-certificates package the
+    // HTTP client refused to build, and with it the whole daemon refused to start.
+    let webhook = HttpPeer::start(vec![]);
+    let site = Site::with_cases(
+        None,
+        &[FOX],
+        &format!(
+            "alerts: {{webhook: {{url: \"{}/hook\"}}}}\n",
+            webhook.base_url()
+        ),
+    );
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::write(empty.path().join("none.pem"), "").unwrap();
+    let o = site
+        .command(&["alert", "test"])
+        .env("SSL_CERT_FILE", empty.path().join("none.pem"))
+        .env("SSL_CERT_DIR", empty.path())
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    assert!(out.contains("webhook: delivered"), "{out}");
+    assert!(err.contains("no usable system CA certificates"), "{err}");
+    assert_eq!(webhook_alerts(&webhook).len(), 1);
+}

@@ -50,10 +50,35 @@ impl Channel for WebhookChannel {
 
 /// The HTTP client the channels share (proxies from the environment; timeouts are per request).
 pub fn http_client() -> Result<Client, String> {
-    Client::builder()
-        .user_agent(concat!("monitor/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("cannot set up the HTTP client: {e}"))
+    let builder = || Client::builder().user_agent(concat!("monitor/", env!("CARGO_PKG_VERSION")));
+    match builder().build() {
+        Ok(c) => Ok(c),
+        // The platform verifier refuses to start without system CA certificates (a minimal
+        // container without ca-certificates): plain-http channels must still work, and an https
+        // delivery then fails with its own certificate error, retried, instead of the whole
+        // daemon refusing to start.
+        Err(e) => {
+            tracing::warn!(
+                "no usable system CA certificates ({}); alerts over https will fail until the ca-certificates package is installed",
+                error_chain(&e)
+            );
+            builder()
+                .tls_certs_only(Vec::<reqwest::Certificate>::new())
+                .build()
+                .map_err(|e| format!("cannot set up the HTTP client: {}", error_chain(&e)))
+        }
+    }
+}
+
+/// An error and its sources on one line (reqwest's own Display says only "builder error").
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.join(": ")
 }
 
 /// Refuses anything but an absolute http(s) URL, without echoing it.
