@@ -2,6 +2,13 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Unix seconds now, with the fraction (alert retry times, restart budgets, heartbeats).
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// Now as RFC 3339 UTC with second precision, e.g. `2026-11-27T03:23:10Z`.
 pub fn utc_now_rfc3339() -> String {
     let secs = SystemTime::now()

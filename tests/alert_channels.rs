@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::peers::{
     base64_decode, decode_words, parse_mail, qp_decode, HttpPeer, Reply, SmtpSink,
@@ -17,6 +17,7 @@ use monitor::alert::{
     build_channels, Alert, AlertCase, AlertKind, Channel, Metric, SendError, Severity,
     ALERT_VERSION,
 };
+use monitor::clock::unix_now;
 use monitor::duration::ConfigDuration;
 use monitor::history::History;
 
@@ -96,13 +97,6 @@ fn heatmap(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
     let path = dir.join("diff.png");
     std::fs::write(&path, &bytes).unwrap();
     (path, bytes)
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
 }
 
 /// Delivery rounds, each when the next delivery is due, until none is pending (or `limit`).

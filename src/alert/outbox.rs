@@ -10,13 +10,13 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
 use super::{Alert, Channel, SendError};
-use crate::clock::{rfc3339, utc_now_rfc3339};
+use crate::clock::{rfc3339, unix_now, utc_now_rfc3339};
 use crate::history::{History, HistoryError};
 
 /// How long a claimed delivery is hidden from other processes: longer than any send may take
@@ -422,13 +422,6 @@ fn rows(history: &History, id: Option<i64>, limit: usize) -> Result<Vec<AlertRow
         Ok(rows)
     };
     query().map_err(|e| history.err("listing recent alerts", e))
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::alert::outbox::{self, Backoff};
 use crate::alert::Channel;
-use crate::daemon::record::unix_now;
+use crate::clock::unix_now;
 use crate::history::History;
 
 /// The channels and retry policy in force (replaced on config reload).

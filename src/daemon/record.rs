@@ -5,15 +5,8 @@
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
-use crate::clock::utc_now_rfc3339;
+use crate::clock::{unix_now, utc_now_rfc3339};
 use crate::history::{History, HistoryError};
-
-/// Unix seconds now.
-pub fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
 
 /// Records that this process is the daemon (replacing what a previous one left).
 pub fn started(h: &History) -> Result<(), HistoryError> {
