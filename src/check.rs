@@ -458,6 +458,21 @@ fn keep_artifacts(
     result
 }
 
+/// "3 cases: 2 identical, 1 drift": the verdicts of a check, counted in order of first
+/// appearance (the CLI's last line and the daemon's round summary).
+pub fn case_counts(results: &[CaseCheck]) -> String {
+    let mut counts: Vec<(Verdict, usize)> = Vec::new();
+    for c in results {
+        match counts.iter_mut().find(|(v, _)| *v == c.verdict) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((c.verdict, 1)),
+        }
+    }
+    let parts: Vec<String> = counts.iter().map(|(v, n)| format!("{n} {v}")).collect();
+    let plural = if results.len() == 1 { "" } else { "s" };
+    format!("{} case{plural}: {}", results.len(), parts.join(", "))
+}
+
 /// The history row of a case.
 pub fn history_row(r: &CaseCheck) -> CaseResult {
     let report = r.report.as_ref();

@@ -5,7 +5,6 @@ use clap::Args;
 
 use super::config::ConfigFileArg;
 use crate::check::{check, CaseCheck, CheckOptions, CheckRun};
-use crate::compare::Verdict;
 use crate::config::Config;
 
 /// Flags of `monitor check`.
@@ -61,19 +60,9 @@ fn print_table(run: &CheckRun) {
         );
         print_details(c);
     }
-    let mut counts: Vec<(Verdict, usize)> = Vec::new();
-    for c in &run.cases {
-        match counts.iter_mut().find(|(v, _)| *v == c.verdict) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((c.verdict, 1)),
-        }
-    }
-    let summary: Vec<String> = counts.iter().map(|(v, n)| format!("{n} {v}")).collect();
     println!(
-        "{} case{}: {} (run {}, {:.1}s, exit {})",
-        run.cases.len(),
-        if run.cases.len() == 1 { "" } else { "s" },
-        summary.join(", "),
+        "{} (run {}, {:.1}s, exit {})",
+        crate::check::case_counts(&run.cases),
         run.run_id,
         run.timings.total_s,
         super::exit_code(run.status)

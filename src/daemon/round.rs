@@ -143,21 +143,8 @@ fn results_of(config: &Config, cases: &[String], checked: &Result<CheckRun>) -> 
 
 /// "3 cases: 2 identical, 1 drift (run 12)".
 pub fn summarize(results: &[CaseCheck], run_id: Option<i64>) -> String {
-    let mut counts: Vec<(Verdict, usize)> = Vec::new();
-    for c in results {
-        match counts.iter_mut().find(|(v, _)| *v == c.verdict) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((c.verdict, 1)),
-        }
-    }
-    let parts: Vec<String> = counts.iter().map(|(v, n)| format!("{n} {v}")).collect();
     let run = run_id.map_or(String::new(), |id| format!(" (run {id})"));
-    format!(
-        "{} case{}: {}{run}",
-        results.len(),
-        if results.len() == 1 { "" } else { "s" },
-        parts.join(", ")
-    )
+    format!("{}{run}", crate::check::case_counts(results))
 }
 
 /// What the alert state machine made of some results.
@@ -288,6 +275,15 @@ fn action(
     }
 }
 
+/// The alert documents of `cases` among `results`.
+fn docs_of(results: &[CaseCheck], cases: &[String]) -> Vec<AlertCase> {
+    results
+        .iter()
+        .filter(|c| cases.contains(&c.name))
+        .map(|c| compose::alert_case(c, None))
+        .collect()
+}
+
 fn escalate(
     h: &mut History,
     config: &Config,
@@ -321,18 +317,12 @@ async fn remediate(
 ) -> Result<()> {
     let config = &ctx.config;
     let what = remediate::describe(&rc.restart);
-    let docs = |rs: &[CaseCheck]| -> Vec<AlertCase> {
-        rs.iter()
-            .filter(|c| cases.contains(&c.name))
-            .map(|c| compose::alert_case(c, None))
-            .collect()
-    };
     if let Err(why) = restart_within_budget(h, rc, cases, run_id, &what).await? {
         alerts.push(escalate(
             h,
             config,
             cases,
-            docs(results),
+            docs_of(results, cases),
             &what,
             &why,
             run_id,
@@ -405,7 +395,7 @@ async fn remediate(
         h,
         config,
         &still,
-        docs(&re_results),
+        docs_of(&re_results, cases),
         &what,
         &outcome,
         re_run,
@@ -498,11 +488,7 @@ async fn auto_rebaseline(
                     None,
                 ),
             )?;
-            let docs = results
-                .iter()
-                .filter(|c| cases.contains(&c.name))
-                .map(|c| compose::alert_case(c, None))
-                .collect();
+            let docs = docs_of(results, cases);
             // New baselines: the cases start over.
             let fresh: Vec<CaseState> = cases.iter().map(|c| CaseState::new(c)).collect();
             state::save_all(h, &fresh)?;
