@@ -578,3 +578,18 @@ fn validate_command_exit_codes() {
     assert!(String::from_utf8_lossy(&o.stderr)
         .starts_with("monitor: error: configs/nope.yaml: cannot read config file: "));
 }
+
+#[test]
+fn a_secret_of_the_wrong_type_is_refused_without_showing_it() {
+    let s = Scratch::new();
+    let line = s.line(&format!(
+        "{BASE}alerts: {{email: {{smtp_host: h, from: a@b.c, to: [d@e.f], username: u, password: 98765432}}}}\n"
+    ));
+    assert!(line.starts_with("c.yaml:6:"), "{line}");
+    assert!(line.contains("alerts.email.password: a secret must be a string"), "{line}");
+    assert!(!line.contains("98765432"), "{line}");
+    // A quoted number is a fine secret.
+    s.ok(&format!(
+        "{BASE}alerts: {{email: {{smtp_host: h, from: a@b.c, to: [d@e.f], username: u, password: \"98765432\"}}}}\n"
+    ));
+}

@@ -144,7 +144,15 @@ impl EmailConfig {
 }
 
 fn secret_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretSource>, D::Error> {
-    Ok(Option::<String>::deserialize(d)?.map(|s| SecretSource::from_config_str(&s)))
+    // Not `Option<String>`: its type error would quote the value (`invalid type: integer 1234`),
+    // and the config error goes to the log.
+    match Option::<serde_yaml::Value>::deserialize(d)? {
+        None | Some(serde_yaml::Value::Null) => Ok(None),
+        Some(serde_yaml::Value::String(s)) => Ok(Some(SecretSource::from_config_str(&s))),
+        Some(_) => Err(serde::de::Error::custom(
+            "a secret must be a string (put it in quotes); its value is not shown",
+        )),
+    }
 }
 
 /// A secret given either inline (`key`) or as a file (`key_file`): exactly one of them.
