@@ -586,7 +586,10 @@ fn a_secret_of_the_wrong_type_is_refused_without_showing_it() {
         "{BASE}alerts: {{email: {{smtp_host: h, from: a@b.c, to: [d@e.f], username: u, password: 98765432}}}}\n"
     ));
     assert!(line.starts_with("c.yaml:6:"), "{line}");
-    assert!(line.contains("alerts.email.password: a secret must be a string"), "{line}");
+    assert!(
+        line.contains("alerts.email.password: a secret must be a string"),
+        "{line}"
+    );
     assert!(!line.contains("98765432"), "{line}");
     // A quoted number is a fine secret.
     s.ok(&format!(

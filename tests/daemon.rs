@@ -690,3 +690,36 @@ fn a_host_without_ca_certificates_still_sends_plain_http_alerts() {
     assert!(err.contains("no usable system CA certificates"), "{err}");
     assert_eq!(webhook_alerts(&webhook).len(), 1);
 }
+
+#[test]
+fn sigterm_does_not_wait_for_a_stalled_alert_delivery() {
+    // The webhook takes 60 s to answer; the stop must not wait for it beyond the flush timeout.
+    let webhook = HttpPeer::start(vec![
+        common::peers::Reply::new(200, "ok").after(Duration::from_secs(60))
+    ]);
+    let site = Site::with_cases(
+        None,
+        &[FOX],
+        &format!(
+            "{TIGHT}schedule: \"*/2 * * * * *\"\nalerts: {{timeout: 2m, webhook: {{url: \"{}/hook\"}}}}\ndaemon: {{shutdown_grace: 5s, flush_timeout: 2s}}\n",
+            webhook.base_url()
+        ),
+    );
+    site.rebaseline_with_old_ort(&[]);
+    let mut d = Daemon::start(&site, &[], &[]);
+    // The peer records a request once it has read it, before its delayed answer.
+    d.wait_for("the webhook request", Duration::from_secs(60), || {
+        !webhook.requests().is_empty()
+    });
+    let start = Instant::now();
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(40)).code(), Some(0));
+    let took = start.elapsed();
+    // Grace for a running check (5 s at most) plus twice the flush timeout, with slack.
+    assert!(
+        took < Duration::from_secs(15),
+        "stop took {took:?}; log:\n{}",
+        d.log()
+    );
+    assert!(d.log().contains("did not end within 2s"), "{}", d.log());
+}

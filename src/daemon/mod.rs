@@ -305,7 +305,18 @@ impl Daemon {
             }
         }
         let _ = stop_tx.send(true);
-        let _ = deliveries.await;
+        // The delivery task stops after its current round; a long backlog of slow channels must
+        // not hold the stop past systemd's TimeoutStopSec. Aborting mid-send is the one way to
+        // send an alert twice, as a crash would; what was not sent stays in the outbox.
+        let mut deliveries = deliveries;
+        let limit = config.daemon.flush_timeout.get();
+        if tokio::time::timeout(limit, &mut deliveries).await.is_err() {
+            tracing::warn!(
+                "the alert delivery round did not end within {}: stopping it",
+                config.daemon.flush_timeout
+            );
+            deliveries.abort();
+        }
         let left = delivery::flush(
             &config.storage.database,
             &self.shared,
