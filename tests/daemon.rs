@@ -723,3 +723,47 @@ fn sigterm_does_not_wait_for_a_stalled_alert_delivery() {
     );
     assert!(d.log().contains("did not end within 2s"), "{}", d.log());
 }
+
+#[test]
+fn sigterm_during_a_hanging_restart_stops_in_time_and_kills_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("restart.pid");
+    let site = Site::with_cases(
+        None,
+        &[FOX],
+        &format!(
+            "{TIGHT}schedule: \"*/2 * * * * *\"\nremediation: {{restart: {{command: [sh, -c, \"echo $$ > {}; exec sleep 60\"]}}, timeout: 2m}}\ndaemon: {{shutdown_grace: 1s, flush_timeout: 1s}}\n",
+            pidfile.display()
+        ),
+    );
+    site.rebaseline_with_old_ort(&[]);
+    let mut d = Daemon::start(&site, &[], &[]);
+    d.wait_for("the restart command", Duration::from_secs(60), || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let start = Instant::now();
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(60)).code(), Some(0));
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "stop took {took:?}; log:\n{}",
+        d.log()
+    );
+    // Gone, or a zombie waiting for an init that does not reap: either way not running.
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let running = state
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().next())
+        .is_some_and(|s| s != "Z");
+    assert!(
+        !running,
+        "the restart command {pid} outlived the daemon: {state}"
+    );
+}

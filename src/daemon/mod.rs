@@ -301,7 +301,17 @@ impl Daemon {
                     config.daemon.shutdown_grace
                 );
                 self.cancel.cancel();
-                let _ = handle.await;
+                // The worker dies at once; a restart command in flight has its own timeout,
+                // which may be longer than systemd waits: past the flush timeout the round is
+                // dropped (the restart's process group is killed with it).
+                let limit = config.daemon.flush_timeout.get();
+                if tokio::time::timeout(limit, &mut handle).await.is_err() {
+                    tracing::warn!(
+                        "the round did not stop within {}: abandoning it",
+                        config.daemon.flush_timeout
+                    );
+                    handle.abort();
+                }
             }
         }
         let _ = stop_tx.send(true);
