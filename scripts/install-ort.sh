@@ -4,11 +4,14 @@
 #   scripts/install-ort.sh [VERSION [VENV]]
 #   scripts/install-ort.sh 1.24.4 .venv-ort-1.24.4    # the older release the drift tests use
 # GPU hosts: ORT_PACKAGE=onnxruntime-gpu scripts/install-ort.sh
+# The default VERSION is PIN_ORT_VERSION in scripts/versions.env (shared with docker/Dockerfile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-version="${1:-1.31.1}"
+# shellcheck source=scripts/versions.env
+. scripts/versions.env
+version="${1:-$PIN_ORT_VERSION}"
 venv="${2:-.venv}"
-package="${ORT_PACKAGE:-onnxruntime}"
+package="${ORT_PACKAGE:-$PIN_ORT_CPU_PACKAGE}"
 python="${PYTHON:-python3}"
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
