@@ -324,7 +324,7 @@ fn write_err(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -
 }
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
+    crate::fsutil::sync_dir(dir)
 }
 
 /// What an entry named like a version is, when it is not a folder.

@@ -1,14 +1,13 @@
 //! One model run per device at a time: a manual `monitor check` started while the daemon checks
 //! waits for it instead of loading a second model onto the same GPU.
 //!
-//! The lock is an `flock` on a file beside the history database (the state every process of one
-//! installation shares; `/tmp` is private to a systemd service), so it covers every process using
-//! that database on this host. The kernel drops it when its holder dies, so a crash never leaves
-//! the device locked.
+//! The lock is an `flock` (Windows: `LockFileEx`, through `File::try_lock`) on a file beside the
+//! history database (the state every process of one installation shares; `/tmp` is private to a
+//! systemd service), so it covers every process using that database on this host. The kernel drops
+//! it when its holder dies, so a crash never leaves the device locked.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read as _, Seek as _, Write as _};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -58,14 +57,13 @@ pub fn acquire(
     let start = Instant::now();
     let mut on_wait = Some(on_wait);
     loop {
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            break;
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(err).with_context(|| format!("locking {}", path.display()));
+        // flock(LOCK_EX | LOCK_NB) on Unix, LockFileEx(exclusive, fail at once) on Windows.
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(TryLockError::WouldBlock) => {}
+            Err(TryLockError::Error(err)) => {
+                return Err(err).with_context(|| format!("locking {}", path.display()))
+            }
         }
         let holder = holder(&mut file);
         if let Some(f) = on_wait.take() {
@@ -91,6 +89,8 @@ pub fn acquire(
     Ok(DeviceLock { _file: file, path })
 }
 
+/// Windows locks are mandatory: the holder's pid cannot be read while it holds the lock, and the
+/// message falls back to the generic one.
 fn holder(file: &mut File) -> String {
     let mut s = String::new();
     let _ = file.rewind();
@@ -118,8 +118,9 @@ mod tests {
             told = w.to_string()
         })
         .unwrap_err();
+        // Windows locks are mandatory: a waiter cannot read the holder's pid there.
         assert!(
-            told.contains(&format!("pid {}", std::process::id())),
+            told.contains(&format!("pid {}", std::process::id())) || cfg!(windows),
             "{told}"
         );
         assert!(e.to_string().contains("device cpu stayed busy"), "{e}");

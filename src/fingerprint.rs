@@ -50,7 +50,24 @@ pub fn collect() -> Environment {
 
 /// This host's name, if the kernel reports one.
 pub fn hostname() -> Option<String> {
-    read_trim("/proc/sys/kernel/hostname")
+    #[cfg(target_os = "linux")]
+    return read_trim("/proc/sys/kernel/hostname");
+    #[cfg(all(unix, not(target_os = "linux")))]
+    {
+        let mut buf = [0u8; 256];
+        // SAFETY: gethostname writes at most `buf.len()` bytes into a buffer we own.
+        if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+            return None;
+        }
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+        (!name.is_empty()).then_some(name)
+    }
+    #[cfg(windows)]
+    std::env::var("COMPUTERNAME")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 fn read_trim(path: &str) -> Option<String> {
@@ -61,6 +78,10 @@ fn read_trim(path: &str) -> Option<String> {
 }
 
 fn os_release() -> Option<String> {
+    // No /etc/os-release there: at least say which system it was ("windows", "macos").
+    if cfg!(any(windows, target_vendor = "apple")) {
+        return Some(std::env::consts::OS.to_string());
+    }
     let text = std::fs::read_to_string("/etc/os-release").ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("PRETTY_NAME="))

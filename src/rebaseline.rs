@@ -123,12 +123,23 @@ pub fn who() -> String {
     let user = ["SUDO_USER", "USER", "LOGNAME"]
         .iter()
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-        // SAFETY: getuid has no preconditions and cannot fail.
-        .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }));
+        .unwrap_or_else(fallback_user);
     match crate::fingerprint::hostname() {
         Some(host) => format!("{user}@{host}"),
         None => user,
     }
+}
+
+/// The user when no variable names one: the uid on Unix, `%USERNAME%` on Windows.
+fn fallback_user() -> String {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    #[cfg(unix)]
+    return format!("uid {}", unsafe { libc::getuid() });
+    #[cfg(not(unix))]
+    std::env::var("USERNAME")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "unknown user".to_string())
 }
 
 /// A rebaseline's row in the history, opened before any work so that a locked or foreign

@@ -171,11 +171,12 @@ pub async fn restart(target: &RestartTarget, timeout: Duration) -> RestartOutcom
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        // Its own process group, so a timeout can kill everything it started, not just the
-        // direct child (a shell script's `sleep` would otherwise outlive it).
-        .process_group(0)
         // If the daemon drops this future (shutdown), the child must not run on unsupervised.
         .kill_on_drop(true);
+    // Its own process group, so a timeout can kill everything it started, not just the direct
+    // child (a shell script's `sleep` would otherwise outlive it).
+    #[cfg(unix)]
+    cmd.process_group(0);
     for key in DAEMON_ONLY_ENV {
         cmd.env_remove(key);
     }
@@ -189,7 +190,7 @@ pub async fn restart(target: &RestartTarget, timeout: Duration) -> RestartOutcom
             )
         }
     };
-    let pgid = child.id().and_then(|pid| libc::pid_t::try_from(pid).ok());
+    let pgid = child.id();
     let mut guard = GroupGuard(pgid);
     let stdout = Tail::spawn(child.stdout.take());
     let stderr = Tail::spawn(child.stderr.take());
@@ -202,12 +203,16 @@ pub async fn restart(target: &RestartTarget, timeout: Duration) -> RestartOutcom
         }
         Ok(Err(e)) => {
             kill_group(pgid);
+            #[cfg(not(unix))]
+            let _ = child.start_kill();
             let _ = child.wait().await;
             guard.disarm();
             Ended::WaitFailed(format!("waiting for {} failed: {e}", describe(target)))
         }
         Err(_elapsed) => {
             kill_group(pgid);
+            #[cfg(not(unix))]
+            let _ = child.start_kill();
             // Reaps the leader; the rest of the group, now orphaned, is reaped by init.
             let _ = child.wait().await;
             guard.disarm();
@@ -257,7 +262,7 @@ enum Ended {
 
 /// Kills the command's process group when `restart` is dropped before the command was reaped
 /// (the daemon shutting down mid-restart): `kill_on_drop` alone would only kill the leader.
-struct GroupGuard(Option<libc::pid_t>);
+struct GroupGuard(Option<u32>);
 
 impl GroupGuard {
     /// Called once the leader is reaped: from then on its pid, and so the group id, may be reused.
@@ -272,19 +277,30 @@ impl Drop for GroupGuard {
     }
 }
 
-fn kill_group(pgid: Option<libc::pid_t>) {
-    if let Some(pgid) = pgid.filter(|&p| p > 0) {
+/// Kills the process group led by `pgid` (the command's pid). Windows has no process groups to
+/// kill: there callers kill the command itself, and what it started in the background lives on.
+fn kill_group(pgid: Option<u32>) {
+    #[cfg(unix)]
+    if let Some(pgid) = pgid
+        .and_then(|p| libc::pid_t::try_from(p).ok())
+        .filter(|&p| p > 0)
+    {
         // SAFETY: kill(2) has no memory-safety preconditions. Callers only pass the group of a
         // leader not yet reaped, so the id cannot have been reused by another group.
         unsafe {
             libc::kill(-pgid, libc::SIGKILL);
         }
     }
+    #[cfg(not(unix))]
+    let _ = pgid;
 }
 
 fn describe_status(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
+    #[cfg(unix)]
+    let signal = std::os::unix::process::ExitStatusExt::signal(&status);
+    #[cfg(not(unix))]
+    let signal: Option<i32> = None;
+    match (status.code(), signal) {
         (Some(code), _) => format!("exited with status {code}"),
         (None, Some(sig)) => format!("was killed by signal {sig}"),
         (None, None) => format!("ended with {status}"),
@@ -391,6 +407,7 @@ fn unit_exists_with(program: &[&str], unit: &str, timeout: Duration) -> Option<b
     }
     let (exe, pre) = program.split_first()?;
     let mut cmd = std::process::Command::new(exe);
+    #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
@@ -404,7 +421,7 @@ fn unit_exists_with(program: &[&str], unit: &str, timeout: Duration) -> Option<b
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
-    let pgid = libc::pid_t::try_from(child.id()).ok();
+    let pgid = Some(child.id());
     let (tx, rx) = std::sync::mpsc::channel();
     if let Some(mut out) = child.stdout.take() {
         std::thread::spawn(move || {
@@ -423,6 +440,8 @@ fn unit_exists_with(program: &[&str], unit: &str, timeout: Duration) -> Option<b
     };
     let Some(status) = status else {
         kill_group(pgid);
+        #[cfg(not(unix))]
+        let _ = child.kill();
         let _ = child.wait();
         return None;
     };
@@ -539,7 +558,8 @@ pub fn validate(config: &RemediationConfig) -> Vec<(String, String)> {
     problems
 }
 
-#[cfg(test)]
+// Restart commands are `sh` scripts; process groups and /proc are Unix.
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

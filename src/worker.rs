@@ -437,8 +437,7 @@ impl Owner {
         Owner {
             pid,
             start_ticks: crate::process::start_ticks(pid),
-            // SAFETY: getuid has no preconditions and cannot fail.
-            uid: unsafe { libc::getuid() },
+            uid: current_uid(),
         }
     }
 
@@ -497,12 +496,10 @@ fn work_dir_pid(name: &str) -> Option<u32> {
 /// process (pid and start time) no longer runs. A folder of that name whose owner died before
 /// finishing the marker is removed only if it holds nothing else. Everything else is left alone.
 pub fn sweep_stale_work_dirs(root: &Path) {
-    use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
+    let uid = current_uid();
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(pid) = name.to_str().and_then(work_dir_pid) else {
@@ -512,12 +509,12 @@ pub fn sweep_stale_work_dirs(root: &Path) {
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        if !meta.file_type().is_dir() || meta.uid() != uid {
+        if !meta.file_type().is_dir() || owner_uid(&meta) != uid {
             continue;
         }
         let marker = path.join(WORK_MARKER);
         let owner = match std::fs::symlink_metadata(&marker) {
-            Ok(m) if m.file_type().is_file() && m.uid() == uid && m.len() < 4096 => {
+            Ok(m) if m.file_type().is_file() && owner_uid(&m) == uid && m.len() < 4096 => {
                 std::fs::read_to_string(&marker)
                     .ok()
                     .and_then(|t| Owner::from_marker(&t))
@@ -540,6 +537,27 @@ pub fn sweep_stale_work_dirs(root: &Path) {
             }
             None => {}
         }
+    }
+}
+
+/// This process's user id. Windows has no uids: there it is 0 for every folder, and the sweep
+/// relies on the temp folder being per user (`%TEMP%` is under the user's profile).
+fn current_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    #[cfg(unix)]
+    return unsafe { libc::getuid() };
+    #[cfg(not(unix))]
+    0
+}
+
+/// The user id owning a file (0 on Windows, as [`current_uid`]).
+fn owner_uid(meta: &std::fs::Metadata) -> u32 {
+    #[cfg(unix)]
+    return std::os::unix::fs::MetadataExt::uid(meta);
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        0
     }
 }
 
@@ -591,7 +609,10 @@ pub fn work(job_file: &Path, out_dir: &Path) -> Result<()> {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
     // A parent that died before the line above set the signal leaves an orphan that would run
-    // every case into a work folder the next monitor sweeps: stop now instead.
+    // every case into a work folder the next monitor sweeps: stop now instead. (Windows has no
+    // parent pid in std; there, as on other systems without PDEATHSIG, a worker whose parent dies
+    // later runs its remaining cases to the end.)
+    #[cfg(unix)]
     if let Some(parent) = std::env::var(PARENT_ENV)
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
@@ -658,6 +679,7 @@ fn run_cases(job: &Job, out_dir: &Path, report: &mut Report) -> Result<()> {
 mod tests {
     use super::*;
 
+    #[cfg(unix)]
     fn dead_owner() -> Owner {
         // A child that has exited and been reaped: its pid is free (until reused, which the start
         // time guards against).
@@ -667,10 +689,11 @@ mod tests {
         Owner {
             pid,
             start_ticks: Some(1),
-            uid: unsafe { libc::getuid() },
+            uid: current_uid(),
         }
     }
 
+    #[cfg(unix)]
     fn make(root: &Path, name: &str, marker: Option<&Owner>) -> PathBuf {
         let d = root.join(name);
         std::fs::create_dir(&d).unwrap();
@@ -721,6 +744,8 @@ mod tests {
         assert_eq!(Owner::from_marker(""), None);
     }
 
+    // Symlinks and the pid of an exited child, the Unix way.
+    #[cfg(unix)]
     #[test]
     fn sweep_removes_only_what_it_provably_made() {
         let root = tempfile::tempdir().unwrap();

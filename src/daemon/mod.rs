@@ -6,6 +6,9 @@
 //! GPU is fully released between checks. Alerts go through the durable outbox, sent by the
 //! [`delivery`] task. Signals: SIGUSR1 checks now, SIGHUP reloads the config (a broken file is
 //! refused and the old config stays), SIGTERM/SIGINT stop.
+//!
+//! Serving is Unix-only (signals, systemd); elsewhere only `run --once` is available, for a
+//! scheduler such as the Windows Task Scheduler to start.
 
 pub mod delivery;
 pub mod notify;
@@ -15,10 +18,12 @@ pub mod schedule;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+#[cfg(unix)]
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
+#[cfg(unix)]
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 
@@ -66,6 +71,8 @@ fn load(path: &Path, need_plan: bool) -> Result<Loaded> {
 }
 
 /// The running daemon.
+// Without `serve` (not Unix) most of it is unused.
+#[cfg_attr(not(unix), allow(dead_code))]
 pub struct Daemon {
     path: PathBuf,
     loaded: Loaded,
@@ -77,6 +84,7 @@ pub struct Daemon {
     last_round: Option<String>,
 }
 
+#[cfg_attr(not(unix), allow(dead_code))]
 impl Daemon {
     /// Loads the config, resolves secrets, opens the database (closing runs a crash left open)
     /// and checks that every case has a baseline (a missing one is logged: that case will be an
@@ -150,6 +158,7 @@ impl Daemon {
     }
 
     /// Serves until SIGTERM/SIGINT; returns when stopped cleanly.
+    #[cfg(unix)]
     pub async fn serve(mut self) -> Result<()> {
         let mut usr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
         let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
@@ -342,6 +351,7 @@ impl Daemon {
     }
 }
 
+#[cfg_attr(not(unix), allow(dead_code))]
 async fn wait_round(
     running: &mut Option<(JoinHandle<RoundReport>, &'static str)>,
 ) -> Result<RoundReport, tokio::task::JoinError> {
@@ -358,6 +368,12 @@ async fn wait_round(
 /// `monitor run [--once]` on a current-thread runtime (the daemon's own work is small; model
 /// work runs in the worker process, blocking waits in tokio's blocking pool).
 pub fn run(config: &Path, once: bool) -> Result<Option<CheckStatus>> {
+    #[cfg(not(unix))]
+    if !once {
+        anyhow::bail!(
+            "`monitor run` without --once (the daemon) is not supported on this platform: it needs Unix signals; schedule `monitor run --once` instead (e.g. with the Windows Task Scheduler)"
+        );
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -365,9 +381,11 @@ pub fn run(config: &Path, once: bool) -> Result<Option<CheckStatus>> {
     rt.block_on(async {
         let daemon = Daemon::start(config, !once)?;
         if once {
-            Ok(Some(daemon.once().await))
-        } else {
-            daemon.serve().await.map(|()| None)
+            return Ok(Some(daemon.once().await));
         }
+        #[cfg(unix)]
+        return daemon.serve().await.map(|()| None);
+        #[cfg(not(unix))]
+        unreachable!("refused above")
     })
 }

@@ -8,7 +8,7 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
+#[cfg(unix)]
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,6 +22,7 @@ const MAX_MESSAGE: usize = 4096;
 const MAX_STATUS: usize = 1024;
 
 /// A notify datagram to a stuck manager must not stall the daemon's loop.
+#[cfg(unix)]
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +51,7 @@ impl Notifier {
     /// `from_env` with the environment read through `get` (tests pass their own).
     pub fn from_env_with(get: impl Fn(&str) -> Option<OsString>) -> Option<Notifier> {
         let value = get("NOTIFY_SOCKET").filter(|v| !v.is_empty())?;
-        let bytes = value.as_bytes();
+        let bytes = value.as_encoded_bytes();
         let target = match bytes[0] {
             b'/' => Target::Path(PathBuf::from(value)),
             b'@' if bytes.len() > 1 => Target::Abstract(bytes[1..].to_vec()),
@@ -92,32 +93,43 @@ impl Notifier {
                 ),
             )));
         }
-        let addr = match &self.target {
-            Target::Path(p) => SocketAddr::from_pathname(p).map_err(context)?,
-            Target::Abstract(name) => abstract_addr(name).map_err(context)?,
-            Target::Unsupported(_) => {
-                return Err(context(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "NOTIFY_SOCKET must be an absolute path or @abstract-name",
-                )))
-            }
-        };
-        // A fresh socket per message: notifications are rare (a watchdog ping a minute), and it
-        // keeps Notifier a plain value that any task can clone.
-        let sock = UnixDatagram::unbound().map_err(context)?;
-        sock.set_write_timeout(Some(SEND_TIMEOUT))
-            .map_err(context)?;
-        let sent = sock
-            .send_to_addr(message.as_bytes(), &addr)
-            .map_err(context)?;
-        if sent != message.len() {
-            return Err(context(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("sent {sent} of {} bytes", message.len()),
-            )));
-        }
-        Ok(())
+        send_datagram(&self.target, message).map_err(context)
     }
+}
+
+#[cfg(unix)]
+fn send_datagram(target: &Target, message: &str) -> io::Result<()> {
+    let addr = match target {
+        Target::Path(p) => SocketAddr::from_pathname(p)?,
+        Target::Abstract(name) => abstract_addr(name)?,
+        Target::Unsupported(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "NOTIFY_SOCKET must be an absolute path or @abstract-name",
+            ))
+        }
+    };
+    // A fresh socket per message: notifications are rare (a watchdog ping a minute), and it
+    // keeps Notifier a plain value that any task can clone.
+    let sock = UnixDatagram::unbound()?;
+    sock.set_write_timeout(Some(SEND_TIMEOUT))?;
+    let sent = sock.send_to_addr(message.as_bytes(), &addr)?;
+    if sent != message.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("sent {sent} of {} bytes", message.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// systemd exists only on Linux; the daemon loop that notifies it is Unix-only anyway.
+#[cfg(not(unix))]
+fn send_datagram(_target: &Target, _message: &str) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "sd_notify needs Unix datagram sockets",
+    ))
 }
 
 impl fmt::Display for Notifier {
@@ -139,7 +151,7 @@ fn abstract_addr(name: &[u8]) -> io::Result<SocketAddr> {
     SocketAddr::from_abstract_name(name)
 }
 
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
+#[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
 fn abstract_addr(_name: &[u8]) -> io::Result<SocketAddr> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
@@ -187,7 +199,8 @@ pub fn watchdog_interval_with(get: impl Fn(&str) -> Option<OsString>) -> Option<
     Some(Duration::from_micros(usec / 2).max(Duration::from_micros(1)))
 }
 
-#[cfg(test)]
+// Unix datagram sockets: sd_notify exists only there.
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use std::collections::HashMap;
