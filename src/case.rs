@@ -14,13 +14,13 @@ use serde_json::Value;
 
 use crate::fingerprint::Environment;
 use crate::generation::{
-    self, record_of, Metadata, ModelRecord, NoiseRecord, ParametersRecord, TimingsRecord,
+    self, record_of, BatchRecord, Metadata, ModelRecord, NoiseRecord, ParametersRecord, TimingsRecord,
     TokensRecord,
 };
 use crate::limits::{Capacity, Limits};
 use crate::sd::model::FloatType;
 use crate::sd::noise::{self, NoiseKind};
-use crate::sd::pipeline::{GenerateParams, Generation, LoadedModel};
+use crate::sd::pipeline::{first_difference, GenerateParams, Generation, LoadedModel};
 use crate::sd::runtime::Runtime;
 use crate::sd::scheduler::SchedulerKind;
 
@@ -53,6 +53,13 @@ pub struct CaseSpec {
     pub noise_file: Option<PathBuf>,
     /// Karras sigmas (euler, lms, dpmpp-2m).
     pub karras: bool,
+    /// Also run as element 0 of a batch of this many (1: no batch run).
+    #[serde(default = "one")]
+    pub batch_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl CaseSpec {
@@ -204,18 +211,72 @@ impl<'r> CaseRunner<'r> {
             .generate(&case.params(), source.as_mut(), on_step);
         let karras =
             self.loaded.scheduler_config.use_karras_sigmas && case.scheduler.supports_karras();
-        self.loaded.scheduler_config.use_karras_sigmas = saved;
         let gen = result.with_context(|| {
             format!(
                 "case {}: generating with {}",
                 case.name,
                 self.model_path.display()
             )
-        })?;
-        let meta = self
+        });
+        let batch = match &gen {
+            Ok(g) if case.batch_size > 1 => Some(self.batch_invariance(case, g)),
+            _ => None,
+        };
+        self.loaded.scheduler_config.use_karras_sigmas = saved;
+        let gen = gen?;
+        let mut meta = self
             .metadata(case, karras, &gen)
             .with_context(|| format!("case {}: recording metadata", case.name))?;
+        meta.batch = batch;
         Ok((gen, meta))
+    }
+
+    /// Runs `case` again as element 0 of a batch of `case.batch_size` (element k seeded with
+    /// seed + k) and says whether it equals `single`, the batch-1 generation, bit for bit. A
+    /// batch that cannot run is recorded as such; the batch-1 result stands either way.
+    fn batch_invariance(&mut self, case: &CaseSpec, single: &Generation) -> BatchRecord {
+        let mut record = BatchRecord {
+            size: case.batch_size,
+            ..BatchRecord::default()
+        };
+        let sources: Result<Vec<_>> = (0..case.batch_size as u64)
+            .map(|k| {
+                let seed = case.seed.checked_add(k).context("seed + batch index overflows")?;
+                noise::build(case.noise, seed, case.noise_file.as_deref())
+                    .with_context(|| format!("noise for batch element {k}"))
+            })
+            .collect();
+        let result = match sources {
+            Ok(mut sources) => {
+                let mut refs: Vec<&mut dyn noise::NoiseSource> = Vec::new();
+                for b in sources.iter_mut() {
+                    refs.push(b.as_mut());
+                }
+                self.loaded
+                    .generate_batch(&case.params(), &mut refs, &mut |_, _| {})
+                    .map_err(anyhow::Error::from)
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(batched) => {
+                let a = batched.latents.as_slice().unwrap_or_default();
+                let b = single.latents.as_slice().unwrap_or_default();
+                let max_abs = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| f64::from((x - y).abs()))
+                    .fold(0.0, f64::max);
+                let identical = a.len() == b.len()
+                    && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                record.image_identical = Some(batched.image == single.image);
+                record.identical = Some(identical && batched.image == single.image);
+                record.latent_max_abs = Some(max_abs);
+                record.first_difference = first_difference(&single.stages, &batched.stages);
+            }
+            Err(e) => record.error = Some(format!("{e:#}")),
+        }
+        record
     }
 
     /// The run's metadata, every block but `outputs` (added when the files are written).
@@ -258,6 +319,7 @@ impl<'r> CaseRunner<'r> {
             environment: Some(record_of(&self.environment).context("environment")?),
             timings: Some(timings),
             warnings: Some(gen.warnings.clone()),
+            stages: Some(gen.stages.clone()),
             ..Metadata::default()
         })
     }

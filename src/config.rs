@@ -15,6 +15,7 @@
 //!   prefer_nhwc: false                # NHWC conv kernels                   (default false)
 //!   deterministic_compute: true       # ORT use_deterministic_compute       (default true)
 //!   threads: null                     # intra-op threads; null = ORT's choice (default null)
+//!   graph_optimization: all           # all extended basic disable (changes bits) (default all)
 //! onnxruntime:
 //!   library: null                     # libonnxruntime.so or capi/ folder; null = ORT_DYLIB_PATH,
 //!                                     # else discovery                      (default null)
@@ -63,6 +64,7 @@
 //!     noise: torch-cpu                # numpy torch-cpu torch-cuda file     (default numpy)
 //!     noise_file: null                # .npy initial latents, with noise: file (default null)
 //!     karras: false                   # Karras sigmas (euler, lms, dpmpp-2m) (default false)
+//!     batch_size: 1                   # also run as element 0 of a batch, 1..=16 (default 1)
 //!     thresholds: {ssim_min: 0.98}    # per-case overrides                  (default none)
 //!     schedule: "0 0 * * * *"         # this case's own schedule             (default the global)
 //! ```
@@ -90,7 +92,7 @@ use crate::duration::ConfigDuration;
 use crate::limits::Limits;
 use crate::remediate::RemediationConfig;
 use crate::sd::noise::NoiseKind;
-use crate::sd::runtime::{ConvAlgoSearch, ExecutionProvider, RuntimeSettings};
+use crate::sd::runtime::{ConvAlgoSearch, ExecutionProvider, GraphOptimization, RuntimeSettings};
 use crate::sd::scheduler::SchedulerKind;
 
 /// The config file used when neither `--config` nor `$MONITOR_CONFIG` names one.
@@ -99,6 +101,12 @@ pub const DEFAULT_CONFIG_PATH: &str = "configs/monitor.yaml";
 pub const CONFIG_ENV: &str = "MONITOR_CONFIG";
 /// SD1.5's training timesteps: diffusers refuses more inference steps than this.
 pub const MAX_STEPS: u32 = 1000;
+/// Largest `batch_size`: a service batching more than this is rare, and the UNet batch doubles.
+pub const MAX_BATCH: u32 = 16;
+
+fn default_batch_size() -> u32 {
+    1
+}
 
 /// Which config file to read: `explicit` (`--config`), else `env` (`$MONITOR_CONFIG`, ignored when
 /// empty), else [`DEFAULT_CONFIG_PATH`]. Pure, so it can be tested without touching the process env.
@@ -221,6 +229,9 @@ pub struct ModelConfig {
     /// Intra-op threads (default null: ONNX Runtime's choice, one per physical core).
     #[serde(default)]
     pub threads: Option<usize>,
+    /// Graph optimization level: all, extended, basic, disable (default all).
+    #[serde(default, deserialize_with = "from_str_value")]
+    pub graph_optimization: GraphOptimization,
 }
 
 impl ModelConfig {
@@ -234,6 +245,7 @@ impl ModelConfig {
             prefer_nhwc: self.prefer_nhwc,
             deterministic_compute: self.deterministic_compute,
             intra_op_threads: self.threads,
+            graph_optimization: self.graph_optimization,
         }
     }
 }
@@ -313,6 +325,10 @@ pub struct Case {
     /// Karras sigmas: euler, lms and dpmpp-2m only (default false).
     #[serde(default)]
     pub karras: bool,
+    /// Batch invariance: when > 1, the case also runs as element 0 of a batch of this many
+    /// (seeds seed..seed+N-1) and the result says whether that equals the batch-1 output.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
     /// Per-case threshold overrides (default none).
     #[serde(default)]
     pub thresholds: Option<PartialThresholds>,
@@ -344,6 +360,7 @@ impl Case {
             noise: self.noise,
             noise_file: self.noise_file.clone(),
             karras: self.karras,
+            batch_size: self.batch_size as usize,
         }
     }
 }
@@ -688,6 +705,14 @@ impl Config {
                     &k("karras"),
                     format!("karras: true cannot be used: the {} scheduler has no Karras sigmas option in diffusers; use euler, lms or dpmpp-2m", case.scheduler),
                 );
+            }
+            if case.batch_size == 0 || case.batch_size > MAX_BATCH {
+                v.error(
+                    &k("batch_size"),
+                    format!("batch_size {} is not in 1..={MAX_BATCH}", case.batch_size),
+                );
+            } else if case.batch_size > 1 && case.scheduler.needs_step_noise() {
+                v.error(&k("batch_size"), format!("batch_size {} cannot be used with {}: each element's per-step noise comes from its own generator, which is not reproduced; use batch_size 1", case.batch_size, case.scheduler));
             }
             if let Some(expr) = &case.schedule {
                 if let Err(e) = crate::daemon::schedule::parse_cron(expr) {

@@ -33,6 +33,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+pub use crate::sd::pipeline::StageHash;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -111,6 +112,12 @@ pub struct Metadata {
     /// Pipeline warnings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warnings: Option<Vec<String>>,
+    /// sha256 of each stage's output in pipeline order (absent in files before stage hashes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<Vec<StageHash>>,
+    /// Batch invariance of a case with `batch_size` > 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchRecord>,
     /// Shapes and hashes of the other two files, added by [`write`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<OutputsRecord>,
@@ -139,11 +146,35 @@ impl Default for Metadata {
             environment: None,
             timings: None,
             warnings: None,
+            stages: None,
+            batch: None,
             outputs: None,
             baseline: None,
             extra: Extra::new(),
         }
     }
+}
+
+/// `batch`: whether element 0 of a batch equals the batch-1 generation bit for bit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchRecord {
+    /// Images in the batch (the UNet batch is twice that under guidance).
+    pub size: usize,
+    /// Element 0's latents and image equal the batch-1 result bit for bit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identical: Option<bool>,
+    /// max |Δ| between element 0's final latents and the batch-1 latents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latent_max_abs: Option<f64>,
+    /// Element 0's image equals the batch-1 image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_identical: Option<bool>,
+    /// The first stage whose output differs from the batch-1 run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_difference: Option<String>,
+    /// Why the batch could not run (the batch-1 result stands).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `parameters`: one generation's inputs.
@@ -305,6 +336,9 @@ pub struct ExecutionProviderRecord {
     /// Intra-op threads (`null`: ORT's choice).
     #[serde(default)]
     pub intra_op_threads: Option<u64>,
+    /// Graph optimization level (absent: `all`, ONNX Runtime's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_optimization: Option<String>,
     /// Settings this monitor does not know (still compared: see the module docs).
     #[serde(flatten)]
     pub extra: Extra,

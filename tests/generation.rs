@@ -55,6 +55,7 @@ fn lighthouse() -> CaseSpec {
         noise: "torch-cpu".parse().unwrap(),
         noise_file: None,
         karras: false,
+        batch_size: 1,
     }
 }
 
@@ -417,6 +418,10 @@ fn new_generations_have_the_v1_shape() {
     let (mut a, mut b) = (Vec::new(), Vec::new());
     key_paths(&new, "", &mut a);
     key_paths(&old, "", &mut b);
+    // Added since these files: per-stage hashes, optional (absent in older files, which read as
+    // "no stage data"; an older monitor keeps the block as an unknown field).
+    assert!(a.iter().any(|k| k == "stages"), "{a:?}");
+    a.retain(|k| k != "stages");
     assert_eq!(a, b);
     generation::read(t.path()).unwrap();
 }

@@ -84,6 +84,7 @@ pub fn run(a: GenerateArgs) -> Result<u8> {
         noise: a.noise,
         noise_file: a.noise_file,
         karras: a.karras,
+        batch_size: 1,
     };
     // Fail before the (slow) model load.
     case.check().context("--karras")?;

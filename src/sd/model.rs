@@ -119,6 +119,9 @@ pub struct ModelIo {
     pub vae_in: FloatType,
     /// vae_decoder output 0.
     pub vae_out: FloatType,
+    /// unet `sample`'s batch when the export fixes it (`None`: dynamic, any batch runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unet_batch: Option<usize>,
 }
 
 /// Paths of the parts of a model folder the pipeline uses.
@@ -599,6 +602,7 @@ fn inspect(
         input_ids,
         text_hidden,
         unet_sample: float_type(&sample, u_path, "input 'sample'")?,
+        unet_batch: sample.dims.first().filter(|&&d| d > 0).map(|&d| d as usize),
         timestep,
         unet_hidden: float_type(&ehs, u_path, "input 'encoder_hidden_states'")?,
         unet_out: float_type(&u_out, u_path, "output 0 (out_sample)")?,

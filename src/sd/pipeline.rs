@@ -72,6 +72,33 @@ pub struct Timings {
     pub total_s: f64,
 }
 
+/// sha256 of one stage's output, in pipeline order: where two runs first part ways.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct StageHash {
+    /// `tokens`, `text_embeddings`, `initial_noise`, `step N noise_pred`, `step N latents`,
+    /// `latents`, `decoded`, `image`.
+    pub stage: String,
+    /// sha256 of the stage's values (f32 little-endian, ids as u32 little-endian, RGB8 bytes).
+    pub sha256: String,
+}
+
+/// The first stage at which two stage lists differ: its name, or `None` when they agree.
+pub fn first_difference(a: &[StageHash], b: &[StageHash]) -> Option<String> {
+    for (x, y) in a.iter().zip(b) {
+        if x.stage != y.stage {
+            return Some(format!("{} (stage lists differ: {} vs {})", x.stage, x.stage, y.stage));
+        }
+        if x.sha256 != y.sha256 {
+            return Some(x.stage.clone());
+        }
+    }
+    match a.len().cmp(&b.len()) {
+        std::cmp::Ordering::Equal => None,
+        std::cmp::Ordering::Less => Some(b[a.len()].stage.clone()),
+        std::cmp::Ordering::Greater => Some(a[b.len()].stage.clone()),
+    }
+}
+
 /// The result of one generation.
 #[derive(Debug, Clone)]
 pub struct Generation {
@@ -91,6 +118,8 @@ pub struct Generation {
     pub warnings: Vec<String>,
     /// Stage timings.
     pub timings: Timings,
+    /// sha256 of every stage's output (of batch element 0).
+    pub stages: Vec<StageHash>,
 }
 
 /// Runs one txt2img generation. `on_step(done, total)` is called after each UNet call.
@@ -102,13 +131,61 @@ pub fn generate(
     noise: &mut dyn NoiseSource,
     on_step: &mut dyn FnMut(usize, usize),
 ) -> Result<Generation, PipelineError> {
+    generate_batch(
+        model,
+        tokenizer,
+        scheduler_config,
+        params,
+        &mut [noise],
+        on_step,
+    )
+}
+
+/// Runs a batch of `noises.len()` images of the same prompt, element `k` drawn from
+/// `noises[k]` (diffusers with a list of generators), and returns element 0: what a service
+/// batching requests would produce for the first one. The UNet runs on the whole batch (`2N`
+/// under guidance); the text encoder runs once per prompt and the VAE decodes element 0 alone,
+/// as diffusers' ONNX pipeline decodes one latent at a time.
+pub fn generate_batch(
+    model: &mut SdModel,
+    tokenizer: &ClipTokenizer,
+    scheduler_config: &SchedulerConfig,
+    params: &GenerateParams,
+    noises: &mut [&mut dyn NoiseSource],
+    on_step: &mut dyn FnMut(usize, usize),
+) -> Result<Generation, PipelineError> {
     validate(params)?;
-    check_step_noise(params.scheduler, noise)?;
+    let n = noises.len();
+    if n == 0 {
+        return Err(PipelineError::Invalid("a batch needs at least one noise source".into()));
+    }
+    for noise in noises.iter() {
+        check_step_noise(params.scheduler, &**noise)?;
+    }
+    if n > 1 && params.scheduler.needs_step_noise() {
+        return Err(PipelineError::Invalid(format!(
+            "scheduler {} draws per-step noise, which diffusers takes from each element's own \
+             generator; batches of it are not reproduced here (use batch_size 1)",
+            params.scheduler
+        )));
+    }
+    let cfg = params.guidance_scale > 1.0;
+    let unet_batch = if cfg { 2 * n } else { n };
+    if let Some(fixed) = model.io().unet_batch {
+        if fixed != unet_batch {
+            return Err(PipelineError::Invalid(format!(
+                "this UNet export has a fixed batch of {fixed} (input 'sample'), and a batch of \
+                 {n}{} needs {unet_batch}; export the UNet with a dynamic batch axis",
+                if cfg { " under guidance" } else { "" }
+            )));
+        }
+    }
     let total_start = Instant::now();
     model.take_run_time();
     let mut timings = Timings::default();
     let mut warnings = Vec::new();
-    let cfg = params.guidance_scale > 1.0;
+    let mut stages = Vec::new();
+    let mut stage = |name: String, sha256: String| stages.push(StageHash { stage: name, sha256 });
 
     let t0 = Instant::now();
     let prompt = tokenizer.encode(&params.prompt)?;
@@ -125,6 +202,13 @@ pub fn generate(
         None
     };
     timings.tokenize_s = secs(t0.elapsed());
+    let ids: Vec<u32> = negative
+        .iter()
+        .flat_map(|n| n.ids.iter())
+        .chain(prompt.ids.iter())
+        .copied()
+        .collect();
+    stage("tokens".into(), sha256_u32(&ids));
 
     // diffusers encodes the two prompts in separate runs, then concatenates [negative, positive].
     let t0 = Instant::now();
@@ -134,6 +218,19 @@ pub fn generate(
         None => pos_hidden,
     };
     timings.text_encoder_s = secs(t0.elapsed());
+    stage("text_embeddings".into(), sha256_f32(hidden.iter()));
+    // Each prompt's embedding repeated per element: [negative × N, positive × N].
+    let hidden = if n == 1 {
+        hidden
+    } else {
+        let rows: Vec<Array3<f32>> = hidden
+            .outer_iter()
+            .map(|row| row.insert_axis(Axis(0)).to_owned())
+            .collect();
+        let repeated: Vec<&Array3<f32>> =
+            rows.iter().flat_map(|r| std::iter::repeat_n(r, n)).collect();
+        concat0(&repeated)
+    };
 
     let mut sched = scheduler::build(params.scheduler, scheduler_config, params.steps)?;
     let noise_dtype = match model.io().unet_sample {
@@ -146,13 +243,24 @@ pub fn generate(
         (params.height / 8) as usize,
         (params.width / 8) as usize,
     ];
-    let initial = noise
-        .randn(&shape, noise_dtype)?
-        .into_dimensionality::<Ix4>()
-        .map_err(|e| {
-            PipelineError::Invalid(format!("noise source returned the wrong shape: {e}"))
-        })?;
-    let initial_noise_sha256 = sha256_f32(initial.iter());
+    let mut drawn = Vec::with_capacity(n);
+    for noise in noises.iter_mut() {
+        drawn.push(
+            noise
+                .randn(&shape, noise_dtype)?
+                .into_dimensionality::<Ix4>()
+                .map_err(|e| {
+                    PipelineError::Invalid(format!("noise source returned the wrong shape: {e}"))
+                })?,
+        );
+    }
+    let initial_noise_sha256 = sha256_f32(drawn[0].iter());
+    stage("initial_noise".into(), initial_noise_sha256.clone());
+    let initial = if n == 1 {
+        drawn.pop().expect("one element")
+    } else {
+        concat0(&drawn.iter().collect::<Vec<_>>())
+    };
     let mut latents = initial * sched.init_noise_sigma();
 
     let timesteps = sched.timesteps().to_vec();
@@ -178,22 +286,34 @@ pub fn generate(
         } else {
             out
         };
-        latents = sched.step(&noise_pred, i, &latents, noise)?;
+        latents = sched.step(&noise_pred, i, &latents, &mut *noises[0])?;
         sched_time += t0.elapsed();
+        stage(
+            format!("step {} noise_pred", i + 1),
+            sha256_f32(noise_pred.slice(s![0..1, .., .., ..]).iter()),
+        );
+        stage(
+            format!("step {} latents", i + 1),
+            sha256_f32(latents.slice(s![0..1, .., .., ..]).iter()),
+        );
         on_step(i + 1, timesteps.len());
     }
     timings.unet_s = secs(unet_time);
     timings.scheduler_s = secs(sched_time);
+    let latents: Array4<f32> = latents.slice(s![0..1, .., .., ..]).to_owned();
+    stage("latents".into(), sha256_f32(latents.iter()));
 
     let t0 = Instant::now();
     // diffusers multiplies by the Python float 1/0.18215, which numpy applies as a float32 scalar.
     let inv_scale = (1.0 / model.dir().vae_scaling_factor()) as f32;
     let decoded = model.decode(&(&latents * inv_scale))?;
     timings.vae_s = secs(t0.elapsed());
+    stage("decoded".into(), sha256_f32(decoded.iter()));
 
     let t0 = Instant::now();
     let image = latents_to_rgb(&decoded);
     timings.postprocess_s = secs(t0.elapsed());
+    stage("image".into(), sha256_bytes(&image.pixels));
 
     timings.ort_run_s = secs(model.take_run_time());
     timings.total_s = secs(total_start.elapsed());
@@ -206,7 +326,18 @@ pub fn generate(
         negative_ids: negative.map(|n| n.ids),
         warnings,
         timings,
+        stages,
     })
+}
+
+fn sha256_u32(ids: &[u32]) -> String {
+    let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+    sha256_bytes(&bytes)
+}
+
+fn sha256_bytes(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 fn validate(p: &GenerateParams) -> Result<(), PipelineError> {
@@ -250,14 +381,15 @@ pub fn check_step_noise(
     )))
 }
 
-/// `uncond + g * (text - uncond)` on a `[2, ...]` batch, in float32 as numpy does it.
+/// `uncond + g * (text - uncond)` on a `[2N, ...]` batch (`N` unconditional rows first), in
+/// float32 as numpy does it.
 fn guide(out: &Array4<f32>, g: f32) -> Array4<f32> {
-    let uncond = out.slice(s![0..1, .., .., ..]);
-    let text = out.slice(s![1..2, .., .., ..]);
+    let n = out.len_of(Axis(0)) / 2;
+    let uncond = out.slice(s![0..n, .., .., ..]);
+    let text = out.slice(s![n..2 * n, .., .., ..]);
     let mut r = &text - &uncond;
     r.mapv_inplace(|d| g * d);
     r += &uncond;
-    debug_assert_eq!(r.len_of(Axis(0)), 1);
     r
 }
 
@@ -301,6 +433,23 @@ impl LoadedModel {
             scheduler_config,
             load_s: secs(start.elapsed()),
         })
+    }
+
+    /// Runs a batch with this model and returns element 0 (see [`generate_batch`]).
+    pub fn generate_batch(
+        &mut self,
+        params: &GenerateParams,
+        noises: &mut [&mut dyn NoiseSource],
+        on_step: &mut dyn FnMut(usize, usize),
+    ) -> Result<Generation, PipelineError> {
+        generate_batch(
+            &mut self.model,
+            &self.tokenizer,
+            &self.scheduler_config,
+            params,
+            noises,
+            on_step,
+        )
     }
 
     /// Runs one generation with this model.

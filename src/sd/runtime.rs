@@ -52,10 +52,12 @@ pub enum RuntimeError {
         reason: String,
     },
     /// CUDA was asked for but the CPU-only package is installed.
-    #[error("--ep cuda needs the CUDA provider, but {dir} has no libonnxruntime_providers_cuda.so; install `onnxruntime-gpu=={RECOMMENDED_ORT}` (CUDA 13, cuDNN 9) and point --ort-lib at its capi/ folder")]
+    #[error("--ep cuda needs the CUDA provider, but {dir} has no {file}; install `onnxruntime-gpu=={RECOMMENDED_ORT}` (CUDA 13, cuDNN 9) and point --ort-lib at its capi/ folder")]
     NoCudaProvider {
         /// The folder holding the loaded library.
         dir: PathBuf,
+        /// The provider library's file name on this system.
+        file: &'static str,
     },
     /// Environment creation failed.
     #[error("creating the ONNX Runtime environment failed: {0}")]
@@ -131,6 +133,59 @@ impl std::str::FromStr for ConvAlgoSearch {
     }
 }
 
+/// ONNX Runtime's graph optimization level. Fusions replace operator sequences with kernels that
+/// round differently, so the level changes output bits even on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GraphOptimization {
+    /// Every optimization (ONNX Runtime's default).
+    #[default]
+    All,
+    /// Basic and extended fusions, no layout optimizations.
+    Extended,
+    /// Constant folding and redundant-node elimination only.
+    Basic,
+    /// None: the graph runs as exported.
+    Disable,
+}
+
+impl GraphOptimization {
+    /// The config/CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Extended => "extended",
+            Self::Basic => "basic",
+            Self::Disable => "disable",
+        }
+    }
+
+    fn is_all(&self) -> bool {
+        *self == Self::All
+    }
+}
+
+impl std::fmt::Display for GraphOptimization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for GraphOptimization {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" => Ok(Self::All),
+            "extended" => Ok(Self::Extended),
+            "basic" => Ok(Self::Basic),
+            "disable" => Ok(Self::Disable),
+            other => Err(format!(
+                "unknown graph optimization '{other}' (expected all, extended, basic or disable)"
+            )),
+        }
+    }
+}
+
 /// Every runtime setting that can change output bits; all of it goes into result metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RuntimeSettings {
@@ -148,6 +203,9 @@ pub struct RuntimeSettings {
     pub deterministic_compute: bool,
     /// Intra-op threads; `None` lets ORT pick (one per physical core).
     pub intra_op_threads: Option<usize>,
+    /// Graph optimization level; recorded only when not `all`, so older metadata compares equal.
+    #[serde(default, skip_serializing_if = "GraphOptimization::is_all")]
+    pub graph_optimization: GraphOptimization,
 }
 
 impl Default for RuntimeSettings {
@@ -160,6 +218,7 @@ impl Default for RuntimeSettings {
             prefer_nhwc: false,
             deterministic_compute: true,
             intra_op_threads: None,
+            graph_optimization: GraphOptimization::All,
         }
     }
 }
@@ -193,8 +252,9 @@ impl Runtime {
         let (library, library_source) = locate_library(explicit_library)?;
         if settings.execution_provider == ExecutionProvider::Cuda {
             let dir = library.parent().unwrap_or(Path::new(".")).to_path_buf();
-            if !dir.join("libonnxruntime_providers_cuda.so").exists() {
-                return Err(RuntimeError::NoCudaProvider { dir });
+            let file = Platform::CURRENT.cuda_provider();
+            if !dir.join(file).exists() {
+                return Err(RuntimeError::NoCudaProvider { dir, file });
             }
             if !settings.use_tf32 && std::env::var_os("NVIDIA_TF32_OVERRIDE").is_none() {
                 // NHWC kernels ignore use_tf32; the driver-level override is the only switch that
@@ -257,6 +317,18 @@ impl Runtime {
         builder = builder
             .with_deterministic_compute(self.settings.deterministic_compute)
             .map_err(|e| fail(e.to_string()))?;
+        if !self.settings.graph_optimization.is_all() {
+            use ort::session::builder::GraphOptimizationLevel as L;
+            let level = match self.settings.graph_optimization {
+                GraphOptimization::All => L::All,
+                GraphOptimization::Extended => L::Level2,
+                GraphOptimization::Basic => L::Level1,
+                GraphOptimization::Disable => L::Disable,
+            };
+            builder = builder
+                .with_optimization_level(level)
+                .map_err(|e| fail(e.to_string()))?;
+        }
         if let Some(n) = self.settings.intra_op_threads {
             builder = builder
                 .with_intra_threads(n)
@@ -364,23 +436,117 @@ fn library_version(path: &Path) -> Result<String, String> {
     }
 }
 
+/// An operating system's ONNX Runtime file names and Python wheel layout. A value rather than only
+/// `cfg`, so that the discovery for every system can be tested on any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    /// `<venv>/lib/python3.X/site-packages/onnxruntime/capi/libonnxruntime.so.1.X.Y`; also what
+    /// other Unixes get.
+    Linux,
+    /// `<venv>/lib/python3.X/site-packages/onnxruntime/capi/libonnxruntime.1.X.Y.dylib` (newer
+    /// wheels: `libonnxruntime.dylib`).
+    MacOs,
+    /// `<venv>\Lib\site-packages\onnxruntime\capi\onnxruntime.dll`.
+    Windows,
+}
+
+impl Platform {
+    /// The system this binary was built for.
+    pub const CURRENT: Platform = if cfg!(windows) {
+        Platform::Windows
+    } else if cfg!(target_vendor = "apple") {
+        Platform::MacOs
+    } else {
+        Platform::Linux
+    };
+
+    /// The library's file name, as a pattern for messages.
+    pub fn library_pattern(self) -> &'static str {
+        match self {
+            Platform::Linux => "libonnxruntime.so.*",
+            Platform::MacOs => "libonnxruntime*.dylib",
+            Platform::Windows => "onnxruntime.dll",
+        }
+    }
+
+    /// The CUDA provider library ONNX Runtime loads from its own folder (macOS has no CUDA build,
+    /// so there it is never found).
+    pub fn cuda_provider(self) -> &'static str {
+        match self {
+            Platform::Linux => "libonnxruntime_providers_cuda.so",
+            Platform::MacOs => "libonnxruntime_providers_cuda.dylib",
+            Platform::Windows => "onnxruntime_providers_cuda.dll",
+        }
+    }
+
+    /// For an ONNX Runtime library's file name, the version it carries (empty when the name has
+    /// none); `None` for any other file (provider libraries, the Python extension, ...).
+    fn library_version_in_name(self, name: &str) -> Option<Vec<u32>> {
+        let parse = |v: &str| v.split('.').map(|p| p.parse().unwrap_or(0)).collect();
+        match self {
+            Platform::Linux => name.strip_prefix("libonnxruntime.so.").map(parse),
+            Platform::MacOs if name == "libonnxruntime.dylib" => Some(Vec::new()),
+            Platform::MacOs => name
+                .strip_prefix("libonnxruntime.")?
+                .strip_suffix(".dylib")
+                .filter(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+                .map(parse),
+            // File names are case-insensitive there.
+            Platform::Windows => name.eq_ignore_ascii_case("onnxruntime.dll").then(Vec::new),
+        }
+    }
+
+    /// The `onnxruntime` package folders a virtualenv at `root` can hold. A Windows venv has no
+    /// `pythonX.Y` level (and its interpreter is `Scripts\python.exe`, not `bin/python3`).
+    fn venv_package_dirs(self, root: &Path) -> Vec<PathBuf> {
+        if self == Platform::Windows {
+            return vec![root.join("Lib").join("site-packages").join("onnxruntime")];
+        }
+        let mut dirs = Vec::new();
+        for lib in ["lib", "lib64"] {
+            let Ok(entries) = std::fs::read_dir(root.join(lib)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with("python") {
+                    dirs.push(e.path().join("site-packages/onnxruntime"));
+                }
+            }
+        }
+        dirs
+    }
+
+    /// The interpreter asked last, when `MONITOR_PYTHON` does not name one (the python.org
+    /// installer for Windows installs `python`, not `python3`).
+    fn default_python(self) -> &'static str {
+        match self {
+            Platform::Windows => "python",
+            Platform::Linux | Platform::MacOs => "python3",
+        }
+    }
+}
+
 /// Finds the shared library: explicit path, then `ORT_DYLIB_PATH`, then an installed Python package.
 pub fn locate_library(explicit: Option<&Path>) -> Result<(PathBuf, LibrarySource), RuntimeError> {
+    let platform = Platform::CURRENT;
     if let Some(p) = explicit {
-        return existing(p, "--ort-lib/config").map(|p| (p, LibrarySource::Explicit));
+        return existing(platform, p, "--ort-lib/config").map(|p| (p, LibrarySource::Explicit));
     }
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()) {
-        return existing(Path::new(&p), "ORT_DYLIB_PATH").map(|p| (p, LibrarySource::EnvVar));
+        return existing(platform, Path::new(&p), "ORT_DYLIB_PATH")
+            .map(|p| (p, LibrarySource::EnvVar));
     }
+    let python =
+        std::env::var("MONITOR_PYTHON").unwrap_or_else(|_| platform.default_python().to_string());
     let mut looked = vec![
         "--ort-lib".to_string(),
         "ORT_DYLIB_PATH".to_string(),
         "$VIRTUAL_ENV and ./.venv site-packages".to_string(),
-        "python3's onnxruntime package".to_string(),
+        format!("{python}'s onnxruntime package"),
     ];
-    for dir in python_package_dirs() {
+    for dir in python_package_dirs(platform, &python) {
         looked.push(dir.display().to_string());
-        if let Some(lib) = library_in_capi(&dir.join("capi")) {
+        if let Some(lib) = library_in_capi(platform, &dir.join("capi")) {
             return Ok((lib, LibrarySource::PythonPackage));
         }
     }
@@ -390,10 +556,14 @@ pub fn locate_library(explicit: Option<&Path>) -> Result<(PathBuf, LibrarySource
 }
 
 /// Accepts a library file or a folder holding one (e.g. the wheel's `capi/`).
-fn existing(p: &Path, source_name: &'static str) -> Result<PathBuf, RuntimeError> {
+fn existing(
+    platform: Platform,
+    p: &Path,
+    source_name: &'static str,
+) -> Result<PathBuf, RuntimeError> {
     if p.is_dir() {
-        return library_in_capi(p).ok_or_else(|| RuntimeError::Missing {
-            path: p.join("libonnxruntime.so.*"),
+        return library_in_capi(platform, p).ok_or_else(|| RuntimeError::Missing {
+            path: p.join(platform.library_pattern()),
             source_name,
         });
     }
@@ -407,16 +577,17 @@ fn existing(p: &Path, source_name: &'static str) -> Result<PathBuf, RuntimeError
     }
 }
 
-/// The newest `libonnxruntime.so.1.X.Y` in a wheel's `capi/` folder.
-fn library_in_capi(capi: &Path) -> Option<PathBuf> {
+/// The ONNX Runtime library in a wheel's `capi/` folder: the newest `libonnxruntime.so.1.X.Y`
+/// (Linux), the newest `libonnxruntime.1.X.Y.dylib` before a plain `libonnxruntime.dylib`
+/// (macOS), `onnxruntime.dll` (Windows).
+fn library_in_capi(platform: Platform, capi: &Path) -> Option<PathBuf> {
     let entries = std::fs::read_dir(capi).ok()?;
     let mut best: Option<(Vec<u32>, PathBuf)> = None;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(ver) = name.strip_prefix("libonnxruntime.so.") else {
+        let Some(key) = platform.library_version_in_name(&name) else {
             continue;
         };
-        let key: Vec<u32> = ver.split('.').map(|p| p.parse().unwrap_or(0)).collect();
         if best.as_ref().is_none_or(|(k, _)| key > *k) {
             best = Some((key, entry.path()));
         }
@@ -425,8 +596,9 @@ fn library_in_capi(capi: &Path) -> Option<PathBuf> {
 }
 
 /// Candidate `onnxruntime` package folders, most specific first: the active virtualenv, a
-/// `.venv` in the working directory, then whatever `python3` would import.
-fn python_package_dirs() -> Vec<PathBuf> {
+/// `.venv` in the working directory, then whatever `python` (the interpreter; python3 on Unix)
+/// would import.
+fn python_package_dirs(platform: Platform, python: &str) -> Vec<PathBuf> {
     let mut roots: Vec<PathBuf> = Vec::new();
     if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
         roots.push(PathBuf::from(venv));
@@ -434,21 +606,11 @@ fn python_package_dirs() -> Vec<PathBuf> {
     roots.push(PathBuf::from(".venv"));
     let mut dirs: Vec<PathBuf> = Vec::new();
     for root in roots {
-        for lib in ["lib", "lib64"] {
-            let Ok(entries) = std::fs::read_dir(root.join(lib)) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with("python") {
-                    dirs.push(e.path().join("site-packages/onnxruntime"));
-                }
-            }
-        }
+        dirs.extend(platform.venv_package_dirs(&root));
     }
-    let python = std::env::var("MONITOR_PYTHON").unwrap_or_else(|_| "python3".to_string());
     // find_spec locates the package without importing it (importing would load CUDA libraries).
     let script = "import importlib.util as u\ns = u.find_spec('onnxruntime')\nprint(s.submodule_search_locations[0] if s and s.submodule_search_locations else '')";
-    if let Ok(out) = Command::new(&python).args(["-c", script]).output() {
+    if let Ok(out) = Command::new(python).args(["-c", script]).output() {
         let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !s.is_empty() {
             dirs.push(PathBuf::from(s));
@@ -472,8 +634,141 @@ mod tests {
         ] {
             std::fs::write(dir.path().join(name), b"").unwrap();
         }
-        let lib = library_in_capi(dir.path()).unwrap();
+        let lib = library_in_capi(Platform::Linux, dir.path()).unwrap();
         assert_eq!(lib.file_name().unwrap(), "libonnxruntime.so.1.31.1");
+    }
+
+    /// Builds a fake virtualenv at `root`: every file in `files` (paths relative to the root),
+    /// empty.
+    fn fake_venv(root: &Path, files: &[&str]) {
+        for f in files {
+            let p = root.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"").unwrap();
+        }
+    }
+
+    /// What discovery finds in the virtualenv at `root` for `platform`, relative to the root.
+    fn found_in_venv(platform: Platform, root: &Path) -> Option<PathBuf> {
+        platform
+            .venv_package_dirs(root)
+            .iter()
+            .find_map(|d| library_in_capi(platform, &d.join("capi")))
+            .map(|p| p.strip_prefix(root).unwrap().to_path_buf())
+    }
+
+    #[test]
+    fn linux_wheel_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let capi = "lib/python3.11/site-packages/onnxruntime/capi";
+        fake_venv(
+            dir.path(),
+            &[
+                "bin/python3",
+                &format!("{capi}/libonnxruntime.so.1.31.1"),
+                &format!("{capi}/libonnxruntime_providers_shared.so"),
+                &format!("{capi}/onnxruntime_pybind11_state.cpython-311-x86_64-linux-gnu.so"),
+            ],
+        );
+        assert_eq!(
+            found_in_venv(Platform::Linux, dir.path()),
+            Some(PathBuf::from(capi).join("libonnxruntime.so.1.31.1"))
+        );
+        // The other systems' names are not taken for it.
+        assert_eq!(found_in_venv(Platform::MacOs, dir.path()), None);
+        assert_eq!(found_in_venv(Platform::Windows, dir.path()), None);
+        // lib64 (some distributions' venvs) works too.
+        let dir = tempfile::tempdir().unwrap();
+        let capi = "lib64/python3.12/site-packages/onnxruntime/capi";
+        fake_venv(dir.path(), &[&format!("{capi}/libonnxruntime.so.1.24.4")]);
+        assert_eq!(
+            found_in_venv(Platform::Linux, dir.path()),
+            Some(PathBuf::from(capi).join("libonnxruntime.so.1.24.4"))
+        );
+    }
+
+    #[test]
+    fn macos_wheel_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let capi = "lib/python3.12/site-packages/onnxruntime/capi";
+        fake_venv(
+            dir.path(),
+            &[
+                "bin/python3",
+                &format!("{capi}/libonnxruntime.1.20.1.dylib"),
+                &format!("{capi}/libonnxruntime.1.9.0.dylib"),
+                &format!("{capi}/libonnxruntime_providers_shared.dylib"),
+                &format!("{capi}/onnxruntime_pybind11_state.cpython-312-darwin.so"),
+            ],
+        );
+        assert_eq!(
+            found_in_venv(Platform::MacOs, dir.path()),
+            Some(PathBuf::from(capi).join("libonnxruntime.1.20.1.dylib"))
+        );
+        assert_eq!(found_in_venv(Platform::Linux, dir.path()), None);
+        assert_eq!(found_in_venv(Platform::Windows, dir.path()), None);
+        // Newer wheels drop the version from the name.
+        let dir = tempfile::tempdir().unwrap();
+        fake_venv(
+            dir.path(),
+            &[
+                &format!("{capi}/libonnxruntime.dylib"),
+                &format!("{capi}/libonnxruntime_providers_shared.dylib"),
+            ],
+        );
+        assert_eq!(
+            found_in_venv(Platform::MacOs, dir.path()),
+            Some(PathBuf::from(capi).join("libonnxruntime.dylib"))
+        );
+    }
+
+    #[test]
+    fn windows_wheel_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let capi = "Lib/site-packages/onnxruntime/capi";
+        fake_venv(
+            dir.path(),
+            &[
+                "Scripts/python.exe",
+                &format!("{capi}/onnxruntime.dll"),
+                &format!("{capi}/onnxruntime_providers_shared.dll"),
+                &format!("{capi}/onnxruntime_pybind11_state.pyd"),
+            ],
+        );
+        assert_eq!(
+            found_in_venv(Platform::Windows, dir.path()),
+            Some(PathBuf::from(capi).join("onnxruntime.dll"))
+        );
+        assert_eq!(found_in_venv(Platform::Linux, dir.path()), None);
+        assert_eq!(found_in_venv(Platform::MacOs, dir.path()), None);
+        // A capi/ folder given directly, as --ort-lib or ORT_DYLIB_PATH.
+        let capi_dir = dir.path().join(capi);
+        assert_eq!(
+            existing(Platform::Windows, &capi_dir, "--ort-lib/config").unwrap(),
+            capi_dir.join("onnxruntime.dll")
+        );
+        // The GPU wheel's provider sits beside it.
+        assert_eq!(
+            Platform::Windows.cuda_provider(),
+            "onnxruntime_providers_cuda.dll"
+        );
+    }
+
+    #[test]
+    fn a_capi_folder_without_the_library_names_the_pattern() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("onnxruntime_providers_shared.dll"), b"").unwrap();
+        for (platform, pattern) in [
+            (Platform::Linux, "libonnxruntime.so.*"),
+            (Platform::MacOs, "libonnxruntime*.dylib"),
+            (Platform::Windows, "onnxruntime.dll"),
+        ] {
+            let msg = existing(platform, dir.path(), "ORT_DYLIB_PATH")
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(pattern), "{platform:?}: {msg}");
+            assert!(msg.contains("ORT_DYLIB_PATH"), "{platform:?}: {msg}");
+        }
     }
 
     #[test]
