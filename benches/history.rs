@@ -51,6 +51,7 @@ fn result(case: usize, i: usize) -> CaseResult {
         error: None,
         duration_s: Some(14.2),
         timings: Some(json!({"text_encoder_s": 0.1, "unet_s": 13.0, "vae_s": 1.1})),
+        details: None,
     }
 }
 

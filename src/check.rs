@@ -68,6 +68,9 @@ pub struct CaseCheck {
     pub warnings: Vec<String>,
     /// Seconds the case took in the worker.
     pub duration_s: f64,
+    /// Batch invariance, the reference snapshot compared with: what only some results have.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 /// Where a check's time went, to keep the monitor's own overhead visible.
@@ -112,6 +115,8 @@ pub struct CheckOptions {
     pub trigger: &'static str,
     /// Set by a stopping daemon: the worker is killed, unfinished cases become `error`.
     pub cancel: Cancel,
+    /// Compare with this snapshot (another host's outputs) instead of the baseline store.
+    pub against: Option<PathBuf>,
 }
 
 impl CheckOptions {
@@ -122,6 +127,7 @@ impl CheckOptions {
             worker_timeout: Duration::from_secs_f64(config.worker.timeout_s),
             trigger: "manual",
             cancel: Cancel::new(),
+            against: None,
         }
     }
 }
@@ -159,6 +165,29 @@ pub fn run_worker(
     timeout: Duration,
     cancel: &Cancel,
 ) -> Result<WorkerRun> {
+    let specs: Vec<CaseSpec> = cases.iter().map(|c| c.spec()).collect();
+    run_specs(
+        config,
+        specs,
+        config.model.runtime_settings(),
+        environment,
+        out_dir,
+        timeout,
+        cancel,
+    )
+}
+
+/// [`run_worker`] for case specs and runtime settings the caller chose (repeated runs under
+/// other names, a determinism test's fresh workers).
+pub fn run_specs(
+    config: &Config,
+    specs: Vec<CaseSpec>,
+    runtime: crate::sd::runtime::RuntimeSettings,
+    environment: &Environment,
+    out_dir: &Path,
+    timeout: Duration,
+    cancel: &Cancel,
+) -> Result<WorkerRun> {
     let device = match config.model.execution_provider {
         ExecutionProvider::Cpu => "cpu".to_string(),
         ExecutionProvider::Cuda => format!("cuda{}", config.model.device_id),
@@ -170,8 +199,8 @@ pub fn run_worker(
     let job = Job {
         model: config.model.path.clone(),
         ort_library: config.onnxruntime.library.clone(),
-        runtime: config.model.runtime_settings(),
-        cases: cases.iter().map(|c| c.spec()).collect(),
+        runtime,
+        cases: specs,
         environment: environment.clone(),
         limits: config.limits,
     };
@@ -249,6 +278,11 @@ fn run_and_compare(
     environment: &Environment,
     run_id: i64,
 ) -> Result<(Vec<CaseCheck>, WorkerRun)> {
+    // A damaged reference snapshot must fail before minutes of GPU work.
+    let snapshot = match &opts.against {
+        Some(p) => Some(crate::snapshot::Snapshot::open(p)?),
+        None => None,
+    };
     let work = crate::worker::work_dir("check")?;
     let run = run_worker(
         config,
@@ -260,27 +294,77 @@ fn run_and_compare(
     )?;
     // Every case is compared with the current baselines of one moment: no rebaseline batch can
     // be half-renamed while they are read.
-    let _read = store
-        .read_lock()
-        .with_context(|| format!("reading baselines in {}", store.root().display()))?;
+    let _read = match &snapshot {
+        None => Some(
+            store
+                .read_lock()
+                .with_context(|| format!("reading baselines in {}", store.root().display()))?,
+        ),
+        Some(_) => None,
+    };
+    let reference = match &snapshot {
+        Some(s) => Reference::Snapshot(s),
+        None => Reference::Store(store),
+    };
     let mut results = Vec::new();
     for (case, (name, outcome)) in cases.iter().zip(&run.outcomes) {
         debug_assert_eq!(&case.name, name);
         let thresholds = case.thresholds(&config.thresholds);
-        results.push(check_case(
-            store,
+        let mut result = check_case(
+            &reference,
             case,
             outcome,
             &thresholds,
             &config.storage.reports,
             run_id,
-        ));
+        );
+        if let Some(s) = &snapshot {
+            let details = result.details.get_or_insert_with(|| json!({}));
+            details["against"] =
+                json!({"snapshot": s.source.display().to_string(), "host": s.name()});
+        }
+        results.push(result);
     }
     Ok((results, run))
 }
 
+/// What a check compares with: this host's baselines, or another host's snapshot.
+enum Reference<'a> {
+    Store(&'a BaselineStore),
+    Snapshot(&'a crate::snapshot::Snapshot),
+}
+
+impl Reference<'_> {
+    /// The case's reference outputs; `Ok(None)` with the message to show when there are none.
+    fn current(&self, case: &str) -> Result<Baseline, String> {
+        match self {
+            Reference::Store(store) => match store.current(case) {
+                Ok(Some(b)) => Ok(b),
+                Ok(None) => Err(format!(
+                    "no baseline for case {case} in {}; create one with `monitor rebaseline --case {case} --reason ...`",
+                    store.root().display()
+                )),
+                Err(e) => Err(format!("baseline of case {case}: {e}")),
+            },
+            Reference::Snapshot(s) => match s.case(case) {
+                Some(b) => Ok(b.clone()),
+                None => Err(match s.errors.get(case) {
+                    Some(e) => format!(
+                        "case {case} failed on the snapshot's host {}: {e}",
+                        s.name()
+                    ),
+                    None => format!(
+                        "case {case} is not in snapshot {} (take it with --case {case})",
+                        s.source.display()
+                    ),
+                }),
+            },
+        }
+    }
+}
+
 fn check_case(
-    store: &BaselineStore,
+    reference: &Reference<'_>,
     case: &Case,
     outcome: &Outcome,
     thresholds: &Thresholds,
@@ -296,6 +380,7 @@ fn check_case(
         artifacts: None,
         warnings: Vec::new(),
         duration_s: 0.0,
+        details: None,
     };
     let dir = match outcome {
         Outcome::Failed(e) => {
@@ -312,23 +397,16 @@ fn check_case(
             dir
         }
     };
-    let baseline = match store.current(&case.name) {
-        Ok(Some(b)) => b,
-        Ok(None) => {
-            out.error = Some(format!(
-                "no baseline for case {} in {}; create one with `monitor rebaseline --case {} --reason ...`",
-                case.name,
-                store.root().display(),
-                case.name
-            ));
-            return out;
-        }
+    let baseline = match reference.current(&case.name) {
+        Ok(b) => b,
         Err(e) => {
-            out.error = Some(format!("baseline of case {}: {e}", case.name));
+            out.error = Some(e);
             return out;
         }
     };
-    out.baseline_version = Some(baseline.version);
+    if let Reference::Store(_) = reference {
+        out.baseline_version = Some(baseline.version);
+    }
     if let Err(e) = crate::metadata::check_baseline(&baseline, &case.name) {
         out.error = Some(e);
         return out;
@@ -346,6 +424,9 @@ fn check_case(
             dir.join(METADATA_FILE).display()
         ));
         return out;
+    }
+    if let Some(batch) = &run.metadata.batch {
+        out.details = Some(json!({ "batch": batch }));
     }
     if let Some(diff) = parameter_difference(&case.spec(), &baseline.metadata) {
         out.error = Some(format!(
@@ -495,5 +576,6 @@ pub fn history_row(r: &CaseCheck) -> CaseResult {
         error: r.error.clone(),
         duration_s: Some(r.duration_s),
         timings: None,
+        details: r.details.clone(),
     }
 }

@@ -138,6 +138,10 @@ const MIGRATIONS: &[&str] = &[
         next_run_at TEXT,
         last_round TEXT                  -- one-line summary of the last round
     );",
+    // v4: cross-platform checks. Run kinds `verify` (determinism self-test) and `snapshot`;
+    // per-result details that only some results have: the runs of a determinism test, batch
+    // invariance, the reference snapshot a check compared with.
+    "ALTER TABLE results ADD COLUMN details_json TEXT;",
 ];
 
 /// `PRAGMA application_id` of a monitor history ("SDMN").
@@ -243,6 +247,8 @@ pub struct CaseResult {
     pub error: Option<String>,
     pub duration_s: Option<f64>,
     pub timings: Option<serde_json::Value>,
+    /// What only some results carry: determinism runs, batch invariance, a reference snapshot.
+    pub details: Option<serde_json::Value>,
 }
 
 impl CaseResult {
@@ -265,6 +271,7 @@ impl CaseResult {
             error: None,
             duration_s: None,
             timings: None,
+            details: None,
         }
     }
 }
@@ -323,7 +330,7 @@ impl fmt::Debug for History {
 const RESULT_COLUMNS: &str =
     "case_name, verdict, baseline_version, latents_sha256, latent_max_abs, \
     latent_mean_abs, latent_rmse, latent_cosine, ssim, psnr_db, pixels_differing, reasons_json, \
-    env_diff_json, error, duration_s, timings_json";
+    env_diff_json, error, duration_s, timings_json, details_json";
 
 impl History {
     /// Opens (creating it and its folder if needed) and migrates the database at `path`.
@@ -580,7 +587,7 @@ impl History {
             let mut stmt = tx
                 .prepare_cached(&format!(
                     "INSERT INTO results (run_id, {RESULT_COLUMNS}, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
                 ))
                 .map_err(|e| map_err(&path, timeout, action(first), e))?;
             for r in results {
@@ -602,6 +609,7 @@ impl History {
                     r.error,
                     r.duration_s,
                     r.timings.as_ref().map(|v| v.to_string()),
+                    r.details.as_ref().map(|v| v.to_string()),
                     created_at,
                 ])
                 .map_err(|e| map_err(&path, timeout, action(&r.case_name), e))?;
@@ -980,7 +988,7 @@ fn json_col(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<serde_js
 
 fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryEntry> {
     let finished_at: Option<String> = r.get(4)?;
-    let status: Option<String> = r.get(23)?;
+    let status: Option<String> = r.get(24)?;
     Ok(HistoryEntry {
         run_status: status.unwrap_or_else(|| {
             if finished_at.is_some() {
@@ -990,7 +998,7 @@ fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryEntry> {
             }
             .into()
         }),
-        run_error: r.get(24)?,
+        run_error: r.get(25)?,
         id: r.get(0)?,
         run_id: r.get(1)?,
         run_kind: r.get(2)?,
@@ -1015,6 +1023,7 @@ fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryEntry> {
             error: r.get(20)?,
             duration_s: r.get(21)?,
             timings: json_col(r, 22)?,
+            details: json_col(r, 23)?,
         },
     })
 }

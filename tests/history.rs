@@ -27,6 +27,7 @@ fn result(case: &str, verdict: &str, max_abs: f64) -> CaseResult {
         error: None,
         duration_s: Some(12.5),
         timings: Some(json!({"unet_s": 10.0, "vae_s": 1.5})),
+        details: Some(json!({"batch": {"size": 2, "identical": true}})),
     }
 }
 

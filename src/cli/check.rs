@@ -18,12 +18,18 @@ pub struct CheckArgs {
     /// Print the full result as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Compare with this snapshot (another host's `monitor snapshot`) instead of the baselines.
+    #[arg(long, value_name = "SNAPSHOT")]
+    against: Option<std::path::PathBuf>,
 }
 
 /// Runs the command; the exit code is the check's (0 ok, 1 drift/model change, 2 error).
 pub fn run(a: CheckArgs) -> Result<u8> {
     let config = Config::load(&a.config.path())?;
-    let opts = CheckOptions::manual(&config, a.cases);
+    let opts = CheckOptions {
+        against: a.against,
+        ..CheckOptions::manual(&config, a.cases)
+    };
     let result = check(&config, &opts)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
@@ -37,6 +43,18 @@ pub fn run(a: CheckArgs) -> Result<u8> {
 }
 
 fn print_table(run: &CheckRun) {
+    if let Some(against) = run
+        .cases
+        .iter()
+        .find_map(|c| c.details.as_ref().and_then(|d| d.get("against")))
+    {
+        let get = |k: &str| against.get(k).and_then(|v| v.as_str()).unwrap_or("?");
+        println!(
+            "compared with snapshot {} of host {}, not with this host's baselines",
+            get("snapshot"),
+            get("host")
+        );
+    }
     println!(
         "{:<20} {:<17} {:>5} {:>10} {:>10} {:>8} {:>7}",
         "case", "verdict", "base", "max|Δlat|", "cosine", "SSIM", "time"
@@ -98,4 +116,23 @@ fn print_details(c: &CaseCheck) {
     for w in &c.warnings {
         println!("    warning: {w}");
     }
+    if let Some(b) = c.details.as_ref().and_then(|d| d.get("batch")) {
+        println!("    {}", describe_batch(b));
+    }
+}
+
+/// "batch of 4: element 0 identical to the batch-1 result" (or how it differs).
+fn describe_batch(b: &serde_json::Value) -> String {
+    let size = b.get("size").and_then(|v| v.as_u64()).unwrap_or(0);
+    if let Some(e) = b.get("error").and_then(|v| v.as_str()) {
+        return format!("batch of {size}: could not run: {e}");
+    }
+    if b.get("identical").and_then(|v| v.as_bool()) == Some(true) {
+        return format!("batch of {size}: element 0 identical to the batch-1 result");
+    }
+    format!(
+        "batch of {size}: element 0 DIFFERS from the batch-1 result (max |Δ latent| {:.2e}, first at {}): a service batching requests gives other images",
+        b.get("latent_max_abs").and_then(|v| v.as_f64()).unwrap_or(f64::NAN),
+        b.get("first_difference").and_then(|v| v.as_str()).unwrap_or("?")
+    )
 }

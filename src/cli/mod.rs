@@ -6,12 +6,13 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::sd::runtime::{ConvAlgoSearch, ExecutionProvider, RuntimeSettings};
+use crate::sd::runtime::{ConvAlgoSearch, ExecutionProvider, GraphOptimization, RuntimeSettings};
 
 mod alerts;
 mod baselines;
 mod bench;
 mod check;
+mod compare;
 pub mod config;
 mod generate;
 mod history;
@@ -19,8 +20,10 @@ mod noise;
 mod progress;
 mod rebaseline;
 mod run;
+mod snapshot;
 mod status;
 mod tokenize;
+mod verify;
 mod worker;
 
 /// Exit code of success (a check: every case identical or within tolerance).
@@ -53,6 +56,12 @@ enum Command {
     Check(check::CheckArgs),
     /// Accept new baselines (after showing what changes), or restore an old version.
     Rebaseline(rebaseline::RebaselineArgs),
+    /// Run each case several times, in one worker and in fresh ones: is every run bit-identical?
+    VerifyDeterminism(verify::VerifyArgs),
+    /// Capture this host's outputs as a verifiable snapshot (`--out FILE.tar`), or `verify` one.
+    Snapshot(snapshot::SnapshotArgs),
+    /// Compare hosts: snapshots or baseline stores side by side, the first as the reference.
+    Compare(compare::CompareArgs),
     /// Run one txt2img generation and write latents.npy, image.png and metadata.json.
     Generate(generate::GenerateArgs),
     /// Print the 77 CLIP token ids the model would be fed for TEXT.
@@ -112,6 +121,9 @@ pub struct RuntimeArgs {
     /// Intra-op threads (default: ONNX Runtime's choice, one per physical core).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// ONNX Runtime graph optimization level (changes bits, even on the CPU).
+    #[arg(long, default_value = "all", value_name = "all|extended|basic|disable")]
+    pub graph_optimization: GraphOptimization,
 }
 
 impl RuntimeArgs {
@@ -125,6 +137,7 @@ impl RuntimeArgs {
             prefer_nhwc: self.prefer_nhwc,
             deterministic_compute: !self.no_deterministic_compute,
             intra_op_threads: self.threads,
+            graph_optimization: self.graph_optimization,
         }
     }
 }
@@ -142,6 +155,9 @@ pub fn main() -> u8 {
     let result = match cli.command {
         Command::Check(a) => check::run(a),
         Command::Rebaseline(a) => rebaseline::run(a),
+        Command::VerifyDeterminism(a) => verify::run(a),
+        Command::Snapshot(a) => snapshot::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Bench(a) => bench::run(a),

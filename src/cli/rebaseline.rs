@@ -29,11 +29,18 @@ pub struct RebaselineArgs {
     /// Make this old version of one case (`--case`) current again, as a new version.
     #[arg(long, value_name = "VERSION")]
     restore: Option<u32>,
+    /// Generate each case this many times (the extra runs in fresh workers) and refuse a case
+    /// whose runs are not bit-identical; 1 skips the determinism check.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    runs: usize,
 }
 
 /// Runs the command: 0 when written, 2 on error or when refused.
 pub fn run(a: RebaselineArgs) -> Result<u8> {
     let config = Config::load(&a.config.path())?;
+    if a.runs == 0 {
+        bail!("--runs 0: at least one run is needed (1 skips the determinism check)");
+    }
     if a.reason.trim().is_empty() {
         bail!("--reason must say why the new baselines are right");
     }
@@ -65,13 +72,33 @@ fn generate_and_accept(
         cases.len(),
         config.model.path.display()
     );
-    let proposals = propose(
+    let mut proposals = propose(
         config,
         cases,
         environment,
         work.path(),
         Duration::from_secs_f64(config.worker.timeout_s),
     )?;
+    if a.runs > 1 {
+        // A baseline this host cannot reproduce would drift against itself on the next check.
+        let first: Vec<(String, Option<std::path::PathBuf>)> = proposals
+            .iter()
+            .map(|p| (p.name.clone(), p.dir.clone().filter(|_| p.error.is_none())))
+            .collect();
+        let refused = crate::determinism::recheck_for_rebaseline(
+            config,
+            cases,
+            &first,
+            environment,
+            work.path(),
+            a.runs,
+        )?;
+        for (name, why) in refused {
+            if let Some(p) = proposals.iter_mut().find(|p| p.name == name) {
+                p.error = Some(why);
+            }
+        }
+    }
     for p in &proposals {
         println!("{:<20} {}", p.name, describe(p));
     }

@@ -104,6 +104,7 @@ pub async fn round(ctx: Ctx, cases: Vec<String>, trigger: &'static str) -> Round
 async fn run_check(ctx: &Ctx, cases: Vec<String>, trigger: &'static str) -> Result<CheckRun> {
     let config = ctx.config.clone();
     let opts = CheckOptions {
+        against: None,
         trigger,
         cancel: ctx.cancel.clone(),
         ..CheckOptions::manual(&config, cases)
@@ -135,6 +136,7 @@ fn results_of(config: &Config, cases: &[String], checked: &Result<CheckRun>) -> 
                     artifacts: None,
                     warnings: Vec::new(),
                     duration_s: 0.0,
+                    details: None,
                 })
                 .collect()
         }
