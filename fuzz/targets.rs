@@ -210,3 +210,20 @@ pub fn journal(data: &[u8]) {
         b"v1"
     );
 }
+
+/// A snapshot tar from another host (`monitor compare`, `check --against`): extracted with plain
+/// names and bounded sizes only, then verified; any damage is a one-line error.
+pub fn snapshot(data: &[u8]) {
+    let path = scratch().join("snapshot.tar");
+    std::fs::write(&path, data).expect("write");
+    match monitor::snapshot::Snapshot::open(&path) {
+        Ok(s) => {
+            for (name, b) in &s.cases {
+                assert!(monitor::baseline::validate_case(name).is_ok());
+                let n: usize = b.shape.iter().product();
+                assert_eq!(b.latents.len(), n);
+            }
+        }
+        Err(e) => assert!(!format!("{e:#}").contains('\n'), "{e:#}"),
+    }
+}

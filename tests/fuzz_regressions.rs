@@ -88,6 +88,11 @@ fn journal() {
     each("journal", targets::journal);
 }
 
+#[test]
+fn snapshot() {
+    each("snapshot", targets::snapshot);
+}
+
 /// The seeds meant to be valid stay valid, so the fuzzers start from inputs that get deep.
 #[test]
 fn valid_seeds_load() {
