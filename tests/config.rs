@@ -119,19 +119,24 @@ fn monitor_yaml_fails_only_on_its_model_path() {
     assert_eq!(
         got,
         vec![
-            ("sunset", 42, 25, 7.5, 512, 512),
-            ("wizard", 123, 30, 8.0, 512, 768),
-            ("cyberpunk-city", 456, 20, 7.0, 768, 512)
+            ("landscape", 42, 25, 7.5, 512, 512),
+            ("portrait", 123, 30, 8.0, 512, 768),
+            ("architecture", 456, 20, 7.0, 768, 512)
         ]
     );
     for case in &c.cases {
         assert_eq!(case.scheduler, SchedulerKind::Pndm);
-        assert_eq!(case.noise, NoiseKind::TorchCpu);
-        assert!(case
-            .negative_prompt
-            .as_deref()
-            .is_some_and(|n| !n.is_empty()));
+        assert_eq!(case.noise, NoiseKind::TorchCuda);
     }
+    // The write-up's prompts, verbatim.
+    assert_eq!(
+        c.cases[1].prompt,
+        "portrait of a wise old wizard with a long beard, fantasy art, highly detailed"
+    );
+    assert_eq!(
+        c.cases[2].negative_prompt.as_deref(),
+        Some("daytime, sunny, traditional")
+    );
 }
 
 #[test]
