@@ -97,6 +97,13 @@ fn verify_determinism_reports_this_host_deterministic_and_records_it() {
         assert_eq!(r["verdict"], "identical");
         assert!(r["details"]["determinism"]["runs"].is_array());
     }
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_monitor"))
+        .args(["history", "--database"])
+        .arg(site.path("monitor.db"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(text.matches("deterministic (verify)").count(), 2, "{text}");
     // --runs 1 cannot test anything.
     let o = site.run(&["verify-determinism", "--runs", "1"]);
     assert_eq!(o.status.code(), Some(2));

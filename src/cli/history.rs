@@ -153,10 +153,17 @@ pub fn table(entries: &[Row]) -> String {
                 }
             };
             let r = &e.result;
+            // A determinism test's verdict says whether the host agreed with itself.
+            let verdict = match (e.run_kind.as_str(), r.verdict) {
+                ("verify", crate::compare::Verdict::Identical) => "deterministic (verify)".into(),
+                ("verify", crate::compare::Verdict::Drift) => "NOT deterministic (verify)".into(),
+                ("verify", v) => format!("{v} (verify)"),
+                (_, v) => v.to_string(),
+            };
             [
                 e.created_at.clone(),
                 r.case_name.clone(),
-                r.verdict.to_string(),
+                verdict,
                 r.latent_max_abs.map_or("-".into(), |v| {
                     if v == 0.0 {
                         "0".into()
