@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use crate::fingerprint::Environment;
 use crate::generation::{
-    self, record_of, BatchRecord, Metadata, ModelRecord, NoiseRecord, ParametersRecord, TimingsRecord,
-    TokensRecord,
+    self, record_of, BatchRecord, Metadata, ModelRecord, NoiseRecord, ParametersRecord,
+    TimingsRecord, TokensRecord,
 };
 use crate::limits::{Capacity, Limits};
 use crate::sd::model::FloatType;
@@ -241,7 +241,10 @@ impl<'r> CaseRunner<'r> {
         };
         let sources: Result<Vec<_>> = (0..case.batch_size as u64)
             .map(|k| {
-                let seed = case.seed.checked_add(k).context("seed + batch index overflows")?;
+                let seed = case
+                    .seed
+                    .checked_add(k)
+                    .context("seed + batch index overflows")?;
                 noise::build(case.noise, seed, case.noise_file.as_deref())
                     .with_context(|| format!("noise for batch element {k}"))
             })
@@ -267,8 +270,8 @@ impl<'r> CaseRunner<'r> {
                     .zip(b)
                     .map(|(x, y)| f64::from((x - y).abs()))
                     .fold(0.0, f64::max);
-                let identical = a.len() == b.len()
-                    && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                let identical =
+                    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
                 record.image_identical = Some(batched.image == single.image);
                 record.identical = Some(identical && batched.image == single.image);
                 record.latent_max_abs = Some(max_abs);

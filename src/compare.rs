@@ -823,6 +823,21 @@ pub struct EnvDiff {
     pub run: Option<serde_json::Value>,
 }
 
+impl EnvDiff {
+    /// `key: "baseline" → "run"`, values as JSON, a missing side as `(absent)`.
+    pub fn describe(&self) -> String {
+        let show = |v: &Option<serde_json::Value>| {
+            v.as_ref().map_or("(absent)".to_string(), |v| v.to_string())
+        };
+        format!(
+            "{}: {} → {}",
+            self.key,
+            show(&self.baseline),
+            show(&self.run)
+        )
+    }
+}
+
 /// Fixed keys compared between `metadata.json` documents (see `monitor generate`).
 // The library's path is left out on purpose: it differs on every host (venv locations) while
 // the version, provider and settings are what change bits.

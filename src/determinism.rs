@@ -215,13 +215,6 @@ pub fn test_cases(
         )?;
         fresh.push(out);
     }
-    let outcome_of = |outcomes: &[(String, Outcome)], name: &str| -> Result<PathBuf, String> {
-        match outcomes.iter().find(|(n, _)| n == name).map(|(_, o)| o) {
-            Some(Outcome::Done { dir, .. }) => Ok(dir.clone()),
-            Some(Outcome::Failed(e)) => Err(e.clone()),
-            None => Err(format!("{name} did not run")),
-        }
-    };
     let mut results = Vec::new();
     for case in cases {
         let mut same = Vec::new();
@@ -244,6 +237,15 @@ pub fn test_cases(
         results.push(assess(&case.name, &same, &others, &settings));
     }
     Ok(results)
+}
+
+/// The output folder of case `name` in a worker's outcomes, or why there is none.
+fn outcome_of(outcomes: &[(String, Outcome)], name: &str) -> Result<PathBuf, String> {
+    match outcomes.iter().find(|(n, _)| n == name).map(|(_, o)| o) {
+        Some(Outcome::Done { dir, .. }) => Ok(dir.clone()),
+        Some(Outcome::Failed(e)) => Err(e.clone()),
+        None => Err(format!("{name} did not run")),
+    }
 }
 
 fn run_name(case: &str, run: usize) -> String {
@@ -329,7 +331,10 @@ pub fn assess(
             likely_cause(settings, same_differs)
         } else {
             // The runs did not even run the same way: that is the cause, whatever else is.
-            format!("the runs' recorded settings differ: {}", recorded.join(", "))
+            format!(
+                "the runs' recorded settings differ: {}",
+                recorded.join(", ")
+            )
         });
     }
     out
@@ -345,8 +350,7 @@ fn spread(reference: &GenerationFiles, others: &[(String, GenerationFiles)]) -> 
     };
     for (label, f) in others {
         let same_latents = f.latents.len() == reference.latents.len()
-            && f
-                .latents
+            && f.latents
                 .iter()
                 .zip(&reference.latents)
                 .all(|(a, b)| a.to_bits() == b.to_bits());
@@ -377,10 +381,7 @@ fn spread(reference: &GenerationFiles, others: &[(String, GenerationFiles)]) -> 
         };
         s.differing.push((label.clone(), stage));
         for d in crate::compare::metadata_env_differences(&f.metadata, &reference.metadata) {
-            let show = |v: &Option<serde_json::Value>| {
-                v.as_ref().map_or("(absent)".to_string(), |v| v.to_string())
-            };
-            let line = format!("{}: {} → {}", d.key, show(&d.baseline), show(&d.run));
+            let line = d.describe();
             if !s.settings_differ.contains(&line) {
                 s.settings_differ.push(line);
             }
@@ -469,12 +470,10 @@ pub fn recheck_for_rebaseline(
             .iter()
             .enumerate()
             .map(|(i, w)| {
-                let r = match w.outcomes.iter().find(|(n, _)| n == &case.name) {
-                    Some((_, Outcome::Done { dir, .. })) => Ok(dir.clone()),
-                    Some((_, Outcome::Failed(e))) => Err(e.clone()),
-                    None => Err("did not run".into()),
-                };
-                (format!("run {} (fresh worker)", i + 2), r)
+                (
+                    format!("run {} (fresh worker)", i + 2),
+                    outcome_of(&w.outcomes, &case.name),
+                )
             })
             .collect();
         let d = assess(name, &same, &others, &settings);

@@ -258,14 +258,12 @@ fn compare_case(
     let mut diffs: Vec<String> = report
         .env_differences
         .iter()
-        .map(|d| {
-            let show = |v: &Option<serde_json::Value>| {
-                v.as_ref().map_or("(absent)".to_string(), |v| v.to_string())
-            };
-            format!("{}: {} → {}", d.key, show(&d.baseline), show(&d.run))
-        })
+        .map(|d| d.describe())
         .collect();
-    for m in compare::model_changes(host.metadata.model_files(), reference.metadata.model_files()) {
+    for m in compare::model_changes(
+        host.metadata.model_files(),
+        reference.metadata.model_files(),
+    ) {
         diffs.push(format!("model file {}", describe_model_change(&m)));
     }
     let cell = Cell {

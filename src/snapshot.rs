@@ -131,11 +131,7 @@ impl Snapshot {
 }
 
 /// Builds a snapshot folder at `staging` from worker outputs (`done`: case → its folder).
-pub fn write_folder(
-    staging: &Path,
-    info: &SnapshotInfo,
-    done: &[(String, PathBuf)],
-) -> Result<()> {
+pub fn write_folder(staging: &Path, info: &SnapshotInfo, done: &[(String, PathBuf)]) -> Result<()> {
     let cases = staging.join("cases");
     std::fs::create_dir_all(&cases).with_context(|| format!("creating {}", cases.display()))?;
     for (name, dir) in done {
@@ -260,6 +256,21 @@ fn sha256_file(path: &Path) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
+/// The tar crate quotes raw header bytes in some errors (found by fuzzing: a checksum field
+/// holding JSON); errors here are one line of bounded length.
+fn tar_error(e: std::io::Error) -> anyhow::Error {
+    let text: String = e
+        .to_string()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.chars().count() > 160 {
+        text = text.chars().take(160).collect::<String>() + "…";
+    }
+    anyhow::anyhow!(text)
+}
+
 /// Extracts a snapshot tar into a private temporary folder: regular files and folders only,
 /// plain relative names only, bounded sizes.
 fn extract_tar(path: &Path) -> Result<tempfile::TempDir> {
@@ -273,14 +284,18 @@ fn extract_tar(path: &Path) -> Result<tempfile::TempDir> {
     let mut total = 0u64;
     let entries = archive
         .entries()
+        .map_err(tar_error)
         .with_context(|| format!("{}: not a tar file", what()))?;
     for (i, entry) in entries.enumerate() {
         if i >= MAX_ENTRIES {
             bail!("{}: more than {MAX_ENTRIES} entries", what());
         }
-        let mut entry = entry.with_context(|| format!("{}: damaged tar entry", what()))?;
+        let mut entry = entry
+            .map_err(tar_error)
+            .with_context(|| format!("{}: damaged tar entry", what()))?;
         let rel = entry
             .path()
+            .map_err(tar_error)
             .with_context(|| format!("{}: an entry's name is not valid", what()))?
             .into_owned();
         if rel.as_os_str().is_empty()
@@ -318,6 +333,7 @@ fn extract_tar(path: &Path) -> Result<tempfile::TempDir> {
                 let mut out = std::fs::File::create(&dest)
                     .with_context(|| format!("extracting {}", rel.display()))?;
                 let copied = std::io::copy(&mut (&mut entry).take(size), &mut out)
+                    .map_err(tar_error)
                     .with_context(|| format!("{}: reading entry {}", what(), rel.display()))?;
                 if copied != size {
                     bail!("{}: entry {} is truncated", what(), rel.display());

@@ -29,13 +29,7 @@ fn stderr(o: &Output) -> String {
 }
 
 fn snapshot(site: &Site, out: &Path, label: &str) {
-    let o = site.run(&[
-        "snapshot",
-        "--out",
-        out.to_str().unwrap(),
-        "--label",
-        label,
-    ]);
+    let o = site.run(&["snapshot", "--out", out.to_str().unwrap(), "--label", label]);
     assert!(o.status.success(), "snapshot failed: {}", stderr(&o));
 }
 
@@ -79,7 +73,11 @@ fn verify_determinism_reports_this_host_deterministic_and_records_it() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v = json_of(&o);
     for c in v["cases"].as_array().unwrap() {
-        assert_eq!(c["runs"].as_array().unwrap().len(), 5, "3 in one worker + 2 fresh");
+        assert_eq!(
+            c["runs"].as_array().unwrap().len(),
+            5,
+            "3 in one worker + 2 fresh"
+        );
         assert_eq!(c["same_worker"]["identical"], true, "{c:#}");
         assert_eq!(c["fresh_workers"]["identical"], true, "{c:#}");
         let shas: Vec<&Value> = c["runs"]
@@ -145,7 +143,10 @@ fn verify_determinism_names_a_setting_that_changes_bits_between_workers() {
         .unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("NOT deterministic"), "{text}");
-    assert!(text.contains("first differing stage: step 1 noise_pred"), "{text}");
+    assert!(
+        text.contains("first differing stage: step 1 noise_pred"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -188,7 +189,10 @@ fn snapshots_of_differently_configured_hosts_compare_with_the_difference_named()
     snapshot(&host_b, &b, "host-b");
     let host_c = Site::new(
         None,
-        &format!("{TIGHT}onnxruntime: {{library: {}}}\n", old_ort_lib().display()),
+        &format!(
+            "{TIGHT}onnxruntime: {{library: {}}}\n",
+            old_ort_lib().display()
+        ),
     );
     snapshot(&host_c, &c, "host-c");
     let host_d = Site::new(None, TIGHT);
@@ -236,8 +240,14 @@ fn snapshots_of_differently_configured_hosts_compare_with_the_difference_named()
         .unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("A  host-a (reference)"), "{text}");
-    assert!(text.contains("B vs A: 2 of 2 cases differ (fox, owl)"), "{text}");
-    assert!(text.contains("onnxruntime.version: \"1.31.1\" → \"1.24.4\""), "{text}");
+    assert!(
+        text.contains("B vs A: 2 of 2 cases differ (fox, owl)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("onnxruntime.version: \"1.31.1\" → \"1.24.4\""),
+        "{text}"
+    );
 }
 
 #[test]
@@ -271,7 +281,10 @@ fn a_tampered_snapshot_fails_verify_and_compare_naming_the_file() {
     let o = verify(&bad);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
-    assert!(e.contains("cases/fox/latents.npy") && e.contains("sha256"), "{e}");
+    assert!(
+        e.contains("cases/fox/latents.npy") && e.contains("sha256"),
+        "{e}"
+    );
     assert_eq!(e.lines().count(), 1, "one line: {e}");
     let (code, _, e) = compare(None, &[&good, &bad]);
     assert_eq!(code, 2);
@@ -283,7 +296,10 @@ fn a_tampered_snapshot_fails_verify_and_compare_naming_the_file() {
     snapshot(&site, &dir, "a");
     std::fs::write(dir.join("cases/owl/extra.txt"), b"x").unwrap();
     let e = stderr(&verify(&dir));
-    assert!(e.contains("cases/owl/extra.txt is not in MANIFEST.sha256"), "{e}");
+    assert!(
+        e.contains("cases/owl/extra.txt is not in MANIFEST.sha256"),
+        "{e}"
+    );
     std::fs::remove_file(dir.join("cases/owl/extra.txt")).unwrap();
     let png = dir.join("cases/owl/image.png");
     let img = image::open(&png).unwrap().to_rgb8();
@@ -353,13 +369,15 @@ fn check_against_another_hosts_snapshot() {
     );
     // A host without any baseline checks against the fleet's reference snapshot.
     let site = Site::new(None, TIGHT);
-    let (code, v, err) = parse_check(site.run(&["check", "--json", "--against", same.to_str().unwrap()]));
+    let (code, v, err) =
+        parse_check(site.run(&["check", "--json", "--against", same.to_str().unwrap()]));
     assert_eq!(code, 0, "{err}\n{v:#}");
     for c in v["cases"].as_array().unwrap() {
         assert_eq!(c["verdict"], "identical");
         assert_eq!(c["details"]["against"]["host"], "twin");
     }
-    let (code, v, err) = parse_check(site.run(&["check", "--json", "--against", old.to_str().unwrap()]));
+    let (code, v, err) =
+        parse_check(site.run(&["check", "--json", "--against", old.to_str().unwrap()]));
     assert_eq!(code, 1, "{err}\n{v:#}");
     for c in v["cases"].as_array().unwrap() {
         assert_eq!(c["verdict"], "drift");
@@ -373,11 +391,15 @@ fn check_against_another_hosts_snapshot() {
     // A snapshot without the case: that case is an error naming the snapshot.
     let fox_only = tmp.path().join("fox.tar");
     snapshot(&Site::with_cases(None, &[FOX], ""), &fox_only, "f");
-    let (code, v, _) = parse_check(site.run(&["check", "--json", "--against", fox_only.to_str().unwrap()]));
+    let (code, v, _) =
+        parse_check(site.run(&["check", "--json", "--against", fox_only.to_str().unwrap()]));
     assert_eq!(code, 2);
     let owl = common::site::case(&v, "owl");
     assert!(
-        owl["error"].as_str().unwrap().contains("is not in snapshot"),
+        owl["error"]
+            .as_str()
+            .unwrap()
+            .contains("is not in snapshot"),
         "{owl:#}"
     );
 }

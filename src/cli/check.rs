@@ -99,15 +99,8 @@ fn print_details(c: &CaseCheck) {
             println!("    model file changed: {}", m.file);
         }
         for d in &r.env_differences {
-            let show = |v: &Option<serde_json::Value>| {
-                v.as_ref().map_or("(absent)".to_string(), |v| v.to_string())
-            };
-            println!(
-                "    environment: {} {} → {}",
-                d.key,
-                show(&d.baseline),
-                show(&d.run)
-            );
+            // "environment: key "a" → "b"" (the key without its colon, as before).
+            println!("    environment: {}", d.describe().replacen(": ", " ", 1));
         }
     }
     if let Some(dir) = &c.artifacts {

@@ -78,7 +78,10 @@ fn cell_text(c: &crate::host_compare::Cell) -> String {
 fn print_matrix(r: &HostComparison) {
     for h in &r.hosts {
         let role = if h.column == "A" { " (reference)" } else { "" };
-        println!("{}  {}{role}: {} — {}", h.column, h.name, h.describe, h.source);
+        println!(
+            "{}  {}{role}: {} — {}",
+            h.column, h.name, h.describe, h.source
+        );
     }
     println!();
     let texts: Vec<Vec<String>> = r
@@ -96,7 +99,13 @@ fn print_matrix(r: &HostComparison) {
                 .unwrap_or(1)
         })
         .collect();
-    let case_w = r.rows.iter().map(|x| x.case.len()).chain([4]).max().unwrap_or(4);
+    let case_w = r
+        .rows
+        .iter()
+        .map(|x| x.case.len())
+        .chain([4])
+        .max()
+        .unwrap_or(4);
     let mut header = format!("{:<case_w$}", "case");
     for (h, w) in r.hosts.iter().zip(&widths) {
         header.push_str(&format!("  {:<w$}", h.column));

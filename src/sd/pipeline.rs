@@ -86,7 +86,10 @@ pub struct StageHash {
 pub fn first_difference(a: &[StageHash], b: &[StageHash]) -> Option<String> {
     for (x, y) in a.iter().zip(b) {
         if x.stage != y.stage {
-            return Some(format!("{} (stage lists differ: {} vs {})", x.stage, x.stage, y.stage));
+            return Some(format!(
+                "{} (stage lists differ: {} vs {})",
+                x.stage, x.stage, y.stage
+            ));
         }
         if x.sha256 != y.sha256 {
             return Some(x.stage.clone());
@@ -157,7 +160,9 @@ pub fn generate_batch(
     validate(params)?;
     let n = noises.len();
     if n == 0 {
-        return Err(PipelineError::Invalid("a batch needs at least one noise source".into()));
+        return Err(PipelineError::Invalid(
+            "a batch needs at least one noise source".into(),
+        ));
     }
     for noise in noises.iter() {
         check_step_noise(params.scheduler, &**noise)?;
@@ -185,7 +190,12 @@ pub fn generate_batch(
     let mut timings = Timings::default();
     let mut warnings = Vec::new();
     let mut stages = Vec::new();
-    let mut stage = |name: String, sha256: String| stages.push(StageHash { stage: name, sha256 });
+    let mut stage = |name: String, sha256: String| {
+        stages.push(StageHash {
+            stage: name,
+            sha256,
+        })
+    };
 
     let t0 = Instant::now();
     let prompt = tokenizer.encode(&params.prompt)?;
@@ -227,8 +237,10 @@ pub fn generate_batch(
             .outer_iter()
             .map(|row| row.insert_axis(Axis(0)).to_owned())
             .collect();
-        let repeated: Vec<&Array3<f32>> =
-            rows.iter().flat_map(|r| std::iter::repeat_n(r, n)).collect();
+        let repeated: Vec<&Array3<f32>> = rows
+            .iter()
+            .flat_map(|r| std::iter::repeat_n(r, n))
+            .collect();
         concat0(&repeated)
     };
 
