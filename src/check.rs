@@ -571,7 +571,7 @@ pub fn history_row(r: &CaseCheck) -> CaseResult {
         ssim: img.map(|i| i.ssim),
         psnr_db: img.map(|i| i.psnr_db),
         pixels_differing: img.map(|i| i.pixels_differing as i64),
-        reasons: report.map(|r| json!({"failures": r.classification.failures, "model_changes": r.classification.model_changes})),
+        reasons: report.map(|r| json!({"failures": r.classification.failures, "model_changes": r.classification.model_changes, "diverged_at": r.diverged_at})),
         env_diff: report.map(|r| json!(r.env_differences)),
         error: r.error.clone(),
         duration_s: Some(r.duration_s),

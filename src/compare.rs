@@ -933,6 +933,20 @@ pub struct CompareReport {
     /// File name of the diff heatmap, set by the caller once written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heatmap: Option<String>,
+    /// For a result that is not identical: the first pipeline stage whose output differs from
+    /// the baseline's (from the per-stage hashes both record), or why that is unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diverged_at: Option<String>,
+}
+
+/// The first stage at which `run` differs from `baseline`, from their recorded stage hashes.
+pub fn diverged_at(run: &Metadata, baseline: &Metadata) -> String {
+    match (&run.stages, &baseline.stages) {
+        (Some(a), Some(b)) => crate::sd::pipeline::first_difference(a, b)
+            .unwrap_or_else(|| "no stage differs (only what is outside the pipeline)".into()),
+        (_, None) => "unknown: the baseline has no stage data (made before stage hashes)".into(),
+        (None, Some(_)) => "unknown: the run has no stage data".into(),
+    }
 }
 
 /// Compares a run with its baseline. The heatmap is returned for every non-identical image (the
@@ -961,6 +975,8 @@ pub fn compare(
         Ok((l, i, h)) => (Some(l), Some(i), h),
         Err(_) => (None, None, None),
     };
+    let diverged = (classification.verdict != Verdict::Identical)
+        .then(|| diverged_at(run.metadata, baseline.metadata));
     let report = CompareReport {
         classification,
         latents,
@@ -968,6 +984,7 @@ pub fn compare(
         thresholds: *thresholds,
         env_differences: metadata_env_differences(run.metadata, baseline.metadata),
         heatmap: None,
+        diverged_at: diverged,
     };
     (report, heatmap)
 }
@@ -994,6 +1011,32 @@ fn measure(run: &Outputs<'_>, baseline: &Outputs<'_>) -> Result<Measured, String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn diverged_at_names_the_first_differing_stage_or_why_it_cannot() {
+        use crate::generation::StageHash;
+        let stages = |s: &[(&str, &str)]| {
+            Some(
+                s.iter()
+                    .map(|(n, h)| StageHash {
+                        stage: n.to_string(),
+                        sha256: h.to_string(),
+                    })
+                    .collect(),
+            )
+        };
+        let base = Metadata {
+            stages: stages(&[("tokens", "a"), ("text_embeddings", "b"), ("latents", "c")]),
+            ..Metadata::default()
+        };
+        let run = Metadata {
+            stages: stages(&[("tokens", "a"), ("text_embeddings", "X"), ("latents", "Y")]),
+            ..Metadata::default()
+        };
+        assert_eq!(diverged_at(&run, &base), "text_embeddings");
+        assert!(diverged_at(&run, &Metadata::default()).starts_with("unknown: the baseline"));
+        assert!(diverged_at(&Metadata::default(), &base).starts_with("unknown: the run"));
+    }
 
     #[test]
     fn hot_ramp_endpoints_and_small_diffs_visible() {

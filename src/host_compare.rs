@@ -39,6 +39,8 @@ pub struct Cell {
     pub ssim: Option<f64>,
     /// Why this cell is an error.
     pub error: Option<String>,
+    /// The first pipeline stage that differs from the reference.
+    pub diverged_at: Option<String>,
 }
 
 /// One row: a case on every host.
@@ -178,6 +180,7 @@ fn empty() -> Cell {
         latent_max_abs: None,
         ssim: None,
         error: None,
+        diverged_at: None,
     }
 }
 
@@ -274,6 +277,7 @@ fn compare_case(
         error: (verdict == Verdict::Error)
             .then(|| report.classification.error.clone())
             .flatten(),
+        diverged_at: report.diverged_at.clone(),
     };
     (cell, diffs)
 }

@@ -209,6 +209,15 @@ fn snapshots_of_differently_configured_hosts_compare_with_the_difference_named()
         assert_eq!(cell(&v, case, 3)["status"], "identical", "{v:#}");
         assert!(cell(&v, case, 1)["latent_max_abs"].as_f64().unwrap() > 0.0);
     }
+    // Where each host first parts ways: the fused UNet kernels at the first UNet call.
+    assert_eq!(
+        cell(&v, "fox", 1)["diverged_at"],
+        "step 1 noise_pred",
+        "{v:#}"
+    );
+    let older = cell(&v, "fox", 2)["diverged_at"].as_str().unwrap();
+    assert!(!older.starts_with("unknown"), "{older}");
+    assert!(cell(&v, "fox", 3)["diverged_at"].is_null());
     assert_eq!(
         differences(&v, 1),
         vec!["execution_provider.graph_optimization: (absent) → \"disable\""]
@@ -383,6 +392,8 @@ fn check_against_another_hosts_snapshot() {
         assert_eq!(c["verdict"], "drift");
         let env = c["report"]["env_differences"].to_string();
         assert!(env.contains("onnxruntime.version"), "{env}");
+        let stage = c["report"]["diverged_at"].as_str().unwrap();
+        assert!(!stage.starts_with("unknown"), "{stage}");
     }
     let rows = site.history();
     assert!(rows

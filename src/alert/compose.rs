@@ -61,6 +61,11 @@ pub fn alert_case(c: &CaseCheck, st: Option<&CaseState>) -> AlertCase {
                 .iter()
                 .map(|m| format!("model file changed: {}", m.file)),
         );
+        reasons.extend(
+            r.diverged_at
+                .as_ref()
+                .map(|stage| format!("first differs at: {stage}")),
+        );
         let show = |v: &Option<serde_json::Value>| match v {
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(v) => v.to_string(),

@@ -98,6 +98,9 @@ fn print_details(c: &CaseCheck) {
         for m in &r.classification.model_changes {
             println!("    model file changed: {}", m.file);
         }
+        if let Some(stage) = &r.diverged_at {
+            println!("    first differs at: {stage}");
+        }
         for d in &r.env_differences {
             // "environment: key "a" → "b"" (the key without its colon, as before).
             println!("    environment: {}", d.describe().replacen(": ", " ", 1));

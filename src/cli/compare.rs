@@ -120,6 +120,8 @@ fn print_matrix(r: &HostComparison) {
         for (h, c) in r.hosts.iter().zip(&row.cells) {
             if let Some(e) = &c.error {
                 println!("    {}: {e}", h.column);
+            } else if let Some(stage) = &c.diverged_at {
+                println!("    {}: first differs at {stage}", h.column);
             }
         }
     }
