@@ -7,6 +7,9 @@
   tiny UNet's weights.pb, so it is dropped into a copy of onnx/tiny-sd15/unet/.
 - vae-initializer-input.onnx: the tiny VAE decoder with one weight also listed as a graph input
   (old exporters did this); ONNX Runtime logs a warning when it loads it.
+- unet-fixed-batch.onnx: the tiny UNet with its batch dimension fixed at 2 (the batch of one image
+  under guidance), as exports traced without a dynamic batch axis have it; a batch_size case
+  must be refused before it runs. It references the tiny UNet's weights.pb, like the first.
 - text-encoder-small-vocab.onnx: the tiny text encoder with its token embedding cut to 1000 rows,
   so a prompt's ids (BOS is 49406) fall outside it and ONNX Runtime fails, and logs, while running.
 
@@ -35,6 +38,16 @@ def fixed_upsample():
         del n.input[:]
         n.input.extend([inputs[0], inputs[1], scales])
     onnx.save(m, OUT / "unet-fixed-upsample.onnx")
+
+
+def fixed_batch():
+    m = onnx.load("onnx/tiny-sd15/unet/model.onnx", load_external_data=False)
+    for vi in list(m.graph.input) + list(m.graph.output):
+        if vi.name in ("sample", "encoder_hidden_states", "out_sample"):
+            dim = vi.type.tensor_type.shape.dim[0]
+            dim.Clear()
+            dim.dim_value = 2
+    onnx.save(m, OUT / "unet-fixed-batch.onnx")
 
 
 def initializer_input():
@@ -77,6 +90,7 @@ def fuzz_seeds():
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     fixed_upsample()
+    fixed_batch()
     initializer_input()
     small_vocab()
     fuzz_seeds()

@@ -451,3 +451,30 @@ fn batch_invariance_is_checked_and_recorded() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("cases[0].batch_size"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_unet_with_a_fixed_batch_is_named_and_the_batch_1_result_stands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    common::copy_tree(&common::repo_path("onnx/tiny-sd15"), &model);
+    std::fs::copy(
+        common::repo_path("tests/fixtures/models/quirks/unet-fixed-batch.onnx"),
+        model.join("unet/model.onnx"),
+    )
+    .unwrap();
+    // fox runs under guidance: batch 1 is a UNet batch of 2, which this export takes.
+    let fox_batch = FOX.replace('}', ", batch_size: 3}");
+    let site = Site::with_cases(Some(&model), &[&fox_batch], "");
+    site.rebaseline();
+    let (code, v, err) = site.check();
+    assert_eq!(code, 0, "{err}\n{v:#}");
+    let fox = common::site::case(&v, "fox");
+    assert_eq!(fox["verdict"], "identical");
+    let e = fox["details"]["batch"]["error"].as_str().unwrap();
+    assert!(
+        e.contains("fixed batch of 2") && e.contains("needs 6") && e.contains("dynamic batch axis"),
+        "{e}"
+    );
+    let text = String::from_utf8_lossy(&site.run(&["check"]).stdout).into_owned();
+    assert!(text.contains("batch of 3: could not run:"), "{text}");
+}
