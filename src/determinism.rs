@@ -224,16 +224,7 @@ pub fn test_cases(
                 outcome_of(&first.outcomes, &run_name(&case.name, r)),
             ));
         }
-        let others: Vec<(String, Result<PathBuf, String>)> = fresh
-            .iter()
-            .enumerate()
-            .map(|(i, w)| {
-                (
-                    format!("fresh worker {}", i + 2),
-                    outcome_of(&w.outcomes, &case.name),
-                )
-            })
-            .collect();
+        let others = fresh_outcomes(&fresh, &case.name, |w| format!("fresh worker {w}"));
         results.push(assess(&case.name, &same, &others, &settings));
     }
     Ok(results)
@@ -246,6 +237,19 @@ fn outcome_of(outcomes: &[(String, Outcome)], name: &str) -> Result<PathBuf, Str
         Some(Outcome::Failed(e)) => Err(e.clone()),
         None => Err(format!("{name} did not run")),
     }
+}
+
+/// Case `name`'s output in each fresh worker (numbered from 2), labelled by `label(number)`.
+fn fresh_outcomes(
+    fresh: &[crate::worker::WorkerRun],
+    name: &str,
+    label: impl Fn(usize) -> String,
+) -> Vec<(String, Result<PathBuf, String>)> {
+    fresh
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (label(i + 2), outcome_of(&w.outcomes, name)))
+        .collect()
 }
 
 fn run_name(case: &str, run: usize) -> String {
@@ -466,16 +470,7 @@ pub fn recheck_for_rebaseline(
     for (case, (name, dir)) in cases.iter().zip(first) {
         let Some(dir) = dir else { continue };
         let same = [("run 1".to_string(), Ok(dir.clone()))];
-        let others: Vec<(String, Result<PathBuf, String>)> = fresh
-            .iter()
-            .enumerate()
-            .map(|(i, w)| {
-                (
-                    format!("run {} (fresh worker)", i + 2),
-                    outcome_of(&w.outcomes, &case.name),
-                )
-            })
-            .collect();
+        let others = fresh_outcomes(&fresh, &case.name, |w| format!("run {w} (fresh worker)"));
         let d = assess(name, &same, &others, &settings);
         if let Some(e) = d.error {
             refused.push((name.clone(), format!("the determinism re-run failed: {e}")));
