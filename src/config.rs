@@ -48,6 +48,8 @@
 //!   window: 1h                        #                                          (default 1h)
 //!   recheck_delay: 30s                #                                          (default 30s)
 //!   auto_rebaseline: false            # store new baselines if drift persists    (default false)
+//! metrics:
+//!   listen: 127.0.0.1:9464            # monitor run's /metrics and /healthz; null = off
 //! daemon:
 //!   shutdown_grace: 30s               # SIGTERM: time a running check gets       (default 30s)
 //!   flush_timeout: 10s                # SIGTERM: time left to deliver alerts     (default 10s)
@@ -161,11 +163,30 @@ pub struct Config {
     /// The daemon itself.
     #[serde(default)]
     pub daemon: DaemonConfig,
+    /// The daemon's Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// The fixed test cases, in file order.
     pub cases: Vec<Case>,
     /// The file this was loaded from (not a YAML key).
     #[serde(skip)]
     pub source: PathBuf,
+}
+
+/// `metrics:` — where `monitor run` serves `/metrics` and `/healthz`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address to listen on; `null` turns the endpoint off. Loopback unless the operator opts in.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9464))),
+        }
+    }
 }
 
 /// `daemon:` — `monitor run`.

@@ -21,6 +21,7 @@ pub mod history;
 pub mod host_compare;
 pub mod limits;
 pub mod metadata;
+pub mod metrics;
 pub mod process;
 pub mod rebaseline;
 pub mod remediate;

@@ -21,6 +21,10 @@ pub struct CheckArgs {
     /// Compare with this snapshot (another host's `monitor snapshot`) instead of the baselines.
     #[arg(long, value_name = "SNAPSHOT")]
     against: Option<std::path::PathBuf>,
+    /// Also write the Prometheus metrics to this file, atomically (node_exporter's textfile
+    /// collector reads `*.prom` files).
+    #[arg(long, value_name = "PATH")]
+    metrics_textfile: Option<std::path::PathBuf>,
 }
 
 /// Runs the command; the exit code is the check's (0 ok, 1 drift/model change, 2 error).
@@ -39,7 +43,18 @@ pub fn run(a: CheckArgs) -> Result<u8> {
     if let Some(e) = &result.history_error {
         eprintln!("monitor: error: results not recorded: {e}");
     }
-    Ok(super::exit_code(result.status))
+    let mut code = super::exit_code(result.status);
+    if let Some(path) = &a.metrics_textfile {
+        let written = crate::history::History::open(&config.storage.database)
+            .map_err(anyhow::Error::from)
+            .and_then(|h| crate::metrics::write_textfile(path, &config, &h));
+        if let Err(e) = written {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("monitor: error: {}", super::join_causes(&chain));
+            code = code.max(super::EXIT_ERROR);
+        }
+    }
+    Ok(code)
 }
 
 fn print_table(run: &CheckRun) {

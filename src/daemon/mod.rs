@@ -11,6 +11,8 @@
 //! scheduler such as the Windows Task Scheduler to start.
 
 pub mod delivery;
+#[cfg(unix)]
+pub mod http;
 pub mod notify;
 pub mod record;
 pub mod round;
@@ -82,6 +84,10 @@ pub struct Daemon {
     kick: Arc<tokio::sync::Notify>,
     cancel: Cancel,
     last_round: Option<String>,
+    /// The config in force, for the metrics endpoint (a reload sends the new one).
+    config_tx: tokio::sync::watch::Sender<Arc<Config>>,
+    /// Unix seconds (f64 bits) of the scheduler loop's last iteration, for `/healthz`.
+    heartbeat: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[cfg_attr(not(unix), allow(dead_code))]
@@ -112,7 +118,12 @@ impl Daemon {
                 tracing::warn!(case = %c, "no schedule (neither the case's nor a global one): the daemon will not run it");
             }
         }
+        let (config_tx, _) = tokio::sync::watch::channel(loaded.config.clone());
         Ok(Daemon {
+            config_tx,
+            heartbeat: Arc::new(std::sync::atomic::AtomicU64::new(
+                crate::clock::unix_now().to_bits(),
+            )),
             path: path.to_path_buf(),
             shared: Arc::new(RwLock::new(loaded.channels.clone())),
             loaded,
@@ -172,6 +183,7 @@ impl Daemon {
             self.kick.clone(),
             stop_rx,
         ));
+        let endpoint = self.start_endpoint().await;
         let beat = notify::watchdog_interval().unwrap_or(Duration::from_secs(30));
         let mut watchdog = tokio::time::interval(beat);
         record::started(&self.history)?;
@@ -180,6 +192,7 @@ impl Daemon {
         self.notify(|n| n.ready());
         tracing::info!(pid = std::process::id(), config = %self.path.display(), "monitor daemon ready");
         loop {
+            http::Shared::beat(&self.heartbeat);
             let next = self.loaded.plan.as_ref().and_then(|p| p.next_after(after));
             self.publish(next.as_ref().map(|n| n.0), running.as_ref().map(|r| r.1));
             // Sleep at most 30 s at a time: the wall clock may be stepped meanwhile.
@@ -206,7 +219,32 @@ impl Daemon {
                 _ = int.recv() => break,
             }
         }
-        self.shutdown(running, stop_tx, deliveries).await
+        let stopped = self.shutdown(running, stop_tx, deliveries).await;
+        if let Some(h) = endpoint {
+            h.abort();
+        }
+        stopped
+    }
+
+    /// Serves `/metrics` and `/healthz` on `metrics.listen`, unless it is off or cannot be
+    /// bound (logged: the watchdog runs on without it). A changed address needs a restart.
+    #[cfg(unix)]
+    async fn start_endpoint(&self) -> Option<JoinHandle<()>> {
+        let listen = self.loaded.config.metrics.listen?;
+        match http::bind(listen).await {
+            Ok(listener) => {
+                tracing::info!("metrics on http://{listen}/metrics, health on /healthz");
+                let shared = http::Shared {
+                    config: self.config_tx.subscribe(),
+                    heartbeat: self.heartbeat.clone(),
+                };
+                Some(tokio::spawn(http::serve(listener, shared)))
+            }
+            Err(e) => {
+                tracing::warn!("metrics endpoint off: cannot listen on {listen}: {e}");
+                None
+            }
+        }
     }
 
     /// Starts a round, or records the tick as skipped while one runs (ticks never queue up).
@@ -278,6 +316,7 @@ impl Daemon {
         match load(&self.path, true) {
             Ok(new) => {
                 *self.shared.write().unwrap_or_else(|p| p.into_inner()) = new.channels.clone();
+                self.config_tx.send_replace(new.config.clone());
                 self.loaded = new;
                 tracing::info!(config = %self.path.display(), "config reloaded");
             }
