@@ -165,23 +165,18 @@ pub fn render(config: &Config, history: &History) -> Result<String> {
         "check runs in the history by outcome (ok, drift, error, failed, interrupted, skipped)",
         rounds.clone(),
     );
-    let mut stmt = history
-        .conn()
-        .prepare(
-            "SELECT CASE
-                 WHEN status = 'finished' AND exit_code = 0 THEN 'ok'
-                 WHEN status = 'finished' AND exit_code = 1 THEN 'drift'
-                 WHEN status = 'finished' THEN 'error'
-                 ELSE COALESCE(status, 'running') END AS outcome, COUNT(*)
-             FROM runs WHERE kind = 'check' GROUP BY outcome",
-        )
-        .with_context(|| f("monitor_rounds_recorded"))?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-        .with_context(|| f("monitor_rounds_recorded"))?;
-    for row in rows {
-        let (outcome, n) = row.with_context(|| f("monitor_rounds_recorded"))?;
-        rounds.get_or_create(&Outcome { outcome }).set(n as f64);
+    for (labels, n) in grouped_counts(
+        history,
+        "SELECT CASE
+             WHEN status = 'finished' AND exit_code = 0 THEN 'ok'
+             WHEN status = 'finished' AND exit_code = 1 THEN 'drift'
+             WHEN status = 'finished' THEN 'error'
+             ELSE COALESCE(status, 'running') END AS outcome, '', COUNT(*)
+         FROM runs WHERE kind = 'check' GROUP BY outcome",
+        "monitor_rounds_recorded",
+    )? {
+        let [outcome, _] = labels;
+        rounds.get_or_create(&Outcome { outcome }).set(n);
     }
 
     let deliveries = Family::<Delivery, F64Gauge>::default();
@@ -190,24 +185,14 @@ pub fn render(config: &Config, history: &History) -> Result<String> {
         "alert deliveries in the history by channel and state (pending, delivered, failed)",
         deliveries.clone(),
     );
-    let mut stmt = history
-        .conn()
-        .prepare("SELECT channel, state, COUNT(*) FROM deliveries GROUP BY channel, state")
-        .with_context(|| f("monitor_alert_deliveries"))?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })
-        .with_context(|| f("monitor_alert_deliveries"))?;
-    for row in rows {
-        let (channel, state, n) = row.with_context(|| f("monitor_alert_deliveries"))?;
+    for ([channel, state], n) in grouped_counts(
+        history,
+        "SELECT channel, state, COUNT(*) FROM deliveries GROUP BY channel, state",
+        "monitor_alert_deliveries",
+    )? {
         deliveries
             .get_or_create(&Delivery { channel, state })
-            .set(n as f64);
+            .set(n);
     }
 
     let actions = Family::<Action, F64Gauge>::default();
@@ -216,24 +201,12 @@ pub fn render(config: &Config, history: &History) -> Result<String> {
         "remediation actions in the history by kind and outcome",
         actions.clone(),
     );
-    let mut stmt = history
-        .conn()
-        .prepare("SELECT kind, outcome, COUNT(*) FROM actions GROUP BY kind, outcome")
-        .with_context(|| f("monitor_remediation_actions"))?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })
-        .with_context(|| f("monitor_remediation_actions"))?;
-    for row in rows {
-        let (kind, outcome, n) = row.with_context(|| f("monitor_remediation_actions"))?;
-        actions
-            .get_or_create(&Action { kind, outcome })
-            .set(n as f64);
+    for ([kind, outcome], n) in grouped_counts(
+        history,
+        "SELECT kind, outcome, COUNT(*) FROM actions GROUP BY kind, outcome",
+        "monitor_remediation_actions",
+    )? {
+        actions.get_or_create(&Action { kind, outcome }).set(n);
     }
 
     let next_at: Option<Option<String>> = history
@@ -271,6 +244,22 @@ pub fn render(config: &Config, history: &History) -> Result<String> {
     let mut out = String::new();
     encode(&mut out, &registry).context("encoding the metrics")?;
     Ok(out)
+}
+
+/// Rows of `sql`, which selects two label columns and a count, for metric `name`.
+fn grouped_counts(history: &History, sql: &str, name: &str) -> Result<Vec<([String; 2], f64)>> {
+    let what = || format!("reading metric {name} from the history");
+    let mut stmt = history.conn().prepare(sql).with_context(what)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                [r.get::<_, String>(0)?, r.get::<_, String>(1)?],
+                r.get::<_, i64>(2)? as f64,
+            ))
+        })
+        .with_context(what)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>()
+        .with_context(what)
 }
 
 fn parse_rfc3339(s: &str) -> Option<f64> {
