@@ -38,9 +38,17 @@ pub async fn bind(listen: std::net::SocketAddr) -> std::io::Result<TcpListener> 
     TcpListener::bind(listen).await
 }
 
-/// Serves connections until the task is aborted.
+/// Connections served at once; more wait in the listen backlog (a scraper needs one).
+const MAX_CONNECTIONS: usize = 8;
+
+/// Serves connections until the task is aborted: at most [`MAX_CONNECTIONS`] at a time, each
+/// given 10 s.
 pub async fn serve(listener: TcpListener, shared: Shared) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
@@ -48,6 +56,7 @@ pub async fn serve(listener: TcpListener, shared: Shared) {
         let shared = shared.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(10), handle(stream, shared)).await;
+            drop(permit);
         });
     }
 }
