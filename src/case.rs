@@ -263,18 +263,16 @@ impl<'r> CaseRunner<'r> {
         };
         match result {
             Ok(batched) => {
-                let a = batched.latents.as_slice().unwrap_or_default();
-                let b = single.latents.as_slice().unwrap_or_default();
-                let max_abs = a
-                    .iter()
-                    .zip(b)
-                    .map(|(x, y)| f64::from((x - y).abs()))
-                    .fold(0.0, f64::max);
-                let identical =
-                    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-                record.image_identical = Some(batched.image == single.image);
-                record.identical = Some(identical && batched.image == single.image);
-                record.latent_max_abs = Some(max_abs);
+                let lat = crate::compare::latent_metrics(
+                    batched.latents.as_slice().unwrap_or_default(),
+                    batched.latents.shape(),
+                    single.latents.as_slice().unwrap_or_default(),
+                    single.latents.shape(),
+                );
+                let image_identical = batched.image == single.image;
+                record.image_identical = Some(image_identical);
+                record.identical = Some(image_identical && lat.as_ref().is_ok_and(|l| l.identical));
+                record.latent_max_abs = Some(lat.map_or(f64::NAN, |l| l.max_abs));
                 record.first_difference = first_difference(&single.stages, &batched.stages);
             }
             Err(e) => record.error = Some(format!("{e:#}")),

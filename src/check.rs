@@ -14,7 +14,7 @@ use crate::compare::{self, CompareReport, Outputs, Thresholds, Verdict};
 use crate::config::{Case, Config};
 use crate::fingerprint::Environment;
 use crate::fsutil::atomic_write;
-use crate::generation::{self, GenerationFiles, Metadata, METADATA_FILE};
+use crate::generation::{self, GenerationFiles, Metadata, ParametersRecord, METADATA_FILE};
 use crate::history::{CaseResult, History, NewRun};
 use crate::sd::image::RgbImage;
 use crate::sd::runtime::ExecutionProvider;
@@ -335,7 +335,7 @@ enum Reference<'a> {
 }
 
 impl Reference<'_> {
-    /// The case's reference outputs; `Ok(None)` with the message to show when there are none.
+    /// The case's reference outputs, or the message to show when there are none.
     fn current(&self, case: &str) -> Result<Baseline, String> {
         match self {
             Reference::Store(store) => match store.current(case) {
@@ -479,12 +479,16 @@ pub fn compare_with(
 /// The first parameter where a case differs from what its baseline was made with, if any.
 /// Comparing outputs of different inputs would report drift that is only a config edit.
 pub fn parameter_difference(spec: &CaseSpec, baseline_meta: &Metadata) -> Option<String> {
-    let now = spec.parameters().comparable();
-    let then = baseline_meta
-        .parameters
-        .clone()
-        .unwrap_or_default()
-        .comparable();
+    parameters_difference(
+        &baseline_meta.parameters.clone().unwrap_or_default(),
+        &spec.parameters(),
+    )
+}
+
+/// The first comparable parameter where `now` differs from `then`, as "seed 1 → 5" (floats
+/// within 1e-9 relative are equal; an absent `karras_sigmas` in `then` is false).
+pub fn parameters_difference(then: &ParametersRecord, now: &ParametersRecord) -> Option<String> {
+    let (then, now) = (then.comparable(), now.comparable());
     then.into_iter().zip(now).find_map(|((k, a), (_, b))| {
         let same = match (a.as_f64(), b.as_f64()) {
             (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(1.0),

@@ -202,19 +202,7 @@ pub fn test_cases(
         timeout,
         &Cancel::new(),
     )?;
-    let mut fresh = Vec::new();
-    for w in 2..=runs {
-        let out = run_specs(
-            config,
-            cases.iter().map(|c| c.spec()).collect(),
-            fresh_settings(&settings)?,
-            environment,
-            &work.join(format!("worker-{w}")),
-            timeout,
-            &Cancel::new(),
-        )?;
-        fresh.push(out);
-    }
+    let fresh = run_fresh_workers(config, cases, environment, work, runs)?;
     let mut results = Vec::new();
     for case in cases {
         let mut same = Vec::new();
@@ -237,6 +225,31 @@ fn outcome_of(outcomes: &[(String, Outcome)], name: &str) -> Result<PathBuf, Str
         Some(Outcome::Failed(e)) => Err(e.clone()),
         None => Err(format!("{name} did not run")),
     }
+}
+
+/// Workers 2..=`runs`, each a new process running every case once, into `base/worker-N`.
+fn run_fresh_workers(
+    config: &Config,
+    cases: &[&Case],
+    environment: &Environment,
+    base: &Path,
+    runs: usize,
+) -> Result<Vec<crate::worker::WorkerRun>> {
+    let timeout = Duration::from_secs_f64(config.worker.timeout_s);
+    let settings = fresh_settings(&config.model.runtime_settings())?;
+    (2..=runs)
+        .map(|w| {
+            run_specs(
+                config,
+                cases.iter().map(|c| c.spec()).collect(),
+                settings.clone(),
+                environment,
+                &base.join(format!("worker-{w}")),
+                timeout,
+                &Cancel::new(),
+            )
+        })
+        .collect()
 }
 
 /// Case `name`'s output in each fresh worker (numbered from 2), labelled by `label(number)`.
@@ -353,32 +366,27 @@ fn spread(reference: &GenerationFiles, others: &[(String, GenerationFiles)]) -> 
         settings_differ: Vec::new(),
     };
     for (label, f) in others {
-        let same_latents = f.latents.len() == reference.latents.len()
-            && f.latents
-                .iter()
-                .zip(&reference.latents)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
+        let lat = crate::compare::latent_metrics(
+            &f.latents,
+            &f.shape,
+            &reference.latents,
+            &reference.shape,
+        );
         let same_image = f.image == reference.image;
-        if same_latents && same_image {
+        if same_image && lat.as_ref().is_ok_and(|l| l.identical) {
             continue;
         }
         s.identical = false;
-        let max_abs = f
-            .latents
-            .iter()
-            .zip(&reference.latents)
-            .map(|(a, b)| f64::from((a - b).abs()))
-            .fold(0.0, f64::max);
-        s.latent_max_abs = s.latent_max_abs.max(max_abs);
-        let px = f
-            .image
-            .pixels
-            .iter()
-            .zip(&reference.image.pixels)
-            .map(|(a, b)| a.abs_diff(*b))
-            .max()
-            .unwrap_or(0);
-        s.image_max_abs = s.image_max_abs.max(px);
+        // NaN (a NaN difference, or shapes that cannot be compared) stays NaN.
+        let max_abs = lat.map_or(f64::NAN, |l| l.max_abs);
+        if max_abs.is_nan() || max_abs > s.latent_max_abs {
+            s.latent_max_abs = max_abs;
+        }
+        if !same_image {
+            let px = crate::compare::image_metrics(&f.image, &reference.image)
+                .map_or(u8::MAX, |i| i.max_level_diff);
+            s.image_max_abs = s.image_max_abs.max(px);
+        }
         let stage = match (&reference.metadata.stages, &f.metadata.stages) {
             (Some(a), Some(b)) => first_difference(a, b),
             _ => None,
@@ -452,20 +460,9 @@ pub fn recheck_for_rebaseline(
     work: &Path,
     runs: usize,
 ) -> Result<Vec<(String, String)>> {
-    let timeout = Duration::from_secs_f64(config.worker.timeout_s);
     let settings = config.model.runtime_settings();
-    let mut fresh = Vec::new();
-    for w in 2..=runs {
-        fresh.push(run_specs(
-            config,
-            cases.iter().map(|c| c.spec()).collect(),
-            fresh_settings(&settings)?,
-            environment,
-            &work.join(format!("determinism-{w}")),
-            timeout,
-            &Cancel::new(),
-        )?);
-    }
+    // `work` holds the first run's case folders; a leading dot is never a case name.
+    let fresh = run_fresh_workers(config, cases, environment, &work.join(".determinism"), runs)?;
     let mut refused = Vec::new();
     for (case, (name, dir)) in cases.iter().zip(first) {
         let Some(dir) = dir else { continue };

@@ -3,8 +3,6 @@
 //! baseline (same metrics, thresholds and verdicts), and each host that differs gets the
 //! recorded environment differences that explain it.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
 use crate::baseline::Baseline;
@@ -297,16 +295,11 @@ fn outputs(b: &Baseline) -> Outputs<'_> {
     }
 }
 
-/// The first generation parameter that differs between two hosts' outputs of a case.
+/// The first generation parameter that differs between two hosts' outputs of a case (`b` the
+/// reference), by the same rule as a check against a baseline.
 pub fn parameter_difference(a: &Baseline, b: &Baseline) -> Option<String> {
-    let pa = a.metadata.parameters.clone().unwrap_or_default();
-    let pb = b.metadata.parameters.clone().unwrap_or_default();
-    let va: BTreeMap<_, _> = pa.comparable().into_iter().collect();
-    for (key, vb) in pb.comparable() {
-        let x = va.get(key).cloned().unwrap_or_default();
-        if x != vb {
-            return Some(format!("{key} {vb} → {x}"));
-        }
-    }
-    None
+    crate::check::parameters_difference(
+        &b.metadata.parameters.clone().unwrap_or_default(),
+        &a.metadata.parameters.clone().unwrap_or_default(),
+    )
 }

@@ -17,7 +17,6 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::baseline::{Baseline, BaselineStore};
 use crate::generation::{self, GenerationFiles};
@@ -156,7 +155,10 @@ pub fn write_folder(staging: &Path, info: &SnapshotInfo, done: &[(String, PathBu
         if rel == MANIFEST_FILE {
             continue;
         }
-        manifest.push_str(&format!("{}  {rel}\n", sha256_file(&staging.join(&rel))?));
+        manifest.push_str(&format!(
+            "{}  {rel}\n",
+            crate::sd::model::sha256_file(&staging.join(&rel))?
+        ));
     }
     let p = staging.join(MANIFEST_FILE);
     std::fs::write(&p, manifest).with_context(|| format!("writing {}", p.display()))?;
@@ -238,22 +240,6 @@ fn list_files(dir: &Path) -> Result<Vec<String>> {
     walk(dir, dir, &mut out)?;
     out.sort();
     Ok(out)
-}
-
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(format!("{:x}", h.finalize()))
 }
 
 /// The tar crate quotes raw header bytes in some errors (found by fuzzing: a checksum field
@@ -380,7 +366,7 @@ fn open_folder(dir: &Path, source: &Path, kind: SourceKind) -> Result<Snapshot> 
         let Some(want) = listed.get(rel) else {
             bail!("snapshot {name}: {rel} is not in {MANIFEST_FILE} (added after the snapshot was taken?)");
         };
-        let got = sha256_file(&dir.join(rel))?;
+        let got = crate::sd::model::sha256_file(&dir.join(rel))?;
         if &got != want {
             bail!(
                 "snapshot {name}: {rel}: sha256 {} does not match the manifest's {} (the file was changed)",

@@ -7,7 +7,7 @@ use ndarray::{s, Array3, Array4, Axis, Ix4};
 use serde::Serialize;
 
 use super::image::{latents_to_rgb, RgbImage};
-use super::model::{concat0, FloatType, ModelError, SdModel};
+use super::model::{concat0, sha256_hex, FloatType, ModelError, SdModel};
 use super::noise::{sha256_f32, NoiseDtype, NoiseError, NoiseSource};
 use super::scheduler::{self, SchedulerConfig, SchedulerError, SchedulerKind};
 use super::tokenizer::{ClipTokenizer, TokenizerError};
@@ -325,7 +325,7 @@ pub fn generate_batch(
     let t0 = Instant::now();
     let image = latents_to_rgb(&decoded);
     timings.postprocess_s = secs(t0.elapsed());
-    stage("image".into(), sha256_bytes(&image.pixels));
+    stage("image".into(), sha256_hex(&image.pixels));
 
     timings.ort_run_s = secs(model.take_run_time());
     timings.total_s = secs(total_start.elapsed());
@@ -344,12 +344,7 @@ pub fn generate_batch(
 
 fn sha256_u32(ids: &[u32]) -> String {
     let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
-    sha256_bytes(&bytes)
-}
-
-fn sha256_bytes(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    format!("{:x}", Sha256::digest(bytes))
+    sha256_hex(&bytes)
 }
 
 fn validate(p: &GenerateParams) -> Result<(), PipelineError> {
