@@ -10,7 +10,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::site::{
-    fault_line, integrity, on_full_disk, parse_check, read_only, snapshot, verdicts, Site, TIGHT,
+    fault_line, integrity, names, on_full_disk, parse_check, read_only, snapshot, verdicts, Site,
+    TIGHT,
 };
 use common::{kill_after, wait_for_workers_of, Lcg};
 
@@ -452,5 +453,57 @@ fn concurrent_checks_and_rebaselines_on_one_store() {
             "versions 1..={} for both cases, no gap, history integrity ok, every run finished",
             fox.len()
         ),
+    );
+}
+
+#[test]
+fn full_disk_under_a_snapshot_and_a_metrics_textfile() {
+    let site = Site::new(None, "");
+    site.rebaseline();
+    let out = site.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("keep"), b"x").unwrap();
+    let fault = "out/ on a full tmpfs (0 bytes free): snapshot as tar and as folder, check --metrics-textfile";
+    for target in ["host.tar", "host"] {
+        let path = out.join(target);
+        let Some(o) = full_disk(
+            fault,
+            &out,
+            0,
+            site.command(&["snapshot", "--out", path.to_str().unwrap()]),
+        ) else {
+            return;
+        };
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{target}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.contains("No space left"), "{err}");
+        assert_eq!(
+            names(&out),
+            vec!["keep"],
+            "{target}: nothing half-written is left"
+        );
+    }
+    let prom = out.join("monitor.prom");
+    let Some(o) = full_disk(
+        fault,
+        &out,
+        0,
+        site.command(&["check", "--metrics-textfile", prom.to_str().unwrap()]),
+    ) else {
+        return;
+    };
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("writing metrics to"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert_eq!(names(&out), vec!["keep"]);
+    // The check itself was recorded: a full metrics folder costs the metrics only.
+    let (status, _) = last_run_status(&site);
+    assert_eq!(status, "finished");
+    fault_line(
+        fault,
+        "exit 2, one line: No space left on device",
+        "no partial tar, folder or .prom; the check recorded",
     );
 }
