@@ -71,6 +71,10 @@ pub struct CaseCheck {
     /// Batch invariance, the reference snapshot compared with: what only some results have.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub details: Option<serde_json::Value>,
+    /// The case's section of the round's HTML report: a URL under `report.base_url`, else the
+    /// page's path (set once the report is written).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report_page: Option<String>,
 }
 
 /// Where a check's time went, to keep the monitor's own overhead visible.
@@ -102,6 +106,12 @@ pub struct CheckRun {
     /// Set when the results could not be written to the history (they are still reported).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history_error: Option<String>,
+    /// The round's HTML report (written when a case is not identical).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<PathBuf>,
+    /// Why the HTML report could not be written (the results stand without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report_error: Option<String>,
 }
 
 /// Settings of one check beyond the config file.
@@ -252,6 +262,13 @@ pub fn check(config: &Config, opts: &CheckOptions) -> Result<CheckRun> {
     if history_error.is_some() {
         status = CheckStatus::Error;
     }
+    let mut results = results;
+    let (report, report_error) = if history_error.is_none() {
+        write_report(config, &history, run_id, &mut results)
+    } else {
+        // The report is built from the history; without the results there it would be empty.
+        (None, None)
+    };
     let generation_s = results.iter().map(|r| r.duration_s).sum();
     let timings = CheckTimings {
         total_s,
@@ -266,7 +283,38 @@ pub fn check(config: &Config, opts: &CheckOptions) -> Result<CheckRun> {
         status,
         timings,
         history_error,
+        report,
+        report_error,
     })
+}
+
+/// Writes the round's HTML report when a case is not identical, prunes reports whose run the
+/// history no longer keeps, and links each case to its section. A report that cannot be written
+/// costs the page, never the results: the error is returned beside them.
+fn write_report(
+    config: &Config,
+    history: &History,
+    run_id: i64,
+    results: &mut [CaseCheck],
+) -> (Option<PathBuf>, Option<String>) {
+    let reports = &config.storage.reports;
+    let mut error = None;
+    if let Err(e) = crate::report::prune(reports, history) {
+        error = Some(format!("pruning old reports: {e:#}"));
+    }
+    if results.iter().all(|r| r.verdict == Verdict::Identical) {
+        return (None, error);
+    }
+    let settings = config.report.settings();
+    match crate::report::write_round(reports, history, run_id, &settings) {
+        Ok(page) => {
+            for r in results.iter_mut() {
+                r.report_page = Some(crate::report::link(reports, &settings, run_id, &r.name));
+            }
+            (Some(page), error)
+        }
+        Err(e) => (None, Some(format!("{e:#}"))),
+    }
 }
 
 /// The worker run and every case's comparison.
@@ -381,6 +429,7 @@ fn check_case(
         warnings: Vec::new(),
         duration_s: 0.0,
         details: None,
+        report_page: None,
     };
     let dir = match outcome {
         Outcome::Failed(e) => {
@@ -441,7 +490,13 @@ fn check_case(
         let keep = reports.join(format!("run-{run_id:06}")).join(&case.name);
         // The verdict stands without the copies: a full or read-only reports folder costs the
         // evidence, never the result.
-        match keep_artifacts(dir, &keep, heatmap.map(|h| h.image), &mut report) {
+        match keep_artifacts(
+            dir,
+            &keep,
+            &baseline.image,
+            heatmap.map(|h| h.image),
+            &mut report,
+        ) {
             Ok(()) => out.artifacts = Some(keep),
             Err(e) => out
                 .warnings
@@ -504,6 +559,7 @@ pub fn parameters_difference(then: &ParametersRecord, now: &ParametersRecord) ->
 fn keep_artifacts(
     run_dir: &Path,
     keep: &Path,
+    baseline_image: &RgbImage,
     heatmap: Option<RgbImage>,
     report: &mut CompareReport,
 ) -> Result<()> {
@@ -524,6 +580,14 @@ fn keep_artifacts(
             std::fs::copy(&from, &to)
                 .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
         }
+        let p = tmp.join(crate::report::BASELINE_IMAGE);
+        atomic_write(
+            &p,
+            &baseline_image
+                .to_png()
+                .context("encoding the baseline's image")?,
+        )
+        .with_context(|| format!("writing {}", p.display()))?;
         if let Some(h) = heatmap {
             let p = tmp.join("diff.png");
             atomic_write(&p, &h.to_png().context("encoding diff.png")?)

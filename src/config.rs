@@ -50,6 +50,9 @@
 //!   auto_rebaseline: false            # store new baselines if drift persists    (default false)
 //! metrics:
 //!   listen: 127.0.0.1:9464            # monitor run's /metrics and /healthz; null = off
+//! report:                             # HTML report of each round not all identical
+//!   base_url: null                    # where reports/ is served; alerts link there (default null)
+//!   trend: 20                         # results in each case's trend sparkline  (default 20)
 //! daemon:
 //!   shutdown_grace: 30s               # SIGTERM: time a running check gets       (default 30s)
 //!   flush_timeout: 10s                # SIGTERM: time left to deliver alerts     (default 10s)
@@ -166,6 +169,9 @@ pub struct Config {
     /// The daemon's Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The HTML report of each round that is not all identical.
+    #[serde(default)]
+    pub report: ReportConfig,
     /// The fixed test cases, in file order.
     pub cases: Vec<Case>,
     /// The file this was loaded from (not a YAML key).
@@ -185,6 +191,36 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9464))),
+        }
+    }
+}
+
+/// `report:` — the HTML report written for every round that is not all identical.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportConfig {
+    /// Where the reports folder is served (`https://…/reports`); alerts link there instead of
+    /// naming the file. `null`: alerts name the page's path on this host.
+    pub base_url: Option<String>,
+    /// Results in each case's trend sparkline.
+    pub trend: usize,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        ReportConfig {
+            base_url: None,
+            trend: 20,
+        }
+    }
+}
+
+impl ReportConfig {
+    /// The report module's settings.
+    pub fn settings(&self) -> crate::report::ReportSettings {
+        crate::report::ReportSettings {
+            base_url: self.base_url.clone(),
+            trend: self.trend,
         }
     }
 }
@@ -768,6 +804,20 @@ impl Config {
             for (key, message) in crate::remediate::validate(r) {
                 v.error(&key, message);
             }
+        }
+        if let Some(url) = &self.report.base_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                v.error(
+                    "report.base_url",
+                    format!("base_url {url:?} must start with https:// or http:// (the address where the reports folder is served)"),
+                );
+            }
+        }
+        if !(1..=1000).contains(&self.report.trend) {
+            v.error(
+                "report.trend",
+                format!("trend {} must be 1 to 1000 (results in each case's sparkline)", self.report.trend),
+            );
         }
         if self.daemon.shutdown_grace.is_zero() {
             v.error(

@@ -800,6 +800,52 @@ impl History {
         run().map_err(|e| self.err(action, e))
     }
 
+    /// Every result of run `run_id`, in the order recorded (a report's rows).
+    pub fn run_results(&self, run_id: i64) -> Result<Vec<HistoryEntry>, HistoryError> {
+        let select = format!(
+            "SELECT r.id, r.run_id, u.kind, u.started_at, u.finished_at, u.exit_code, r.created_at,
+                    {}, u.status, u.error
+             FROM results r JOIN runs u ON u.id = r.run_id WHERE r.run_id = ?1 ORDER BY r.id",
+            RESULT_COLUMNS
+                .split(", ")
+                .map(|c| format!("r.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let run = || -> rusqlite::Result<Vec<HistoryEntry>> {
+            let mut stmt = self.conn.prepare_cached(&select)?;
+            let rows = stmt.query_map([run_id], entry_from_row)?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(format!("reading the results of run {run_id}"), e))
+    }
+
+    /// Ids of the stored runs from `ids` (which report folders still have their run).
+    pub fn existing_runs(&self, ids: &[i64]) -> Result<Vec<i64>, HistoryError> {
+        let run = || -> rusqlite::Result<Vec<i64>> {
+            let mut stmt = self.conn.prepare_cached("SELECT 1 FROM runs WHERE id = ?1")?;
+            let mut out = Vec::new();
+            for &id in ids {
+                if stmt.exists([id])? {
+                    out.push(id);
+                }
+            }
+            Ok(out)
+        };
+        run().map_err(|e| self.err("reading run ids", e))
+    }
+
+    /// The newest finished run of kind `check`, if any (`monitor report --latest`).
+    pub fn latest_check(&self) -> Result<Option<i64>, HistoryError> {
+        self.conn
+            .query_row(
+                "SELECT max(id) FROM runs WHERE kind = 'check' AND status != 'running'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err("reading the latest check", e))
+    }
+
     /// The last `n` check verdicts of `case`, newest first (for "N failures in a row" alerts).
     /// Only results of check runs count: a rebaseline's `new`, or its drift against the version
     /// it replaces, is no failed check.

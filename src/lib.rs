@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod process;
 pub mod rebaseline;
 pub mod remediate;
+pub mod report;
 pub mod sd;
 pub mod secret;
 pub mod snapshot;

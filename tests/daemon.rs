@@ -276,6 +276,11 @@ fn one_daemon_life_drift_restart_escalation_resolved_and_clean_stop() {
     assert_eq!(firing["version"], 1);
     assert_eq!(firing["cases"][0]["name"], "fox");
     assert_eq!(firing["cases"][0]["verdict"], "drift");
+    // The alert points at the round's HTML report, at the case's section, and the page is there.
+    let report = firing["cases"][0]["report_dir"].as_str().unwrap();
+    let (page, anchor) = report.split_once('#').unwrap();
+    assert_eq!(anchor, "case-fox", "{firing}");
+    assert!(page.ends_with("/index.html") && std::path::Path::new(page).is_file(), "{report}");
     let max_abs = &firing["cases"][0]["metrics"][0];
     assert_eq!(max_abs["name"], "latent_max_abs");
     assert!(max_abs["value"].as_f64().unwrap() > 0.0 && max_abs["ok"] == false);

@@ -89,7 +89,11 @@ pub fn alert_case(c: &CaseCheck, st: Option<&CaseState>) -> AlertCase {
         reasons,
         env_changes,
         error: c.error.clone(),
-        report_dir: c.artifacts.as_ref().map(|d| d.display().to_string()),
+        // The HTML page (or its URL) when written, else the folder with the kept outputs.
+        report_dir: c
+            .report_page
+            .clone()
+            .or_else(|| c.artifacts.as_ref().map(|d| d.display().to_string())),
         heatmap,
         bad_streak: st.map_or(0, |s| s.bad_streak),
         firing_since: st.and_then(|s| s.firing_since.clone()),

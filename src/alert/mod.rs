@@ -103,7 +103,8 @@ pub struct AlertCase {
     pub env_changes: Vec<String>,
     /// Why the case could not be checked.
     pub error: Option<String>,
-    /// Folder with the run's outputs, compare.json and diff.png.
+    /// The case's section of the round's HTML report (a URL under `report.base_url`, else the
+    /// page's path with `#case-NAME`); the folder of kept outputs when no page was written.
     pub report_dir: Option<String>,
     /// The diff heatmap file (attached to email when it exists).
     pub heatmap: Option<String>,

@@ -43,6 +43,9 @@ pub fn run(a: CheckArgs) -> Result<u8> {
     if let Some(e) = &result.history_error {
         eprintln!("monitor: error: results not recorded: {e}");
     }
+    if let Some(e) = &result.report_error {
+        eprintln!("monitor: warning: HTML report not written: {e}");
+    }
     let mut code = super::exit_code(result.status);
     if let Some(path) = &a.metrics_textfile {
         let written = crate::history::History::open(&config.storage.database)
@@ -92,6 +95,9 @@ fn print_table(run: &CheckRun) {
             c.duration_s,
         );
         print_details(c);
+    }
+    if let Some(page) = &run.report {
+        println!("report: {}", page.display());
     }
     println!(
         "{} (run {}, {:.1}s, exit {})",

@@ -19,6 +19,7 @@ mod history;
 mod noise;
 mod progress;
 mod rebaseline;
+mod report;
 mod run;
 mod snapshot;
 mod status;
@@ -79,6 +80,8 @@ enum Command {
     Baselines(baselines::BaselinesArgs),
     /// Show the newest recorded results (table, or --json).
     History(history::HistoryArgs),
+    /// Write a round's HTML report (images, metrics, trend), or export it with --out DIR.
+    Report(report::ReportArgs),
     /// Send a test alert to every configured channel (`alert test`).
     Alert(alerts::AlertArgs),
     /// List recent alerts and their delivery state per channel.
@@ -166,6 +169,7 @@ pub fn main() -> u8 {
         Command::Worker(a) => worker::run(a),
         Command::Baselines(a) => baselines::run(a),
         Command::History(a) => history::run(a),
+        Command::Report(a) => report::run(a),
         Command::Alert(a) => alerts::run_alert(a),
         Command::Alerts(a) => alerts::run_alerts(a),
         Command::Run(a) => run::run(a),

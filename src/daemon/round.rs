@@ -137,6 +137,7 @@ fn results_of(config: &Config, cases: &[String], checked: &Result<CheckRun>) -> 
                     warnings: Vec::new(),
                     duration_s: 0.0,
                     details: None,
+                    report_page: None,
                 })
                 .collect()
         }
