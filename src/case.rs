@@ -21,6 +21,7 @@ use crate::limits::{Capacity, Limits};
 use crate::sd::model::FloatType;
 use crate::sd::noise::{self, NoiseKind};
 use crate::sd::pipeline::{first_difference, GenerateParams, Generation, LoadedModel};
+use crate::sd::runtime::ExecutionProvider;
 use crate::sd::runtime::Runtime;
 use crate::sd::scheduler::SchedulerKind;
 
@@ -142,6 +143,7 @@ pub struct CaseRunner<'r> {
     hash_s: f64,
     environment: Environment,
     capacity: Capacity,
+    meter: crate::resources::Meter,
 }
 
 impl<'r> CaseRunner<'r> {
@@ -176,6 +178,7 @@ impl<'r> CaseRunner<'r> {
             hash_s,
             environment,
             capacity,
+            meter: Default::default(),
         })
     }
 
@@ -228,6 +231,8 @@ impl<'r> CaseRunner<'r> {
             .metadata(case, karras, &gen)
             .with_context(|| format!("case {}: recording metadata", case.name))?;
         meta.batch = batch;
+        let gpu = self.runtime.settings().execution_provider == ExecutionProvider::Cuda;
+        meta.resources = Some(self.meter.sample(gpu));
         Ok((gen, meta))
     }
 

@@ -71,6 +71,9 @@ pub struct CaseCheck {
     /// Batch invariance, the reference snapshot compared with: what only some results have.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub details: Option<serde_json::Value>,
+    /// Generation time and memory, and the `slow` flag (never part of the verdict).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub performance: Option<crate::performance::Performance>,
     /// The case's section of the round's HTML report: a URL under `report.base_url`, else the
     /// page's path (set once the report is written).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -245,6 +248,12 @@ pub fn check(config: &Config, opts: &CheckOptions) -> Result<CheckRun> {
         }
     };
     let mut status = CheckStatus::of(&results);
+    if let Some(v) = &run.report.onnxruntime_version {
+        // Best effort: the version also sits in every kept metadata.json.
+        if let Err(e) = history.note_runtime(run_id, v) {
+            tracing::warn!("{e}");
+        }
+    }
     let rows: Vec<CaseResult> = results.iter().map(history_row).collect();
     let total_s = start.elapsed().as_secs_f64();
     // The model run is done and its results are worth showing even if they cannot be stored
@@ -363,6 +372,7 @@ fn run_and_compare(
             case,
             outcome,
             &thresholds,
+            config.performance.max_slowdown,
             &config.storage.reports,
             run_id,
         );
@@ -416,6 +426,7 @@ fn check_case(
     case: &Case,
     outcome: &Outcome,
     thresholds: &Thresholds,
+    max_slowdown: Option<f64>,
     reports: &Path,
     run_id: i64,
 ) -> CaseCheck {
@@ -429,6 +440,7 @@ fn check_case(
         warnings: Vec::new(),
         duration_s: 0.0,
         details: None,
+        performance: None,
         report_page: None,
     };
     let dir = match outcome {
@@ -484,6 +496,11 @@ fn check_case(
         ));
         return out;
     }
+    out.performance = Some(crate::performance::Performance::assess(
+        &run.metadata,
+        Some(&baseline.metadata),
+        max_slowdown,
+    ));
     let (mut report, heatmap) = compare_with(&run, &baseline, thresholds);
     out.verdict = report.classification.verdict;
     if out.verdict != Verdict::Identical {
@@ -643,7 +660,10 @@ pub fn history_row(r: &CaseCheck) -> CaseResult {
         env_diff: report.map(|r| json!(r.env_differences)),
         error: r.error.clone(),
         duration_s: Some(r.duration_s),
-        timings: None,
+        timings: r
+            .performance
+            .as_ref()
+            .and_then(|p| serde_json::to_value(p).ok()),
         details: r.details.clone(),
     }
 }

@@ -50,6 +50,8 @@
 //!   auto_rebaseline: false            # store new baselines if drift persists    (default false)
 //! metrics:
 //!   listen: 127.0.0.1:9464            # monitor run's /metrics and /healthz; null = off
+//! performance:
+//!   max_slowdown: null                # `slow` above this × the baseline's generation time, e.g. 1.5
 //! report:                             # HTML report of each round not all identical
 //!   base_url: null                    # where reports/ is served; alerts link there (default null)
 //!   trend: 20                         # results in each case's trend sparkline  (default 20)
@@ -172,6 +174,9 @@ pub struct Config {
     /// The HTML report of each round that is not all identical.
     #[serde(default)]
     pub report: ReportConfig,
+    /// The `slow` flag: generation time against the baseline's.
+    #[serde(default)]
+    pub performance: crate::performance::PerformanceConfig,
     /// The fixed test cases, in file order.
     pub cases: Vec<Case>,
     /// The file this was loaded from (not a YAML key).
@@ -813,10 +818,21 @@ impl Config {
                 );
             }
         }
+        if let Some(m) = self.performance.max_slowdown {
+            if !(m.is_finite() && m >= 1.0) {
+                v.error(
+                    "performance.max_slowdown",
+                    format!("max_slowdown {m} must be a number ≥ 1 (1.5 = flag runs 50% slower than the baseline)"),
+                );
+            }
+        }
         if !(1..=1000).contains(&self.report.trend) {
             v.error(
                 "report.trend",
-                format!("trend {} must be 1 to 1000 (results in each case's sparkline)", self.report.trend),
+                format!(
+                    "trend {} must be 1 to 1000 (results in each case's sparkline)",
+                    self.report.trend
+                ),
             );
         }
         if self.daemon.shutdown_grace.is_zero() {

@@ -118,6 +118,9 @@ pub struct Metadata {
     /// Batch invariance of a case with `batch_size` > 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<BatchRecord>,
+    /// Memory the worker used (peak RSS; GPU memory on CUDA runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::resources::ResourcesRecord>,
     /// Shapes and hashes of the other two files, added by [`write`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<OutputsRecord>,
@@ -148,6 +151,7 @@ impl Default for Metadata {
             warnings: None,
             stages: None,
             batch: None,
+            resources: None,
             outputs: None,
             baseline: None,
             extra: Extra::new(),
@@ -394,6 +398,9 @@ pub struct TimingsRecord {
     /// UNet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unet_s: Option<f64>,
+    /// Each UNet call, in step order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unet_step_s: Option<Vec<f64>>,
     /// Scheduler math.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduler_s: Option<f64>,

@@ -800,6 +800,24 @@ impl History {
         run().map_err(|e| self.err(action, e))
     }
 
+    /// Adds the ONNX Runtime release the worker loaded to run `run_id`'s environment (known
+    /// only once the worker has started).
+    pub fn note_runtime(
+        &mut self,
+        run_id: i64,
+        onnxruntime_version: &str,
+    ) -> Result<(), HistoryError> {
+        self.conn
+            .execute(
+                "UPDATE runs SET environment_json =
+                     json_set(COALESCE(environment_json, '{}'), '$.onnxruntime_version', ?1)
+                 WHERE id = ?2",
+                params![onnxruntime_version, run_id],
+            )
+            .map_err(|e| self.err(format!("recording the runtime of run {run_id}"), e))?;
+        Ok(())
+    }
+
     /// Every result of run `run_id`, in the order recorded (a report's rows).
     pub fn run_results(&self, run_id: i64) -> Result<Vec<HistoryEntry>, HistoryError> {
         let select = format!(
@@ -823,7 +841,9 @@ impl History {
     /// Ids of the stored runs from `ids` (which report folders still have their run).
     pub fn existing_runs(&self, ids: &[i64]) -> Result<Vec<i64>, HistoryError> {
         let run = || -> rusqlite::Result<Vec<i64>> {
-            let mut stmt = self.conn.prepare_cached("SELECT 1 FROM runs WHERE id = ?1")?;
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT 1 FROM runs WHERE id = ?1")?;
             let mut out = Vec::new();
             for &id in ids {
                 if stmt.exists([id])? {

@@ -51,6 +51,24 @@ struct Action {
 struct Build {
     version: String,
     execution_provider: String,
+    onnxruntime: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CaseStage {
+    case: String,
+    stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CaseMemory {
+    case: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerFailure {
+    kind: String,
 }
 
 /// Every verdict a case can have, so each case exports the whole state set.
@@ -109,12 +127,36 @@ pub fn render(config: &Config, history: &History) -> Result<String> {
     for (name, help, fam) in &per_case {
         registry.register(*name, *help, fam.clone());
     }
+    let stages = Family::<CaseStage, F64Gauge>::default();
+    registry.register(
+        "monitor_case_stage_seconds",
+        "seconds per pipeline stage in the case's last check (text_encoder, unet, unet_step_median, vae, load)",
+        stages.clone(),
+    );
+    let memory = Family::<CaseMemory, F64Gauge>::default();
+    registry.register(
+        "monitor_case_memory_bytes",
+        "the worker's memory after the case's last check (peak_rss; gpu on CUDA hosts)",
+        memory.clone(),
+    );
+    let slowdown = Family::<CaseLabel, F64Gauge>::default();
+    registry.register(
+        "monitor_case_slowdown_ratio",
+        "generation time of the case's last check over its baseline's",
+        slowdown.clone(),
+    );
+    let slow = Family::<CaseLabel, F64Gauge>::default();
+    registry.register(
+        "monitor_case_slow",
+        "1 when the last check was slower than performance.max_slowdown times the baseline (never part of the verdict)",
+        slow.clone(),
+    );
     for case in &config.cases {
         let row = history
             .conn()
             .query_row(
                 "SELECT r.verdict, r.latent_max_abs, r.latent_cosine, r.ssim, r.psnr_db,
-                        r.duration_s, r.created_at
+                        r.duration_s, r.created_at, r.timings_json
                  FROM results r JOIN runs u ON u.id = r.run_id
                  WHERE u.kind = 'check' AND r.case_name = ?1
                  ORDER BY r.id DESC LIMIT 1",
@@ -130,14 +172,54 @@ pub fn render(config: &Config, history: &History) -> Result<String> {
                             r.get::<_, Option<f64>>(5)?,
                         ],
                         r.get::<_, String>(6)?,
+                        r.get::<_, Option<String>>(7)?,
                     ))
                 },
             )
             .optional()
             .with_context(|| f("monitor_case_*"))?;
-        let Some((last, values, at)) = row else {
+        let Some((last, values, at, timings)) = row else {
             continue;
         };
+        // A row written before timings were recorded (or damaged) just has none to show.
+        let perf: Option<crate::performance::Performance> =
+            timings.and_then(|t| serde_json::from_str(&t).ok());
+        if let Some(p) = &perf {
+            for (stage, v) in [
+                ("text_encoder", p.text_encoder_s),
+                ("unet", p.unet_s),
+                ("unet_step_median", p.unet_step_median_s),
+                ("vae", p.vae_s),
+                ("load", p.load_s),
+            ] {
+                if let Some(v) = v {
+                    stages
+                        .get_or_create(&CaseStage {
+                            case: case.name.clone(),
+                            stage: stage.into(),
+                        })
+                        .set(v);
+                }
+            }
+            for (kind, v) in [("peak_rss", p.peak_rss_bytes), ("gpu", p.gpu_memory_bytes)] {
+                if let Some(v) = v {
+                    memory
+                        .get_or_create(&CaseMemory {
+                            case: case.name.clone(),
+                            kind: kind.into(),
+                        })
+                        .set(v as f64);
+                }
+            }
+            let label = CaseLabel {
+                case: case.name.clone(),
+            };
+            if let Some(r) = p.slowdown {
+                slowdown.get_or_create(&label).set(r);
+            }
+            slow.get_or_create(&label)
+                .set(if p.slow { 1.0 } else { 0.0 });
+        }
         for v in VERDICTS {
             verdict
                 .get_or_create(&CaseVerdict {
@@ -228,16 +310,51 @@ pub fn render(config: &Config, history: &History) -> Result<String> {
         );
     }
 
+    let failures = Family::<WorkerFailure, F64Gauge>::default();
+    registry.register(
+        "monitor_worker_failures",
+        "case results in the history whose worker crashed (and was restarted for the next cases) or was killed at its timeout",
+        failures.clone(),
+    );
+    let counted: (f64, f64) = history
+        .conn()
+        .query_row(
+            "SELECT COALESCE(SUM(r.error LIKE ?1 || '%'), 0), COALESCE(SUM(r.error LIKE ?2 || '%'), 0)
+             FROM results r JOIN runs u ON u.id = r.run_id WHERE u.kind = 'check'",
+            params![crate::worker::CRASH_PREFIX, crate::worker::TIMEOUT_PREFIX],
+            |r| Ok((r.get::<_, i64>(0)? as f64, r.get::<_, i64>(1)? as f64)),
+        )
+        .with_context(|| f("monitor_worker_failures"))?;
+    for (kind, n) in [("crash", counted.0), ("timeout", counted.1)] {
+        failures
+            .get_or_create(&WorkerFailure { kind: kind.into() })
+            .set(n);
+    }
+
+    // The release the last check's worker loaded (the daemon itself never loads ONNX Runtime).
+    let onnxruntime: Option<String> = history
+        .conn()
+        .query_row(
+            "SELECT json_extract(environment_json, '$.onnxruntime_version') FROM runs
+             WHERE kind = 'check' AND json_valid(environment_json)
+               AND json_extract(environment_json, '$.onnxruntime_version') IS NOT NULL
+             ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .with_context(|| f("monitor_build_info"))?;
     let build = Family::<Build, F64Gauge>::default();
     registry.register(
         "monitor_build_info",
-        "the monitor's version and execution provider",
+        "the monitor's version, execution provider, and the ONNX Runtime release of the last check",
         build.clone(),
     );
     build
         .get_or_create(&Build {
             version: env!("CARGO_PKG_VERSION").into(),
             execution_provider: config.model.execution_provider.name().into(),
+            onnxruntime: onnxruntime.unwrap_or_else(|| "unknown".into()),
         })
         .set(1.0);
 

@@ -43,6 +43,9 @@ pub struct Job {
 pub struct Report {
     /// Seconds spent creating sessions.
     pub load_s: Option<f64>,
+    /// The ONNX Runtime release the worker loaded.
+    #[serde(default)]
+    pub onnxruntime_version: Option<String>,
     /// An error that stopped every case (no ONNX Runtime, model folder broken, ...).
     pub fatal: Option<String>,
     /// One entry per case that was attempted.
@@ -146,6 +149,9 @@ pub fn run_in_worker(
         let (exit, attempt) = run_once(&sub, out_dir, deadline, cancel)?;
         if report.load_s.is_none() {
             report.load_s = attempt.load_s;
+        }
+        if report.onnxruntime_version.is_none() {
+            report.onnxruntime_version = attempt.onnxruntime_version.clone();
         }
         report.fatal = report.fatal.or(attempt.fatal.clone());
         report.cases.extend(attempt.cases.iter().cloned());
@@ -301,14 +307,19 @@ impl Progress {
     }
 }
 
+/// How a case's error begins when the worker running it died (the metrics count these).
+pub const CRASH_PREFIX: &str = "the worker died";
+/// How a case's error begins when the worker was killed at its timeout.
+pub const TIMEOUT_PREFIX: &str = "worker killed after the";
+
 fn crash_message(status: &ExitStatus, case: &str, progress: &Progress) -> String {
     let how = describe(status);
     match &progress.running {
         Some(c) if c == case => format!(
-            "the worker died ({how}) while running case {case}; the cases after it ran in a new worker"
+            "{CRASH_PREFIX} ({how}) while running case {case}; the cases after it ran in a new worker"
         ),
         _ => format!(
-            "the worker died ({how}) before case {case} finished; the cases after it ran in a new worker"
+            "{CRASH_PREFIX} ({how}) before case {case} finished; the cases after it ran in a new worker"
         ),
     }
 }
@@ -316,7 +327,7 @@ fn crash_message(status: &ExitStatus, case: &str, progress: &Progress) -> String
 fn unfinished_message(exit: &Exit, case: &str, timeout: Duration) -> String {
     match exit {
         Exit::TimedOut => format!(
-            "worker killed after the {} s timeout before case {case} finished",
+            "{TIMEOUT_PREFIX} {} s timeout before case {case} finished",
             timeout.as_secs_f64()
         ),
         Exit::Status(s) => format!(
@@ -637,18 +648,30 @@ pub fn work(job_file: &Path, out_dir: &Path) -> Result<()> {
 
 fn run_cases(job: &Job, out_dir: &Path, report: &mut Report) -> Result<()> {
     let runtime = Runtime::init(job.ort_library.as_deref(), job.runtime.clone())?;
+    report.onnxruntime_version = Some(runtime.info().version.clone());
     let mut runner = CaseRunner::load(&runtime, &job.model, job.environment.clone(), &job.limits)?;
     report.load_s = Some(runner.load_s());
     Progress::append(out_dir, "loaded");
     // Test hook: abort (SIGABRT, as a failed allocation does) when this case starts.
     let abort_on = std::env::var("MONITOR_TEST_ABORT_IN_CASE").ok();
+    // Test hook: a worker slowed by this many ms per step (as a throttled GPU is), which the
+    // generation time includes.
+    let step_delay = std::env::var("MONITOR_TEST_STEP_DELAY_MS")
+        .ok()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(std::time::Duration::from_millis);
     for case in &job.cases {
         Progress::append(out_dir, &format!("start {}", case.name));
         if abort_on.as_deref() == Some(case.name.as_str()) {
             std::process::abort();
         }
         let start = Instant::now();
-        let result = runner.run(case, &mut |_, _| {}).and_then(|(gen, meta)| {
+        let mut on_step = |_, _| {
+            if let Some(d) = step_delay {
+                std::thread::sleep(d);
+            }
+        };
+        let result = runner.run(case, &mut on_step).and_then(|(gen, meta)| {
             // Not create_dir_all: a work folder swept away (its parent died) must not come back.
             let dir = out_dir.join(&case.name);
             std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -443,6 +443,27 @@ fn a_worker_crash_in_one_case_costs_that_case_alone() {
         msg.contains("signal 6") && msg.contains("while running case owl"),
         "{msg}"
     );
+    // The metrics count the crash (and no timeout).
+    let prom = site.path("m.prom");
+    let o = site
+        .command(&["check", "--metrics-textfile", prom.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        text.contains("monitor_worker_failures{kind=\"crash\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("monitor_worker_failures{kind=\"timeout\"} 0"),
+        "{text}"
+    );
 }
 
 const FOX2: &str = "{name: fox2, prompt: \"a red fox\", seed: 7, steps: 2, width: 64, height: 64, scheduler: ddim, noise: numpy}";

@@ -280,7 +280,10 @@ fn one_daemon_life_drift_restart_escalation_resolved_and_clean_stop() {
     let report = firing["cases"][0]["report_dir"].as_str().unwrap();
     let (page, anchor) = report.split_once('#').unwrap();
     assert_eq!(anchor, "case-fox", "{firing}");
-    assert!(page.ends_with("/index.html") && std::path::Path::new(page).is_file(), "{report}");
+    assert!(
+        page.ends_with("/index.html") && std::path::Path::new(page).is_file(),
+        "{report}"
+    );
     let max_abs = &firing["cases"][0]["metrics"][0];
     assert_eq!(max_abs["name"], "latent_max_abs");
     assert!(max_abs["value"].as_f64().unwrap() > 0.0 && max_abs["ok"] == false);
@@ -771,4 +774,63 @@ fn sigterm_during_a_hanging_restart_stops_in_time_and_kills_the_restart() {
         !running,
         "the restart command {pid} outlived the daemon: {state}"
     );
+}
+
+#[test]
+fn a_case_that_becomes_slow_alerts_once_and_stays_identical() {
+    let webhook = HttpPeer::start(vec![]);
+    let site = Site::with_cases(
+        None,
+        &[FOX],
+        &format!(
+            "performance: {{max_slowdown: 1.5}}\nalerts:\n  timeout: 5s\n  webhook: {{url: \"{}/hook\"}}\n",
+            webhook.base_url()
+        ),
+    );
+    // Every run sleeps a little each step so that timing noise of the tiny model (a few ms)
+    // cannot reach the 1.5x limit; "slow" rounds sleep five times as long.
+    let round = |delay_ms: &str| {
+        let o = site
+            .command(&["run", "--once"])
+            .env("MONITOR_TEST_STEP_DELAY_MS", delay_ms)
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let o = site
+        .command(&["rebaseline", "--reason", "t", "--yes"])
+        .env("MONITOR_TEST_STEP_DELAY_MS", "20")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    round("20");
+    assert!(webhook_alerts(&webhook).is_empty());
+    // A worker slowed to 100 ms a step (a throttled GPU): two rounds, one alert.
+    round("100");
+    round("100");
+    let alerts = webhook_alerts(&webhook);
+    assert_eq!(kinds(&alerts), ["slow"], "{alerts:?}");
+    let slow = &alerts[0];
+    assert_eq!(slow["severity"], "info");
+    assert_eq!(slow["cases"][0]["name"], "fox");
+    assert_eq!(
+        slow["cases"][0]["verdict"], "identical",
+        "speed never changes the verdict"
+    );
+    assert!(
+        slow["title"]
+            .as_str()
+            .unwrap()
+            .contains("× the baseline's generation time"),
+        "{slow}"
+    );
+    // Back to normal speed, then slow again: a new alert for the new episode.
+    round("20");
+    round("100");
+    assert_eq!(kinds(&webhook_alerts(&webhook)), ["slow", "slow"]);
 }

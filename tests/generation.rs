@@ -420,8 +420,13 @@ fn new_generations_have_the_v1_shape() {
     key_paths(&old, "", &mut b);
     // Added since these files: per-stage hashes, optional (absent in older files, which read as
     // "no stage data"; an older monitor keeps the block as an unknown field).
-    assert!(a.iter().any(|k| k == "stages"), "{a:?}");
-    a.retain(|k| k != "stages");
+    // Likewise per-call UNet times and the worker's memory (issue 10's performance tracking).
+    for added in ["stages", "timings.unet_step_s", "resources"] {
+        assert!(a.iter().any(|k| k == added), "{added} missing: {a:?}");
+    }
+    a.retain(|k| {
+        !["stages", "timings.unet_step_s"].contains(&k.as_str()) && !k.starts_with("resources")
+    });
     assert_eq!(a, b);
     generation::read(t.path()).unwrap();
 }

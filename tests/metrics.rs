@@ -112,10 +112,35 @@ fn check_writes_a_valid_textfile_with_per_case_gauges() {
             "monitor_build_info",
             &[
                 ("version", env!("CARGO_PKG_VERSION")),
-                ("execution_provider", "cpu")
+                ("execution_provider", "cpu"),
+                ("onnxruntime", "1.31.1"),
             ]
         ),
         Some(1.0)
+    );
+    // Stage times, memory and the slow flag of each case's last check.
+    for case in ["fox", "owl"] {
+        for stage in ["text_encoder", "unet", "unet_step_median", "vae", "load"] {
+            let v = value(
+                &s,
+                "monitor_case_stage_seconds",
+                &[("case", case), ("stage", stage)],
+            );
+            assert!(v.is_some_and(|v| v > 0.0), "{case} {stage}: {v:?}");
+        }
+        #[cfg(unix)]
+        assert!(value(
+            &s,
+            "monitor_case_memory_bytes",
+            &[("case", case), ("kind", "peak_rss")]
+        )
+        .is_some_and(|v| v > 1e6));
+        // No performance.max_slowdown in this config: never slow.
+        assert_eq!(value(&s, "monitor_case_slow", &[("case", case)]), Some(0.0));
+    }
+    assert_eq!(
+        value(&s, "monitor_worker_failures", &[("kind", "crash")]),
+        Some(0.0)
     );
     // No daemon ran on this database: no next run.
     assert!(value(&s, "monitor_next_run_timestamp_seconds", &[]).is_none());
@@ -212,6 +237,51 @@ fn the_daemon_serves_metrics_and_health() {
     let exit = daemon.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
     assert!(get(port, "/healthz").is_none(), "the port is still served");
+}
+
+#[test]
+fn healthz_fails_while_the_scheduler_loop_is_held_and_recovers() {
+    let port = free_port();
+    let site = Site::with_cases(
+        None,
+        &[common::site::FOX],
+        &format!("schedule: \"* * * * * *\"\nmetrics: {{listen: \"127.0.0.1:{port}\"}}\n"),
+    );
+    site.rebaseline();
+    // The loop iterates every second here; 3 s without one is a stall.
+    let mut daemon = site
+        .command(&["run"])
+        .env("MONITOR_TEST_HEALTH_STALE_S", "3")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let health = || get(port, "/healthz");
+    wait_for("healthy", Duration::from_secs(60), || {
+        health().is_some_and(|(s, _)| s.contains("200"))
+    });
+    // Another process holds the database's write lock: each loop iteration now waits out the
+    // 5 s busy timeout, so the loop stops beating while the endpoint still answers.
+    let db = rusqlite::Connection::open(site.path("monitor.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let mut body = String::new();
+    wait_for("/healthz 503", Duration::from_secs(30), || match health() {
+        Some((s, b)) if s.contains("503") => {
+            body = b;
+            true
+        }
+        _ => false,
+    });
+    assert!(
+        body.starts_with("scheduler loop stalled: last iteration"),
+        "{body}"
+    );
+    db.execute_batch("COMMIT").unwrap();
+    drop(db);
+    wait_for("healthy again", Duration::from_secs(30), || {
+        health().is_some_and(|(s, _)| s.contains("200"))
+    });
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().unwrap().success());
 }
 
 /// Every metric family the exporter can emit, from a database with a check, an alert delivery,

@@ -11,7 +11,8 @@ use common::site::{case, Site, FOX, TIGHT};
 use serde_json::Value;
 
 /// A case whose prompt holds what breaks naive HTML: quotes, a newline, markup and `</script>`.
-const TRICKY_PROMPT: &str = "say \"hi\" </script><script>document.title='owned'</script>\nsecond line & <b>bold</b>";
+const TRICKY_PROMPT: &str =
+    "say \"hi\" </script><script>document.title='owned'</script>\nsecond line & <b>bold</b>";
 
 fn tricky_case() -> String {
     format!(
@@ -169,10 +170,16 @@ fn a_drifting_round_gets_a_report_that_renders_in_chromium() {
     assert!(dom.get("error").is_none(), "harness failed: {dom}");
     assert_eq!(
         dom["rows"],
-        serde_json::json!([["fox", "drift", "#case-fox"], ["tricky", "drift", "#case-tricky"]]),
+        serde_json::json!([
+            ["fox", "drift", "#case-fox"],
+            ["tricky", "drift", "#case-tricky"]
+        ]),
         "{dom}"
     );
-    assert_eq!(dom["sections"], serde_json::json!(["case-fox", "case-tricky"]));
+    assert_eq!(
+        dom["sections"],
+        serde_json::json!(["case-fox", "case-tricky"])
+    );
     // TIGHT fails every threshold on a drifting run; the others are marked as passing.
     assert_eq!(
         dom["failed"],
@@ -182,10 +189,17 @@ fn a_drifting_round_gets_a_report_that_renders_in_chromium() {
     assert!(dom["passed"].as_array().unwrap().len() >= 3, "{dom}");
     let images = dom["images"].as_array().unwrap();
     assert_eq!(images.len(), 3, "baseline, current, diff: {dom}");
-    for (img, cls) in images.iter().zip(["img-baseline", "img-current", "img-diff"]) {
+    for (img, cls) in images
+        .iter()
+        .zip(["img-baseline", "img-current", "img-diff"])
+    {
         assert_eq!(img["cls"], cls);
         assert_eq!(img["complete"], true, "{img}");
-        assert_eq!((img["w"].as_u64(), img["h"].as_u64()), (Some(64), Some(64)), "{img}");
+        assert_eq!(
+            (img["w"].as_u64(), img["h"].as_u64()),
+            (Some(64), Some(64)),
+            "{img}"
+        );
     }
     // The slider uncovers the current image from the right; onion skin overlays it at half.
     assert_eq!(dom["clip_initial"], "inset(0px 0px 0px 50%)", "{dom}");
@@ -196,7 +210,10 @@ fn a_drifting_round_gets_a_report_that_renders_in_chromium() {
     // The prompt renders as text, exactly as written; its script never ran.
     assert_eq!(dom["prompt"], TRICKY_PROMPT, "{dom}");
     assert_eq!(dom["scripts"], 1, "only the page's own script: {dom}");
-    assert!(dom["title"].as_str().unwrap().starts_with("monitor run"), "{dom}");
+    assert!(
+        dom["title"].as_str().unwrap().starts_with("monitor run"),
+        "{dom}"
+    );
     assert_eq!(
         dom["env"],
         serde_json::json!(["onnxruntime.version: 1.24.4 → 1.31.1"]),
@@ -233,7 +250,10 @@ fn an_identical_round_writes_no_report_but_one_can_be_asked_for() {
     let o = site.run(&["report", "--latest"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let page = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-    assert_eq!(page, site.path(&format!("reports/run-{run_id:06}/index.html")));
+    assert_eq!(
+        page,
+        site.path(&format!("reports/run-{run_id:06}/index.html"))
+    );
     let html = std::fs::read_to_string(&page).unwrap();
     assert!(html.contains("1 case: 1 identical"), "{html}");
     // An identical case has no kept outputs: its section shows metrics, no images.

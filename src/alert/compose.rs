@@ -77,6 +77,7 @@ pub fn alert_case(c: &CaseCheck, st: Option<&CaseState>) -> AlertCase {
                 .map(|d| format!("{}: {} → {}", d.key, show(&d.baseline), show(&d.run))),
         );
     }
+    reasons.extend(c.performance.as_ref().and_then(|p| p.describe_slow()));
     let heatmap = c.artifacts.as_ref().and_then(|dir| {
         let h = dir.join("diff.png");
         h.exists().then(|| h.display().to_string())
@@ -292,6 +293,28 @@ pub fn auto_rebaselined(
     new_alert(
         AlertKind::AutoRebaseline,
         Severity::Drift,
+        title,
+        summary,
+        run_id,
+        cases,
+    )
+}
+
+/// Cases whose generation became slow this round (their verdicts stand on their own).
+pub fn slow(cases: Vec<AlertCase>, run_id: Option<i64>) -> Alert {
+    let detail = match (cases.len(), cases.first()) {
+        (1, Some(c)) => c
+            .reasons
+            .iter()
+            .find_map(|r| r.strip_prefix("slow: "))
+            .map_or(String::new(), |r| format!(": {r}")),
+        _ => String::new(),
+    };
+    let title = format!("[monitor] SLOW{}: {}{detail}", host_part(), names(&cases));
+    let summary = "Generation took longer than performance.max_slowdown times the baseline's generation time. This is about speed only: each case's verdict is judged on its outputs and shown below. Usual causes: GPU clocks or thermal throttling, other work on the GPU, a driver or ONNX Runtime change (see the environment changes), or a changed session option.".to_string();
+    new_alert(
+        AlertKind::Slow,
+        Severity::Info,
         title,
         summary,
         run_id,

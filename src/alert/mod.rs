@@ -38,6 +38,9 @@ pub enum AlertKind {
     Escalation,
     /// Drift persisted after a restart and new baselines were stored (`auto_rebaseline`).
     AutoRebaseline,
+    /// A case's generation became slower than `performance.max_slowdown` times its baseline's
+    /// (outputs unchanged or not: speed is reported apart from drift).
+    Slow,
     /// `monitor alert test`.
     Test,
 }
@@ -51,6 +54,7 @@ impl AlertKind {
             AlertKind::Resolved => "resolved",
             AlertKind::Escalation => "escalation",
             AlertKind::AutoRebaseline => "auto_rebaseline",
+            AlertKind::Slow => "slow",
             AlertKind::Test => "test",
         }
     }

@@ -123,6 +123,7 @@ pub fn status(alert: &Alert) -> String {
         AlertKind::Resolved => "resolved",
         AlertKind::Escalation => "escalation: a restart did not fix it",
         AlertKind::AutoRebaseline => "new baselines stored automatically",
+        AlertKind::Slow => "slower than the baseline (speed only; outputs judged separately)",
         AlertKind::Test => "test message",
     };
     let severity = match alert.severity {

@@ -133,6 +133,9 @@ fn print_details(c: &CaseCheck) {
     for w in &c.warnings {
         println!("    warning: {w}");
     }
+    if let Some(slow) = c.performance.as_ref().and_then(|p| p.describe_slow()) {
+        println!("    {slow}");
+    }
     if let Some(b) = c.details.as_ref().and_then(|d| d.get("batch")) {
         println!("    {}", describe_batch(b));
     }

@@ -125,8 +125,9 @@ fn merge(results: Vec<HistoryEntry>, runs: Vec<RunInfo>, limit: usize) -> Vec<Ro
     rows
 }
 
-/// The human table: time, case, verdict, latent max |Δ|, SSIM, baseline version (a run without
-/// results shows `-` as its case, its status as verdict, and its error as a line below).
+/// The human table: time, case, verdict, latent max |Δ|, SSIM, baseline version, generation
+/// time, median UNet step, peak memory (a run without results shows `-` as its case, its status
+/// as verdict, and its error as a line below).
 pub fn table(entries: &[Row]) -> String {
     let header = [
         "time",
@@ -135,8 +136,11 @@ pub fn table(entries: &[Row]) -> String {
         "latent max|Δ|",
         "SSIM",
         "baseline",
+        "gen s",
+        "UNet step",
+        "peak mem",
     ];
-    let rows: Vec<[String; 6]> = entries
+    let rows: Vec<[String; 9]> = entries
         .iter()
         .map(|row| {
             let e = match row {
@@ -149,15 +153,25 @@ pub fn table(entries: &[Row]) -> String {
                         "-".into(),
                         "-".into(),
                         "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
                     ];
                 }
             };
+            let perf: Option<crate::performance::Performance> = e
+                .result
+                .timings
+                .as_ref()
+                .and_then(|t| serde_json::from_value(t.clone()).ok());
+            let perf = perf.unwrap_or_default();
             let r = &e.result;
             // A determinism test's verdict says whether the host agreed with itself.
             let verdict = match (e.run_kind.as_str(), r.verdict) {
                 ("verify", crate::compare::Verdict::Identical) => "deterministic (verify)".into(),
                 ("verify", crate::compare::Verdict::Drift) => "NOT deterministic (verify)".into(),
                 ("verify", v) => format!("{v} (verify)"),
+                (_, v) if perf.slow => format!("{v} (slow)"),
                 (_, v) => v.to_string(),
             };
             [
@@ -173,6 +187,10 @@ pub fn table(entries: &[Row]) -> String {
                 }),
                 r.ssim.map_or("-".into(), |v| format!("{v:.6}")),
                 r.baseline_version.map_or("-".into(), |v| format!("v{v}")),
+                perf.generation_s.map_or("-".into(), |v| format!("{v:.2}")),
+                perf.unet_step_median_s
+                    .map_or("-".into(), |v| format!("{:.1} ms", v * 1e3)),
+                memory(perf.gpu_memory_bytes, perf.peak_rss_bytes),
             ]
         })
         .collect();
@@ -213,6 +231,23 @@ pub fn table(entries: &[Row]) -> String {
         }
     }
     out
+}
+
+/// "GPU 3.2 GiB" when the driver reported the worker's GPU memory, else "RSS 812 MiB".
+fn memory(gpu: Option<u64>, rss: Option<u64>) -> String {
+    let size = |b: u64| {
+        let mib = b as f64 / (1u64 << 20) as f64;
+        if mib >= 1024.0 {
+            format!("{:.1} GiB", mib / 1024.0)
+        } else {
+            format!("{mib:.0} MiB")
+        }
+    };
+    match (gpu, rss) {
+        (Some(g), _) => format!("GPU {}", size(g)),
+        (None, Some(r)) => format!("RSS {}", size(r)),
+        (None, None) => "-".into(),
+    }
 }
 
 /// `s` on one line, cut to `max` characters.

@@ -57,8 +57,16 @@ pub async fn round(ctx: Ctx, cases: Vec<String>, trigger: &'static str) -> Round
         Err(_) => CheckStatus::Error,
     };
     let mut summary = summarize(&results, run_id);
-    if let Err(e) = &checked {
-        tracing::error!("check failed: {e:#}");
+    match &checked {
+        Err(e) => tracing::error!("check failed: {e:#}"),
+        Ok(CheckRun {
+            report_error: Some(e),
+            ..
+        }) => tracing::warn!("HTML report not written: {e}"),
+        Ok(CheckRun {
+            report: Some(page), ..
+        }) => tracing::info!("report: {}", page.display()),
+        Ok(_) => {}
     }
     for c in &results {
         match c.verdict {
@@ -137,6 +145,7 @@ fn results_of(config: &Config, cases: &[String], checked: &Result<CheckRun>) -> 
                     warnings: Vec::new(),
                     duration_s: 0.0,
                     details: None,
+                    performance: None,
                     report_page: None,
                 })
                 .collect()
@@ -158,6 +167,8 @@ struct Evaluation {
     resolved: Vec<AlertCase>,
     /// Cases that newly fired with verdict drift (what remediation acts on), unless escalated.
     drift_to_remedy: Vec<String>,
+    /// Cases that became slow this round (their previous check was not).
+    slow: Vec<AlertCase>,
 }
 
 fn evaluate(
@@ -174,6 +185,7 @@ fn evaluate(
         reminders: vec![],
         resolved: vec![],
         drift_to_remedy: vec![],
+        slow: vec![],
     };
     let mut states = Vec::new();
     for c in results {
@@ -191,10 +203,27 @@ fn evaluate(
             Change::Resolved if policy.send_resolved => ev.resolved.push(doc()),
             _ => {}
         }
+        if c.performance.as_ref().is_some_and(|p| p.slow) && !was_slow(h, &c.name)? {
+            ev.slow.push(doc());
+        }
         states.push(st);
     }
     state::save_all(h, &states)?;
     Ok(ev)
+}
+
+/// Whether the check before the newest one (which is this round's, already recorded) was slow:
+/// a case alerts when it becomes slow, not every round it stays slow.
+fn was_slow(h: &History, case: &str) -> Result<bool> {
+    let previous = h
+        .recent(Some(case), 10)?
+        .into_iter()
+        .filter(|e| e.run_kind == "check")
+        .nth(1);
+    Ok(previous
+        .and_then(|e| e.result.timings)
+        .and_then(|t| t.get("slow").and_then(|s| s.as_bool()))
+        .unwrap_or(false))
 }
 
 /// Alerts for an evaluation, committed to the outbox; returns their ids.
@@ -224,6 +253,13 @@ fn commit(
         ids.push(outbox::enqueue(
             h,
             &compose::resolved(ev.resolved.clone(), run_id),
+            &channels,
+        )?);
+    }
+    if !ev.slow.is_empty() {
+        ids.push(outbox::enqueue(
+            h,
+            &compose::slow(ev.slow.clone(), run_id),
             &channels,
         )?);
     }

@@ -203,7 +203,7 @@ pub fn write_index(reports: &Path) -> Result<PathBuf> {
             serde_json::from_slice(&text).ok()
         })
         .collect();
-    rounds.sort_by(|a, b| b.run_id.cmp(&a.run_id));
+    rounds.sort_by_key(|r| std::cmp::Reverse(r.run_id));
     let html = render(
         "index.html",
         INDEX_TEMPLATE,

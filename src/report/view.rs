@@ -8,6 +8,7 @@ use serde_json::Value as Json;
 
 use crate::compare::Verdict;
 use crate::history::{CaseResult, HistoryEntry};
+use crate::performance::Performance;
 
 /// One case of a round, as the page shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -36,6 +37,10 @@ pub struct CaseView {
     pub trend: Trend,
     /// Time the case took in the worker ("1.23 s").
     pub duration: Option<String>,
+    /// Stage times and memory, as (what, how much).
+    pub performance: Vec<(String, String)>,
+    /// "slow: 2.10× the baseline's generation time (…)" when the run was slow.
+    pub slow: Option<String>,
 }
 
 /// A metric and its limit.
@@ -216,6 +221,10 @@ pub fn case_view(round_dir: &Path, result: &CaseResult, trend: &[HistoryEntry]) 
                 .collect()
         })
         .unwrap_or_default();
+    let perf: Option<Performance> = result
+        .timings
+        .as_ref()
+        .and_then(|t| serde_json::from_value(t.clone()).ok());
     CaseView {
         name: result.case_name.clone(),
         verdict: result.verdict.to_string(),
@@ -229,7 +238,38 @@ pub fn case_view(round_dir: &Path, result: &CaseResult, trend: &[HistoryEntry]) 
         images: images(&case_dir, &result.case_name),
         trend: trend_of(trend),
         duration: result.duration_s.map(|d| format!("{d:.2} s")),
+        performance: performance_rows(perf.as_ref()),
+        slow: perf.as_ref().and_then(|p| p.describe_slow()),
     }
+}
+
+fn performance_rows(p: Option<&Performance>) -> Vec<(String, String)> {
+    let Some(p) = p else {
+        return Vec::new();
+    };
+    let secs = |v: Option<f64>| v.map(|v| format!("{v:.3} s"));
+    let mib = |v: Option<u64>| v.map(|b| format!("{:.0} MiB", b as f64 / f64::from(1u32 << 20)));
+    [
+        ("generation", secs(p.generation_s)),
+        ("baseline's generation", secs(p.baseline_generation_s)),
+        (
+            "slowdown",
+            p.slowdown.map(|r| match p.max_slowdown {
+                Some(m) => format!("{r:.2}× (limit {m:.2}×)"),
+                None => format!("{r:.2}×"),
+            }),
+        ),
+        ("text encoder", secs(p.text_encoder_s)),
+        ("UNet, all steps", secs(p.unet_s)),
+        ("UNet, median step", secs(p.unet_step_median_s)),
+        ("VAE decoder", secs(p.vae_s)),
+        ("session creation", secs(p.load_s)),
+        ("worker peak RSS", mib(p.peak_rss_bytes)),
+        ("worker GPU memory", mib(p.gpu_memory_bytes)),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k.to_string(), v?)))
+    .collect()
 }
 
 /// "3 cases: 2 identical, 1 drift".
@@ -329,7 +369,12 @@ fn polyline(dots: &[(f64, f64)]) -> String {
 /// Points of `values` in the sparkline box (missing and non-finite values are gaps in the
 /// data, not zeros), and the range as text.
 fn spark(values: &[Option<f64>], fmt: impl Fn(f64) -> String) -> (Vec<(f64, f64)>, String) {
-    let finite: Vec<f64> = values.iter().flatten().copied().filter(|v| v.is_finite()).collect();
+    let finite: Vec<f64> = values
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|v| v.is_finite())
+        .collect();
     let (Some(lo), Some(hi)) = (
         finite.iter().copied().reduce(f64::min),
         finite.iter().copied().reduce(f64::max),
@@ -357,7 +402,7 @@ fn spark(values: &[Option<f64>], fmt: impl Fn(f64) -> String) -> (Vec<(f64, f64)
 fn sci(v: Option<f64>) -> String {
     match v {
         None => "-".into(),
-        Some(v) if v == 0.0 => "0".into(),
+        Some(0.0) => "0".into(),
         Some(v) => format!("{v:.2e}"),
     }
 }
@@ -375,7 +420,10 @@ mod tests {
         let (points, range) = spark(&[Some(0.0), None, Some(2.0)], |v| format!("{v}"));
         assert_eq!(polyline(&points), "0.0,34.0 200.0,2.0");
         assert_eq!(range, "0 … 2");
-        assert_eq!(spark(&[None, Some(f64::NAN)], |v| v.to_string()).1, "no data");
+        assert_eq!(
+            spark(&[None, Some(f64::NAN)], |v| v.to_string()).1,
+            "no data"
+        );
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct Timings {
     pub text_encoder_s: f64,
     /// UNet calls, including tensor conversion.
     pub unet_s: f64,
+    /// Each UNet call, in step order (a slow first call is warm-up, a slow tail is throttling).
+    pub unet_step_s: Vec<f64>,
     /// Scheduler math, CFG combination and latent batching.
     pub scheduler_s: f64,
     /// VAE decoder call, including tensor conversion.
@@ -290,7 +292,9 @@ pub fn generate_batch(
 
         let t0 = Instant::now();
         let out = model.unet(&input, t, &hidden)?;
-        unet_time += t0.elapsed();
+        let took = t0.elapsed();
+        unet_time += took;
+        timings.unet_step_s.push(secs(took));
 
         let t0 = Instant::now();
         let noise_pred = if cfg {
