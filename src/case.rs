@@ -198,6 +198,25 @@ impl<'r> CaseRunner<'r> {
         case: &CaseSpec,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<(Generation, Metadata)> {
+        self.execute(case, on_step, None)
+    }
+
+    /// Replays each network of `case` once (see `sd::pipeline::replay`), decoding
+    /// `final_latents`, a baseline's final latents: a quick check's run.
+    pub fn replay(
+        &mut self,
+        case: &CaseSpec,
+        final_latents: &ndarray::Array4<f32>,
+    ) -> Result<(Generation, Metadata)> {
+        self.execute(case, &mut |_, _| {}, Some(final_latents))
+    }
+
+    fn execute(
+        &mut self,
+        case: &CaseSpec,
+        on_step: &mut dyn FnMut(usize, usize),
+        replay: Option<&ndarray::Array4<f32>>,
+    ) -> Result<(Generation, Metadata)> {
         case.check()
             .with_context(|| format!("case {}: karras", case.name))?;
         // Before any allocation of the case's size: a size the UNet or the host cannot run must
@@ -209,9 +228,12 @@ impl<'r> CaseRunner<'r> {
         self.loaded.scheduler_config.use_karras_sigmas = saved || case.karras;
         let mut source = noise::build(case.noise, case.seed, case.noise_file.as_deref())
             .with_context(|| format!("case {}: noise", case.name))?;
-        let result = self
-            .loaded
-            .generate(&case.params(), source.as_mut(), on_step);
+        let result = match replay {
+            Some(latents) => self.loaded.replay(&case.params(), source.as_mut(), latents),
+            None => self
+                .loaded
+                .generate(&case.params(), source.as_mut(), on_step),
+        };
         let karras =
             self.loaded.scheduler_config.use_karras_sigmas && case.scheduler.supports_karras();
         let gen = result.with_context(|| {
@@ -222,7 +244,9 @@ impl<'r> CaseRunner<'r> {
             )
         });
         let batch = match &gen {
-            Ok(g) if case.batch_size > 1 => Some(self.batch_invariance(case, g)),
+            Ok(g) if case.batch_size > 1 && replay.is_none() => {
+                Some(self.batch_invariance(case, g))
+            }
             _ => None,
         };
         self.loaded.scheduler_config.use_karras_sigmas = saved;

@@ -201,6 +201,26 @@ pub fn run_specs(
     timeout: Duration,
     cancel: &Cancel,
 ) -> Result<WorkerRun> {
+    let job = Job {
+        model: config.model.path.clone(),
+        ort_library: config.onnxruntime.library.clone(),
+        runtime,
+        cases: specs,
+        environment: environment.clone(),
+        limits: config.limits,
+        replay: None,
+    };
+    run_job(config, &job, out_dir, timeout, cancel)
+}
+
+/// Runs `job` in a worker, holding the model device's lock.
+pub fn run_job(
+    config: &Config,
+    job: &Job,
+    out_dir: &Path,
+    timeout: Duration,
+    cancel: &Cancel,
+) -> Result<WorkerRun> {
     let device = match config.model.execution_provider {
         ExecutionProvider::Cpu => "cpu".to_string(),
         ExecutionProvider::Cuda => format!("cuda{}", config.model.device_id),
@@ -209,15 +229,7 @@ pub fn run_specs(
         crate::device_lock::acquire(&config.storage.database, &device, timeout, cancel, |who| {
             tracing::warn!("waiting for device {device}: {who}");
         })?;
-    let job = Job {
-        model: config.model.path.clone(),
-        ort_library: config.onnxruntime.library.clone(),
-        runtime,
-        cases: specs,
-        environment: environment.clone(),
-        limits: config.limits,
-    };
-    worker::run_in_worker(&job, out_dir, timeout, cancel)
+    worker::run_in_worker(job, out_dir, timeout, cancel)
 }
 
 /// Runs a check: worker, comparison, reports, history. Errors here are about the monitor itself

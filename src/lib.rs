@@ -24,6 +24,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod performance;
 pub mod process;
+pub mod quick;
 pub mod rebaseline;
 pub mod remediate;
 pub mod report;

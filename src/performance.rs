@@ -30,6 +30,9 @@ pub struct Performance {
     pub vae_s: Option<f64>,
     /// The worker's session creation, seconds.
     pub load_s: Option<f64>,
+    /// Inside ONNX Runtime's `run` calls (the model's own time), seconds.
+    #[serde(default)]
+    pub model_s: Option<f64>,
     /// Peak resident memory of the worker, bytes.
     pub peak_rss_bytes: Option<u64>,
     /// GPU memory of the worker (CUDA runs), bytes.
@@ -64,6 +67,7 @@ impl Performance {
             unet_step_median_s: t.unet_step_s.as_deref().and_then(median),
             vae_s: t.vae_s,
             load_s: t.load_s,
+            model_s: t.ort_run_s,
             peak_rss_bytes: r.peak_rss_bytes,
             gpu_memory_bytes: r.gpu_memory_bytes,
             baseline_generation_s,

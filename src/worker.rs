@@ -36,6 +36,10 @@ pub struct Job {
     /// Size and memory bounds checked before each case runs.
     #[serde(default)]
     pub limits: Limits,
+    /// A quick check: per case, the baseline `latents.npy` to replay each network against
+    /// (see `CaseRunner::replay`) instead of a full generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<std::collections::BTreeMap<String, PathBuf>>,
 }
 
 /// What a worker reports in `report.json` when it gets to finish.
@@ -671,7 +675,15 @@ fn run_cases(job: &Job, out_dir: &Path, report: &mut Report) -> Result<()> {
                 std::thread::sleep(d);
             }
         };
-        let result = runner.run(case, &mut on_step).and_then(|(gen, meta)| {
+        let ran = match job.replay.as_ref().map(|r| r.get(&case.name)) {
+            None => runner.run(case, &mut on_step),
+            Some(None) => Err(anyhow::anyhow!(
+                "case {}: quick check without baseline latents",
+                case.name
+            )),
+            Some(Some(path)) => replay_latents(path).and_then(|l| runner.replay(case, &l)),
+        };
+        let result = ran.and_then(|(gen, meta)| {
             // Not create_dir_all: a work folder swept away (its parent died) must not come back.
             let dir = out_dir.join(&case.name);
             std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -696,6 +708,20 @@ fn run_cases(job: &Job, out_dir: &Path, report: &mut Report) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// A baseline's final latents for a replay, `[1, 4, h, w]`.
+fn replay_latents(path: &Path) -> Result<ndarray::Array4<f32>> {
+    let a = crate::sd::npy::read_npy(path)?;
+    let [n, c, h, w] = a.shape[..] else {
+        anyhow::bail!(
+            "{}: latents shape {:?} is not [1, 4, h, w]",
+            path.display(),
+            a.shape
+        );
+    };
+    ndarray::Array4::from_shape_vec((n, c, h, w), a.data)
+        .with_context(|| format!("{}: latents", path.display()))
 }
 
 #[cfg(test)]

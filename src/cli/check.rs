@@ -6,6 +6,7 @@ use clap::Args;
 use super::config::ConfigFileArg;
 use crate::check::{check, CaseCheck, CheckOptions, CheckRun};
 use crate::config::Config;
+use serde_json::json;
 
 /// Flags of `monitor check`.
 #[derive(Debug, Args)]
@@ -25,6 +26,13 @@ pub struct CheckArgs {
     /// collector reads `*.prom` files).
     #[arg(long, value_name = "PATH")]
     metrics_textfile: Option<std::path::PathBuf>,
+    /// Replay each network once against the baselines' stage hashes (a fraction of the model
+    /// time); cases that differ, or cannot be judged that way, then get a full check.
+    #[arg(long, conflicts_with = "against")]
+    quick: bool,
+    /// With --quick: only report, without the full check of cases that differ.
+    #[arg(long, requires = "quick")]
+    no_follow_up: bool,
 }
 
 /// Runs the command; the exit code is the check's (0 ok, 1 drift/model change, 2 error).
@@ -34,6 +42,41 @@ pub fn run(a: CheckArgs) -> Result<u8> {
         against: a.against,
         ..CheckOptions::manual(&config, a.cases)
     };
+    if a.quick {
+        let quick = crate::quick::quick_check(&config, &opts)?;
+        let follow = crate::quick::follow_up(&quick);
+        if a.json && (a.no_follow_up || follow.is_empty()) {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({"quick": quick}))?
+            );
+        } else if !a.json {
+            print_quick(&quick);
+        }
+        if a.no_follow_up || follow.is_empty() {
+            return Ok(if follow.is_empty() {
+                super::EXIT_OK
+            } else {
+                super::EXIT_DRIFT
+            });
+        }
+        let full = CheckOptions {
+            cases: follow,
+            trigger: "quick",
+            ..opts
+        };
+        let result = check(&config, &full)?;
+        if a.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({"quick": quick, "check": result}))?
+            );
+        } else {
+            println!("full check of the cases the quick check could not clear:");
+            print_table(&result);
+        }
+        return Ok(super::exit_code(result.status));
+    }
     let result = check(&config, &opts)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
@@ -58,6 +101,47 @@ pub fn run(a: CheckArgs) -> Result<u8> {
         }
     }
     Ok(code)
+}
+
+fn print_quick(q: &crate::quick::QuickRun) {
+    use crate::quick::QuickOutcome;
+    println!(
+        "{:<20} {:<40} {:>5} {:>7} {:>10}",
+        "case", "quick check", "base", "stages", "model"
+    );
+    for c in &q.cases {
+        let what = match &c.outcome {
+            QuickOutcome::Same => "same bits".to_string(),
+            QuickOutcome::Differs { stage } => format!("differs at {stage}"),
+            QuickOutcome::Unknown { .. } => "cannot judge".to_string(),
+        };
+        println!(
+            "{:<20} {:<40} {:>5} {:>7} {:>10}",
+            c.name,
+            what,
+            c.baseline_version.map_or("-".into(), |v| format!("v{v}")),
+            c.stages_compared,
+            c.model_s.map_or("-".into(), |s| format!("{s:.3}s")),
+        );
+        if let QuickOutcome::Unknown { reason } = &c.outcome {
+            println!("    {reason}");
+        }
+        for d in &c.env_differences {
+            println!("    environment: {}", d.describe().replacen(": ", " ", 1));
+        }
+    }
+    let follow = crate::quick::follow_up(q);
+    println!(
+        "quick check (run {}): {} of {} cases same bits{}",
+        q.run_id,
+        q.cases.len() - follow.len(),
+        q.cases.len(),
+        if follow.is_empty() {
+            String::new()
+        } else {
+            format!("; full check needed: {}", follow.join(", "))
+        }
+    );
 }
 
 fn print_table(run: &CheckRun) {

@@ -171,6 +171,10 @@ pub fn table(entries: &[Row]) -> String {
                 ("verify", crate::compare::Verdict::Identical) => "deterministic (verify)".into(),
                 ("verify", crate::compare::Verdict::Drift) => "NOT deterministic (verify)".into(),
                 ("verify", v) => format!("{v} (verify)"),
+                // A quick check is no verdict: it says whether every network gave the same bits.
+                ("quick", crate::compare::Verdict::Identical) => "same bits (quick)".into(),
+                ("quick", crate::compare::Verdict::Drift) => "differs (quick)".into(),
+                ("quick", _) => "cannot judge (quick)".into(),
                 (_, v) if perf.slow => format!("{v} (slow)"),
                 (_, v) => v.to_string(),
             };

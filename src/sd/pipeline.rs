@@ -77,7 +77,7 @@ pub struct Timings {
 /// sha256 of one stage's output, in pipeline order: where two runs first part ways.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct StageHash {
-    /// `tokens`, `text_embeddings`, `initial_noise`, `step N noise_pred`, `step N latents`,
+    /// `tokens`, `text_embeddings`, `initial_noise`, `timesteps`, `step N noise_pred`, `step N latents`,
     /// `latents`, `decoded`, `image`.
     pub stage: String,
     /// sha256 of the stage's values (f32 little-endian, ids as u32 little-endian, RGB8 bytes).
@@ -86,22 +86,28 @@ pub struct StageHash {
 
 /// The first stage at which two stage lists differ: its name, or `None` when they agree.
 pub fn first_difference(a: &[StageHash], b: &[StageHash]) -> Option<String> {
-    for (x, y) in a.iter().zip(b) {
-        if x.stage != y.stage {
-            return Some(format!(
-                "{} (stage lists differ: {} vs {})",
-                x.stage, x.stage, y.stage
-            ));
-        }
-        if x.sha256 != y.sha256 {
-            return Some(x.stage.clone());
+    compare_stages(a, b).1
+}
+
+/// Compares the stages `a` and `b` both recorded, by name in `a`'s order: how many were
+/// compared, and the first whose hash differs. A stage only one side has is not compared (a
+/// replay records a subset of a generation's stages; a stage added to the pipeline is absent
+/// from older records).
+pub fn compare_stages(a: &[StageHash], b: &[StageHash]) -> (usize, Option<String>) {
+    let by_name: std::collections::HashMap<&str, &str> = b
+        .iter()
+        .map(|s| (s.stage.as_str(), s.sha256.as_str()))
+        .collect();
+    let mut compared = 0;
+    for x in a {
+        if let Some(y) = by_name.get(x.stage.as_str()) {
+            compared += 1;
+            if x.sha256 != *y {
+                return (compared, Some(x.stage.clone()));
+            }
         }
     }
-    match a.len().cmp(&b.len()) {
-        std::cmp::Ordering::Equal => None,
-        std::cmp::Ordering::Less => Some(b[a.len()].stage.clone()),
-        std::cmp::Ordering::Greater => Some(a[b.len()].stage.clone()),
-    }
+    (compared, None)
 }
 
 /// The result of one generation.
@@ -158,6 +164,52 @@ pub fn generate_batch(
     params: &GenerateParams,
     noises: &mut [&mut dyn NoiseSource],
     on_step: &mut dyn FnMut(usize, usize),
+) -> Result<Generation, PipelineError> {
+    run(
+        model,
+        tokenizer,
+        scheduler_config,
+        params,
+        noises,
+        on_step,
+        None,
+    )
+}
+
+/// Each network once, the cheap way to see whether any of them changes bits: the tokenizer and
+/// text encoder on the prompts, the noise source, the first UNet call (and scheduler step) on
+/// those inputs, and the VAE decoder on `final_latents` (a reference run's final latents) instead
+/// of latents of its own. The arithmetic is [`generate`]'s, cut short: its stage hashes equal
+/// the same-named hashes of a full generation whenever the inputs and kernels are the same.
+/// The returned generation's `latents` are `final_latents`; `stages` has no `latents` entry.
+pub fn replay(
+    model: &mut SdModel,
+    tokenizer: &ClipTokenizer,
+    scheduler_config: &SchedulerConfig,
+    params: &GenerateParams,
+    noise: &mut dyn NoiseSource,
+    final_latents: &Array4<f32>,
+) -> Result<Generation, PipelineError> {
+    run(
+        model,
+        tokenizer,
+        scheduler_config,
+        params,
+        &mut [noise],
+        &mut |_, _| {},
+        Some(final_latents),
+    )
+}
+
+/// [`generate_batch`], or with `replay_latents` [`replay`].
+fn run(
+    model: &mut SdModel,
+    tokenizer: &ClipTokenizer,
+    scheduler_config: &SchedulerConfig,
+    params: &GenerateParams,
+    noises: &mut [&mut dyn NoiseSource],
+    on_step: &mut dyn FnMut(usize, usize),
+    replay_latents: Option<&Array4<f32>>,
 ) -> Result<Generation, PipelineError> {
     validate(params)?;
     let n = noises.len();
@@ -278,9 +330,26 @@ pub fn generate_batch(
     let mut latents = initial * sched.init_noise_sigma();
 
     let timesteps = sched.timesteps().to_vec();
+    // The schedule is the scheduler config's (and code's) output: a changed `steps_offset` or
+    // `timestep_spacing` shows here, before any UNet call.
+    stage(
+        "timesteps".into(),
+        sha256_hex(
+            &timesteps
+                .iter()
+                .flat_map(|t| t.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        ),
+    );
     let mut unet_time = Duration::ZERO;
     let mut sched_time = Duration::ZERO;
-    for (i, &t) in timesteps.iter().enumerate() {
+    // A replay runs the first call only: enough to exercise the UNet and the scheduler's step.
+    let calls = if replay_latents.is_some() {
+        timesteps.len().min(1)
+    } else {
+        timesteps.len()
+    };
+    for (i, &t) in timesteps.iter().enumerate().take(calls) {
         let t0 = Instant::now();
         let input = if cfg {
             concat0(&[&latents, &latents])
@@ -316,8 +385,23 @@ pub fn generate_batch(
     }
     timings.unet_s = secs(unet_time);
     timings.scheduler_s = secs(sched_time);
-    let latents: Array4<f32> = latents.slice(s![0..1, .., .., ..]).to_owned();
-    stage("latents".into(), sha256_f32(latents.iter()));
+    let latents: Array4<f32> = match replay_latents {
+        Some(given) => {
+            if given.shape() != latents.slice(s![0..1, .., .., ..]).shape() {
+                return Err(PipelineError::Invalid(format!(
+                    "replay latents have shape {:?}, this case's latents {:?}",
+                    given.shape(),
+                    latents.shape()
+                )));
+            }
+            given.clone()
+        }
+        None => {
+            let own = latents.slice(s![0..1, .., .., ..]).to_owned();
+            stage("latents".into(), sha256_f32(own.iter()));
+            own
+        }
+    };
 
     let t0 = Instant::now();
     // diffusers multiplies by the Python float 1/0.18215, which numpy applies as a float32 scalar.
@@ -463,6 +547,23 @@ impl LoadedModel {
         )
     }
 
+    /// Replays each network once with this model (see [`replay`]).
+    pub fn replay(
+        &mut self,
+        params: &GenerateParams,
+        noise: &mut dyn NoiseSource,
+        final_latents: &Array4<f32>,
+    ) -> Result<Generation, PipelineError> {
+        replay(
+            &mut self.model,
+            &self.tokenizer,
+            &self.scheduler_config,
+            params,
+            noise,
+            final_latents,
+        )
+    }
+
     /// Runs one generation with this model.
     pub fn generate(
         &mut self,
@@ -478,5 +579,50 @@ impl LoadedModel {
             noise,
             on_step,
         )
+    }
+}
+
+#[cfg(test)]
+mod stage_tests {
+    use super::*;
+
+    fn s(stage: &str, sha: &str) -> StageHash {
+        StageHash {
+            stage: stage.into(),
+            sha256: sha.into(),
+        }
+    }
+
+    #[test]
+    fn only_stages_both_sides_recorded_are_compared_in_the_first_side_s_order() {
+        let base = [
+            s("tokens", "a"),
+            s("step 1 noise_pred", "b"),
+            s("step 2 latents", "x"),
+            s("decoded", "c"),
+        ];
+        let replay = [
+            s("tokens", "a"),
+            s("step 1 noise_pred", "b"),
+            s("decoded", "c"),
+        ];
+        assert_eq!(compare_stages(&replay, &base), (3, None));
+        let vae = [
+            s("tokens", "a"),
+            s("step 1 noise_pred", "b"),
+            s("decoded", "z"),
+        ];
+        assert_eq!(compare_stages(&vae, &base), (3, Some("decoded".into())));
+        // A stage the other side never recorded (added to the pipeline since) is skipped.
+        let newer = [
+            s("tokens", "a"),
+            s("timesteps", "t"),
+            s("step 1 noise_pred", "q"),
+        ];
+        assert_eq!(
+            first_difference(&newer, &base),
+            Some("step 1 noise_pred".into())
+        );
+        assert_eq!(first_difference(&base, &base), None);
     }
 }

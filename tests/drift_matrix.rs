@@ -1,0 +1,376 @@
+//! The drift-source matrix: for each way outputs can change, change that one thing on the tiny
+//! model and check that the full check gives the right verdict and first differing stage, that
+//! `check --quick` detects it, and that the environment diff names it when it is an environment
+//! fact. Prints the matrix (`cargo test --release --test drift_matrix -- --nocapture | grep
+//! MATRIX`), which the README shows.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::site::{case, parse_check, Site};
+use common::{copy_tree, old_ort_lib, repo_path};
+use serde_json::Value;
+
+const FOX: &str = "{name: fox, prompt: \"a red fox\", seed: 1, steps: 4, width: 64, height: 64, scheduler: pndm, noise: numpy}";
+
+/// Changes a copy of the model in place.
+type Edit = fn(&Path);
+
+/// One changed thing and what must come of it.
+struct Source {
+    name: &'static str,
+    /// Full check verdict.
+    verdict: &'static str,
+    /// Start of the full check's `diverged_at`.
+    stage: &'static str,
+    /// An environment key the diff must name (None: not an environment fact).
+    env_key: Option<&'static str>,
+}
+
+/// Flips the lowest mantissa bit of the first float in `bytes[start..end]` whose magnitude is
+/// in [1e-3, 1e3] (a weight that matters, changed by exactly one ulp).
+fn flip_one_ulp(bytes: &mut [u8], start: usize, end: usize) {
+    let at = (start..end)
+        .step_by(4)
+        .find(|&i| {
+            let x = f32::from_le_bytes(bytes[i..i + 4].try_into().unwrap()).abs();
+            (1e-3..1e3).contains(&x)
+        })
+        .expect("a float of ordinary magnitude");
+    let before = f32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    bytes[at] ^= 1;
+    let after = f32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    assert_eq!(before.to_bits().abs_diff(after.to_bits()), 1);
+}
+
+/// One ulp of the initializer `name` stored inline in an ONNX file: its `raw_data` (field 9)
+/// follows its `name` (field 8) in the serialized TensorProto.
+fn flip_initializer(onnx: &Path, name: &str) {
+    let mut bytes = std::fs::read(onnx).unwrap();
+    let needle = name.as_bytes();
+    // The name also occurs as node inputs; the initializer's is the one raw_data follows
+    // (tag 0x4A: field 9, length-delimited).
+    let at = bytes
+        .windows(needle.len() + 1)
+        .position(|w| &w[..needle.len()] == needle && w[needle.len()] == 0x4A)
+        .unwrap_or_else(|| panic!("no initializer {name} with raw_data in {}", onnx.display()))
+        + needle.len();
+    let (mut len, mut shift, mut i) = (0usize, 0, at + 1);
+    loop {
+        let b = bytes[i];
+        len |= usize::from(b & 0x7f) << shift;
+        shift += 7;
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    flip_one_ulp(&mut bytes, i, i + len);
+    std::fs::write(onnx, bytes).unwrap();
+}
+
+fn model_copy(dir: &Path) -> PathBuf {
+    let m = dir.join("model");
+    copy_tree(&repo_path("onnx/tiny-sd15"), &m);
+    m
+}
+
+/// `monitor ARGS --config <site>/CONFIG`, run in the repo root.
+fn monitor(site: &Site, args: &[&str], config: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_monitor"))
+        .args(args)
+        .arg("--config")
+        .arg(site.path(config))
+        .current_dir(common::repo())
+        .output()
+        .unwrap()
+}
+
+/// Quick check alone: (its JSON for the case, exit code).
+fn quick(site: &Site, config: &str) -> (Value, i32) {
+    let o = monitor(
+        site,
+        &["check", "--quick", "--no-follow-up", "--json"],
+        config,
+    );
+    let code = o.status.code().unwrap_or(-1);
+    let v: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
+    (v["quick"]["cases"][0].clone(), code)
+}
+
+fn full(site: &Site, config: &str) -> Value {
+    let o = monitor(site, &["check", "--json"], config);
+    let (_, v, err) = parse_check(o);
+    assert!(!v.is_null(), "{err}");
+    case(&v, "fox").clone()
+}
+
+/// Writes `config` beside the site's own with `from` replaced by `to`.
+fn variant(site: &Site, name: &str, from: &str, to: &str) {
+    let text = std::fs::read_to_string(site.path("monitor.yaml")).unwrap();
+    assert!(text.contains(from), "{from}");
+    std::fs::write(site.path(name), text.replacen(from, to, 1)).unwrap();
+}
+
+/// What the full check's diff names: environment keys, and changed model files.
+fn named(full: &Value) -> Vec<String> {
+    let keys = full["report"]["env_differences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| d["key"].as_str().unwrap_or("?").to_string());
+    let files = full["report"]["model_changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| format!("model file {}", m["file"].as_str().unwrap_or("?")));
+    keys.chain(files).collect()
+}
+
+fn row(source: &Source, full: &Value, quick: &Value, quick_code: i32) -> String {
+    let env = named(full);
+    let diverged = full["report"]["diverged_at"].as_str().unwrap_or("-");
+    let quick_said = match quick["outcome"].as_str() {
+        Some("differs") => format!("yes: {}", quick["stage"].as_str().unwrap_or("?")),
+        Some("same") => "NO".to_string(),
+        other => format!("{other:?}"),
+    };
+    let line = format!(
+        "MATRIX | {} | {} | {} | {} | {} |",
+        source.name,
+        full["verdict"].as_str().unwrap_or("?"),
+        diverged,
+        quick_said,
+        if env.is_empty() {
+            "-".into()
+        } else {
+            env.join(", ")
+        }
+    );
+    assert_eq!(full["verdict"], source.verdict, "{line}\n{full}");
+    assert!(diverged.starts_with(source.stage), "{line}");
+    assert_eq!(
+        quick["outcome"], "differs",
+        "the quick check missed it: {line}\n{quick}"
+    );
+    assert!(
+        quick["stage"].as_str().unwrap().starts_with(source.stage),
+        "quick names another stage: {line}"
+    );
+    assert_eq!(quick_code, 1, "{line}");
+    if let Some(k) = source.env_key {
+        assert!(env.iter().any(|e| e == k), "env diff lacks {k}: {line}");
+    }
+    if source.verdict == "model_changed" {
+        assert!(env.iter().any(|e| e.starts_with("model file ")), "{line}");
+    }
+    line
+}
+
+#[test]
+fn every_drift_source_is_caught_by_the_full_and_the_quick_check() {
+    let mut lines = vec![
+        "MATRIX | source | full check | diverged_at | quick detected | environment diff |"
+            .to_string(),
+        "MATRIX |---|---|---|---|---|".to_string(),
+    ];
+    // Sources that edit a copy of the model: its files change, so the full verdict is
+    // model_changed, and the stage says which network.
+    let model_edits: [(Source, Edit); 5] = [
+        (
+            Source {
+                name: "UNet weight +1 ulp (unet/weights.pb, conv_in)",
+                verdict: "model_changed",
+                stage: "step 1 noise_pred",
+                env_key: None,
+            },
+            |m| {
+                // unet.conv_in.weight is the first external tensor (offset 0, 2304 bytes).
+                let p = m.join("unet/weights.pb");
+                let mut b = std::fs::read(&p).unwrap();
+                flip_one_ulp(&mut b, 0, 2304);
+                std::fs::write(p, b).unwrap();
+            },
+        ),
+        (
+            Source {
+                name: "text-encoder weight +1 ulp (position embedding)",
+                verdict: "model_changed",
+                stage: "text_embeddings",
+                env_key: None,
+            },
+            |m| {
+                flip_initializer(
+                    &m.join("text_encoder/model.onnx"),
+                    "text.embeddings.position_embedding.weight",
+                )
+            },
+        ),
+        (
+            Source {
+                name: "VAE-decoder weight +1 ulp (conv_in)",
+                verdict: "model_changed",
+                stage: "decoded",
+                env_key: None,
+            },
+            |m| {
+                flip_initializer(
+                    &m.join("vae_decoder/model.onnx"),
+                    "vae.decoder.conv_in.weight",
+                )
+            },
+        ),
+        (
+            Source {
+                name: "tokenizer vocab edited (ids of red and fox swapped)",
+                verdict: "model_changed",
+                stage: "tokens",
+                env_key: None,
+            },
+            |m| {
+                let p = m.join("tokenizer/vocab.json");
+                let mut v: serde_json::Map<String, Value> =
+                    serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+                let (red, fox) = (v["red</w>"].clone(), v["fox</w>"].clone());
+                v.insert("red</w>".into(), fox);
+                v.insert("fox</w>".into(), red);
+                std::fs::write(p, serde_json::to_vec(&v).unwrap()).unwrap();
+            },
+        ),
+        (
+            Source {
+                name: "scheduler config edited (steps_offset 1 → 0)",
+                verdict: "model_changed",
+                stage: "timesteps",
+                env_key: None,
+            },
+            |m| {
+                let p = m.join("scheduler/scheduler_config.json");
+                let t = std::fs::read_to_string(&p).unwrap();
+                assert!(t.contains("\"steps_offset\": 1"));
+                std::fs::write(p, t.replace("\"steps_offset\": 1", "\"steps_offset\": 0")).unwrap();
+            },
+        ),
+    ];
+    for (source, edit) in model_edits {
+        let dir = tempfile::tempdir().unwrap();
+        let model = model_copy(dir.path());
+        let site = Site::with_cases(Some(&model), &[FOX], "");
+        site.rebaseline();
+        edit(&model);
+        let f = full(&site, "monitor.yaml");
+        if source.stage == "decoded" {
+            // Only the decoder changed: the latents are the baseline's, bit for bit.
+            assert_eq!(f["report"]["latents"]["max_abs"], 0.0, "{f}");
+        }
+        let (q, code) = quick(&site, "monitor.yaml");
+        lines.push(row(&source, &f, &q, code));
+    }
+
+    // Sources in the environment or the case: same model files, so the full verdict is judged
+    // on the outputs (drift under thresholds that call any bit drift).
+    let tight = "thresholds: {latent_max_abs: 0.0, latent_cosine_min: 1.0, ssim_min: 1.0}\n";
+    let site = Site::with_cases(None, &[FOX], tight);
+    site.rebaseline();
+    let env_variants = [
+        (
+            Source {
+                name: "ONNX Runtime 1.24.4 instead of 1.31.1 (PyPI)",
+                verdict: "drift",
+                stage: "text_embeddings",
+                env_key: Some("onnxruntime.version"),
+            },
+            "old-ort.yaml",
+            "cases:",
+            format!(
+                "onnxruntime: {{library: {}}}\ncases:",
+                old_ort_lib().display()
+            ),
+        ),
+        (
+            Source {
+                name: "graph optimization level (all → disable)",
+                verdict: "drift",
+                stage: "step 1 noise_pred",
+                env_key: Some("execution_provider.graph_optimization"),
+            },
+            "graph-opt.yaml",
+            "threads: 1}",
+            "threads: 1, graph_optimization: disable}".to_string(),
+        ),
+    ];
+    for (source, file, from, to) in &env_variants {
+        variant(&site, file, from, to);
+        let f = full(&site, file);
+        let (q, code) = quick(&site, file);
+        lines.push(row(source, &f, &q, code));
+    }
+
+    // Thread count: measured, not assumed. Whatever it does, the quick check must agree with
+    // the full one.
+    variant(&site, "threads.yaml", "threads: 1}", "threads: 2}");
+    let f = full(&site, "threads.yaml");
+    let (q, _) = quick(&site, "threads.yaml");
+    let full_same = f["verdict"] == "identical";
+    let quick_same = q["outcome"] == "same";
+    assert_eq!(full_same, quick_same, "threads: full {f}\nquick {q}");
+    let env = named(&f);
+    assert!(
+        env.iter()
+            .any(|e| e == "execution_provider.intra_op_threads"),
+        "{f}"
+    );
+    lines.push(format!(
+        "MATRIX | intra-op threads 1 → 2 | {} | {} | {} | {} |",
+        f["verdict"].as_str().unwrap_or("?"),
+        f["report"]["diverged_at"].as_str().unwrap_or("-"),
+        if quick_same {
+            "no change to detect".to_string()
+        } else {
+            format!("yes: {}", q["stage"])
+        },
+        env.join(", ")
+    ));
+
+    // The noise source: the same case reading another noise file from the same path (the
+    // parameters are equal; the initial latents are not).
+    let dir = tempfile::tempdir().unwrap();
+    let noise = dir.path().join("noise.npy");
+    let draw = |seed: &str| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_monitor"))
+            .args([
+                "noise", "--source", "numpy", "--seed", seed, "--shape", "1,4,8,8", "--out",
+            ])
+            .arg(&noise)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    draw("5");
+    let with_file = format!(
+        "{{name: fox, prompt: \"a red fox\", seed: 1, steps: 4, width: 64, height: 64, scheduler: pndm, noise: file, noise_file: {}}}",
+        noise.display()
+    );
+    let site = Site::with_cases(None, &[&with_file], tight);
+    site.rebaseline();
+    draw("6");
+    let f = full(&site, "monitor.yaml");
+    let (q, code) = quick(&site, "monitor.yaml");
+    lines.push(row(
+        &Source {
+            name: "noise source (another draw in the noise file)",
+            verdict: "drift",
+            stage: "initial_noise",
+            env_key: None,
+        },
+        &f,
+        &q,
+        code,
+    ));
+
+    for l in &lines {
+        println!("{l}");
+    }
+}
