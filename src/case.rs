@@ -155,8 +155,22 @@ impl<'r> CaseRunner<'r> {
         environment: Environment,
         limits: &Limits,
     ) -> Result<Self> {
-        let loaded = LoadedModel::load(runtime, model_path)
-            .with_context(|| format!("loading model {}", model_path.display()))?;
+        // Hashing reads every model file once more; it runs beside session creation (which
+        // dominates a cold start) instead of after it. The hashes still gate every verdict.
+        let (loaded, hashed) = std::thread::scope(|scope| {
+            let hasher = scope.spawn(|| {
+                let start = Instant::now();
+                let files = crate::sd::model::ModelDir::open(model_path)
+                    .and_then(|dir| dir.file_hashes());
+                (files, start.elapsed().as_secs_f64())
+            });
+            (LoadedModel::load(runtime, model_path), hasher.join())
+        });
+        let loaded =
+            loaded.with_context(|| format!("loading model {}", model_path.display()))?;
+        let (files, hash_s) =
+            hashed.map_err(|_| anyhow::anyhow!("the model-hashing thread panicked"))?;
+        let files = files.with_context(|| format!("hashing model {}", model_path.display()))?;
         let element_bytes = match loaded.model.io().unet_sample {
             FloatType::Float16 => 2,
             FloatType::Float32 => 4,
@@ -167,9 +181,6 @@ impl<'r> CaseRunner<'r> {
             element_bytes,
             limits,
         );
-        let start = Instant::now();
-        let files = loaded.model.dir().file_hashes()?;
-        let hash_s = start.elapsed().as_secs_f64();
         Ok(Self {
             runtime,
             loaded,
