@@ -160,14 +160,13 @@ impl<'r> CaseRunner<'r> {
         let (loaded, hashed) = std::thread::scope(|scope| {
             let hasher = scope.spawn(|| {
                 let start = Instant::now();
-                let files = crate::sd::model::ModelDir::open(model_path)
-                    .and_then(|dir| dir.file_hashes());
+                let files =
+                    crate::sd::model::ModelDir::open(model_path).and_then(|dir| dir.file_hashes());
                 (files, start.elapsed().as_secs_f64())
             });
             (LoadedModel::load(runtime, model_path), hasher.join())
         });
-        let loaded =
-            loaded.with_context(|| format!("loading model {}", model_path.display()))?;
+        let loaded = loaded.with_context(|| format!("loading model {}", model_path.display()))?;
         let (files, hash_s) =
             hashed.map_err(|_| anyhow::anyhow!("the model-hashing thread panicked"))?;
         let files = files.with_context(|| format!("hashing model {}", model_path.display()))?;

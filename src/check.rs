@@ -232,6 +232,26 @@ pub fn run_job(
     worker::run_in_worker(job, out_dir, timeout, cancel)
 }
 
+/// Opens the history (first: a locked or corrupt database must fail before minutes of GPU
+/// work), closes runs left by dead processes, collects the host's fingerprint and records the
+/// start of a run of `kind` started by `trigger`.
+pub fn begin_run(
+    config: &Config,
+    kind: &str,
+    trigger: &str,
+) -> Result<(History, Environment, i64)> {
+    let mut history = History::open(&config.storage.database)?;
+    history.close_interrupted()?;
+    let environment = crate::fingerprint::collect();
+    let run_id = history.begin_run(&NewRun {
+        model_path: Some(config.model.path.display().to_string()),
+        environment: Some(serde_json::to_value(&environment)?),
+        trigger: Some(trigger.to_string()),
+        ..NewRun::now(kind)
+    })?;
+    Ok((history, environment, run_id))
+}
+
 /// Runs a check: worker, comparison, reports, history. Errors here are about the monitor itself
 /// (config, database, storage); a case that cannot run is an `error` verdict, not an `Err`.
 /// The run is recorded in the history whatever happens: finished with its exit code, or failed
@@ -239,17 +259,8 @@ pub fn run_job(
 pub fn check(config: &Config, opts: &CheckOptions) -> Result<CheckRun> {
     let start = Instant::now();
     let cases = select_cases(config, &opts.cases)?;
-    // Open the history first: a locked or corrupt database must fail before minutes of GPU work.
-    let mut history = History::open(&config.storage.database)?;
-    history.close_interrupted()?;
+    let (mut history, environment, run_id) = begin_run(config, "check", opts.trigger)?;
     let store = BaselineStore::new(&config.storage.baselines);
-    let environment = crate::fingerprint::collect();
-    let run_id = history.begin_run(&NewRun {
-        model_path: Some(config.model.path.display().to_string()),
-        environment: Some(serde_json::to_value(&environment)?),
-        trigger: Some(opts.trigger.to_string()),
-        ..NewRun::now("check")
-    })?;
     let compared = run_and_compare(config, opts, &cases, &store, &environment, run_id);
     let (results, run) = match compared {
         Ok(r) => r,

@@ -17,7 +17,7 @@ use crate::compare::Verdict;
 use crate::config::{Case, Config};
 use crate::fingerprint::Environment;
 use crate::generation::{self, GenerationFiles};
-use crate::history::{CaseResult, History, NewRun};
+use crate::history::CaseResult;
 use crate::sd::pipeline::first_difference;
 use crate::sd::runtime::{ConvAlgoSearch, ExecutionProvider, RuntimeSettings};
 use crate::worker::{Cancel, Outcome};
@@ -129,15 +129,7 @@ pub fn verify(config: &Config, names: &[String], runs: usize) -> Result<VerifyRu
     }
     let start = Instant::now();
     let cases = select_cases(config, names)?;
-    let mut history = History::open(&config.storage.database)?;
-    history.close_interrupted()?;
-    let environment = crate::fingerprint::collect();
-    let run_id = history.begin_run(&NewRun {
-        model_path: Some(config.model.path.display().to_string()),
-        environment: Some(serde_json::to_value(&environment)?),
-        trigger: Some("manual".into()),
-        ..NewRun::now("verify")
-    })?;
+    let (mut history, environment, run_id) = crate::check::begin_run(config, "verify", "manual")?;
     let work = crate::worker::work_dir("verify")?;
     let results = match test_cases(config, &cases, &environment, work.path(), runs) {
         Ok(r) => r,

@@ -18,7 +18,7 @@ use crate::check::{parameter_difference, select_cases, CheckOptions};
 use crate::compare::{self, Verdict};
 use crate::config::Config;
 use crate::generation::{self, LATENTS_FILE};
-use crate::history::{CaseResult, History, NewRun};
+use crate::history::CaseResult;
 use crate::worker::{Job, Outcome};
 
 /// What the quick check found for one case.
@@ -87,15 +87,8 @@ pub struct QuickRun {
 pub fn quick_check(config: &Config, opts: &CheckOptions) -> Result<QuickRun> {
     let start = Instant::now();
     let cases = select_cases(config, &opts.cases)?;
-    let mut history = History::open(&config.storage.database)?;
-    history.close_interrupted()?;
-    let environment = crate::fingerprint::collect();
-    let run_id = history.begin_run(&NewRun {
-        model_path: Some(config.model.path.display().to_string()),
-        environment: Some(serde_json::to_value(&environment)?),
-        trigger: Some(opts.trigger.to_string()),
-        ..NewRun::now("quick")
-    })?;
+    let (mut history, environment, run_id) =
+        crate::check::begin_run(config, "quick", opts.trigger)?;
     let result = run(config, opts, &cases, &environment);
     let (cases, worker) = match result {
         Ok(r) => r,
