@@ -650,16 +650,22 @@ fn keep_artifacts(
 /// "3 cases: 2 identical, 1 drift": the verdicts of a check, counted in order of first
 /// appearance (the CLI's last line and the daemon's round summary).
 pub fn case_counts(results: &[CaseCheck]) -> String {
+    let verdicts: Vec<Verdict> = results.iter().map(|c| c.verdict).collect();
+    verdict_counts(&verdicts)
+}
+
+/// [`case_counts`] of bare verdicts (a report built from the history).
+pub fn verdict_counts(verdicts: &[Verdict]) -> String {
     let mut counts: Vec<(Verdict, usize)> = Vec::new();
-    for c in results {
-        match counts.iter_mut().find(|(v, _)| *v == c.verdict) {
+    for v in verdicts {
+        match counts.iter_mut().find(|(c, _)| c == v) {
             Some((_, n)) => *n += 1,
-            None => counts.push((c.verdict, 1)),
+            None => counts.push((*v, 1)),
         }
     }
     let parts: Vec<String> = counts.iter().map(|(v, n)| format!("{n} {v}")).collect();
-    let plural = if results.len() == 1 { "" } else { "s" };
-    format!("{} case{plural}: {}", results.len(), parts.join(", "))
+    let plural = if verdicts.len() == 1 { "" } else { "s" };
+    format!("{} case{plural}: {}", verdicts.len(), parts.join(", "))
 }
 
 /// The history row of a case.

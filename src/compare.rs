@@ -813,7 +813,7 @@ fn below(check: &'static str, what: &str, value: f64, limit: f64) -> ThresholdFa
 // Environment
 
 /// One metadata field that differs between baseline and run (`None` = absent on that side).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnvDiff {
     /// Dotted key, e.g. "execution_provider.use_tf32".
     pub key: String,
@@ -828,6 +828,22 @@ impl EnvDiff {
     pub fn describe(&self) -> String {
         let show = |v: &Option<serde_json::Value>| {
             v.as_ref().map_or("(absent)".to_string(), |v| v.to_string())
+        };
+        format!(
+            "{}: {} → {}",
+            self.key,
+            show(&self.baseline),
+            show(&self.run)
+        )
+    }
+
+    /// [`describe`](Self::describe) with strings unquoted, for people rather than scripts
+    /// (alerts, reports): `onnxruntime.version: 1.24.4 → 1.31.1`.
+    pub fn describe_plain(&self) -> String {
+        let show = |v: &Option<serde_json::Value>| match v {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+            None => "(absent)".into(),
         };
         format!(
             "{}: {} → {}",

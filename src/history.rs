@@ -327,6 +327,20 @@ impl fmt::Debug for History {
     }
 }
 
+/// The SELECT of [`HistoryEntry`] rows (results joined with their run), for `entry_from_row`.
+fn entry_select() -> String {
+    format!(
+        "SELECT r.id, r.run_id, u.kind, u.started_at, u.finished_at, u.exit_code, r.created_at,
+                {}, u.status, u.error
+         FROM results r JOIN runs u ON u.id = r.run_id",
+        RESULT_COLUMNS
+            .split(", ")
+            .map(|c| format!("r.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
 const RESULT_COLUMNS: &str =
     "case_name, verdict, baseline_version, latents_sha256, latent_max_abs, \
     latent_mean_abs, latent_rmse, latent_cosine, ssim, psnr_db, pixels_differing, reasons_json, \
@@ -765,16 +779,7 @@ impl History {
     ) -> Result<Vec<HistoryEntry>, HistoryError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         // Two statements, not `?1 IS NULL OR case_name = ?1`, so each gets its index.
-        let select = format!(
-            "SELECT r.id, r.run_id, u.kind, u.started_at, u.finished_at, u.exit_code, r.created_at,
-                    {}, u.status, u.error
-             FROM results r JOIN runs u ON u.id = r.run_id",
-            RESULT_COLUMNS
-                .split(", ")
-                .map(|c| format!("r.{}", c.trim()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        let select = entry_select();
         let action = match case {
             Some(c) => format!("reading the history of case {c}"),
             None => "reading the history".to_string(),
@@ -820,16 +825,7 @@ impl History {
 
     /// Every result of run `run_id`, in the order recorded (a report's rows).
     pub fn run_results(&self, run_id: i64) -> Result<Vec<HistoryEntry>, HistoryError> {
-        let select = format!(
-            "SELECT r.id, r.run_id, u.kind, u.started_at, u.finished_at, u.exit_code, r.created_at,
-                    {}, u.status, u.error
-             FROM results r JOIN runs u ON u.id = r.run_id WHERE r.run_id = ?1 ORDER BY r.id",
-            RESULT_COLUMNS
-                .split(", ")
-                .map(|c| format!("r.{}", c.trim()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        let select = format!("{} WHERE r.run_id = ?1 ORDER BY r.id", entry_select());
         let run = || -> rusqlite::Result<Vec<HistoryEntry>> {
             let mut stmt = self.conn.prepare_cached(&select)?;
             let rows = stmt.query_map([run_id], entry_from_row)?;

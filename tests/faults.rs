@@ -129,7 +129,9 @@ fn full_disk_under_the_reports_during_a_drifting_check() {
     assert_eq!(verdicts(&v), ["drift", "drift"]);
     let warnings = v["cases"][0]["warnings"].to_string();
     assert!(warnings.contains("outputs not kept"), "{warnings}");
-    // Nothing half-written is visible: no run folder holds a partial case folder.
+    // The HTML report cannot be written either: said beside the results, never instead of them.
+    assert!(v.get("report").is_none(), "{v}");
+    assert!(v["report_error"].is_string(), "{v}");
     let partial: Vec<String> = snapshot(&site.path("reports"))
         .into_iter()
         .map(|(p, _)| p)

@@ -66,16 +66,7 @@ pub fn alert_case(c: &CaseCheck, st: Option<&CaseState>) -> AlertCase {
                 .as_ref()
                 .map(|stage| format!("first differs at: {stage}")),
         );
-        let show = |v: &Option<serde_json::Value>| match v {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(v) => v.to_string(),
-            None => "(absent)".into(),
-        };
-        env_changes.extend(
-            r.env_differences
-                .iter()
-                .map(|d| format!("{}: {} → {}", d.key, show(&d.baseline), show(&d.run))),
-        );
+        env_changes.extend(r.env_differences.iter().map(|d| d.describe_plain()));
     }
     reasons.extend(c.performance.as_ref().and_then(|p| p.describe_slow()));
     let heatmap = c.artifacts.as_ref().and_then(|dir| {

@@ -167,7 +167,7 @@ fn render_round(
         folder: format!("run-{run_id:06}"),
         started_at: run.started_at.clone(),
         kind: run.kind.clone(),
-        counts: view::counts(&verdicts),
+        counts: crate::check::verdict_counts(&verdicts),
         worst: view::worst(&verdicts).to_string(),
     };
     let host = run

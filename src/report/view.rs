@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use crate::compare::Verdict;
+use crate::compare::{EnvDiff, Verdict};
 use crate::history::{CaseResult, HistoryEntry};
 use crate::performance::Performance;
 
@@ -201,9 +201,11 @@ pub fn case_view(round_dir: &Path, result: &CaseResult, trend: &[HistoryEntry]) 
     let env_differences = result
         .env_diff
         .as_ref()
-        .and_then(|d| d.as_array())
-        .map(|a| a.iter().map(describe_env).collect())
-        .unwrap_or_default();
+        .and_then(|d| serde_json::from_value::<Vec<EnvDiff>>(d.clone()).ok())
+        .unwrap_or_default()
+        .iter()
+        .map(EnvDiff::describe_plain)
+        .collect();
     let parameters = metadata
         .as_ref()
         .and_then(|m| m.get("parameters"))
@@ -272,20 +274,6 @@ fn performance_rows(p: Option<&Performance>) -> Vec<(String, String)> {
     .collect()
 }
 
-/// "3 cases: 2 identical, 1 drift".
-pub fn counts(verdicts: &[Verdict]) -> String {
-    let mut counts: Vec<(Verdict, usize)> = Vec::new();
-    for v in verdicts {
-        match counts.iter_mut().find(|(c, _)| c == v) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((*v, 1)),
-        }
-    }
-    let parts: Vec<String> = counts.iter().map(|(v, n)| format!("{n} {v}")).collect();
-    let plural = if verdicts.len() == 1 { "" } else { "s" };
-    format!("{} case{plural}: {}", verdicts.len(), parts.join(", "))
-}
-
 /// The verdict that matters most in a round (error, then model change, then drift, …).
 pub fn worst(verdicts: &[Verdict]) -> Verdict {
     let rank = |v: &Verdict| match v {
@@ -305,20 +293,6 @@ pub fn worst(verdicts: &[Verdict]) -> Verdict {
 
 fn read_json(path: &Path) -> Option<Json> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-}
-
-fn describe_env(d: &Json) -> String {
-    let show = |v: Option<&Json>| match v {
-        None | Some(Json::Null) => "(absent)".to_string(),
-        Some(Json::String(s)) => s.clone(),
-        Some(v) => v.to_string(),
-    };
-    format!(
-        "{}: {} → {}",
-        d.get("key").and_then(|k| k.as_str()).unwrap_or("?"),
-        show(d.get("baseline")),
-        show(d.get("run"))
-    )
 }
 
 fn images(case_dir: &Path, case: &str) -> Option<Images> {
@@ -434,7 +408,7 @@ mod tests {
         );
         assert_eq!(worst(&[]), Verdict::Identical);
         assert_eq!(
-            counts(&[Verdict::Identical, Verdict::Drift, Verdict::Identical]),
+            crate::check::verdict_counts(&[Verdict::Identical, Verdict::Drift, Verdict::Identical]),
             "3 cases: 2 identical, 1 drift"
         );
     }
