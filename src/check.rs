@@ -201,7 +201,18 @@ pub fn run_specs(
     timeout: Duration,
     cancel: &Cancel,
 ) -> Result<WorkerRun> {
-    let job = Job {
+    let job = job(config, specs, runtime, environment);
+    run_job(config, &job, out_dir, timeout, cancel)
+}
+
+/// A worker job generating `specs` with the config's model, runtime library and limits.
+pub fn job(
+    config: &Config,
+    specs: Vec<CaseSpec>,
+    runtime: crate::sd::runtime::RuntimeSettings,
+    environment: &Environment,
+) -> Job {
+    Job {
         model: config.model.path.clone(),
         ort_library: config.onnxruntime.library.clone(),
         runtime,
@@ -209,8 +220,7 @@ pub fn run_specs(
         environment: environment.clone(),
         limits: config.limits,
         replay: None,
-    };
-    run_job(config, &job, out_dir, timeout, cancel)
+    }
 }
 
 /// Runs `job` in a worker, holding the model device's lock.
@@ -603,18 +613,7 @@ fn keep_artifacts(
     heatmap: Option<RgbImage>,
     report: &mut CompareReport,
 ) -> Result<()> {
-    let parent = keep.parent().unwrap_or(Path::new("."));
-    let name = keep
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let tmp = parent.join(format!(".tmp-{name}-{}", std::process::id()));
-    let result = (|| -> Result<()> {
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
-        }
-        std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let result = crate::fsutil::write_dir(keep, |tmp| {
         for f in generation::FILES {
             let (from, to) = (run_dir.join(f), tmp.join(f));
             std::fs::copy(&from, &to)
@@ -636,13 +635,10 @@ fn keep_artifacts(
         }
         let p = tmp.join("compare.json");
         atomic_write(&p, &pretty_json(&serde_json::to_value(&*report)?))
-            .with_context(|| format!("writing {}", p.display()))?;
-        std::fs::rename(&tmp, keep)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), keep.display()))
-    })();
+            .with_context(|| format!("writing {}", p.display()))
+    });
     if result.is_err() {
         report.heatmap = None;
-        let _ = std::fs::remove_dir_all(&tmp);
     }
     result
 }

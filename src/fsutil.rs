@@ -28,6 +28,40 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Creates the folder `target` all or nothing: `fill` writes into a fresh temp folder beside it
+/// (`.tmp-NAME-PID`, a stale one from a dead run of this pid removed first), which is renamed
+/// into place when `fill` succeeds and removed when anything fails.
+pub fn write_dir(
+    target: &Path,
+    fill: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let parent = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = target
+        .file_name()
+        .with_context(|| format!("{} is not a folder name", target.display()))?
+        .to_string_lossy()
+        .into_owned();
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let tmp = parent.join(format!(".tmp-{name}-{}", std::process::id()));
+    let result = (|| {
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+        }
+        std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        fill(&tmp)?;
+        std::fs::rename(&tmp, target)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), target.display()))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
 /// Flushes a folder's entries (a rename or a new file in it) to disk. A no-op on Windows, where a
 /// folder cannot be opened as a file and NTFS journals its metadata itself.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {

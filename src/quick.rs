@@ -174,13 +174,8 @@ fn run(
     }
     let work = crate::worker::work_dir("check")?;
     let job = Job {
-        model: config.model.path.clone(),
-        ort_library: config.onnxruntime.library.clone(),
-        runtime: config.model.runtime_settings(),
-        cases: specs,
-        environment: environment.clone(),
-        limits: config.limits,
         replay: Some(replay),
+        ..crate::check::job(config, specs, config.model.runtime_settings(), environment)
     };
     let worker =
         crate::check::run_job(config, &job, work.path(), opts.worker_timeout, &opts.cancel)?;

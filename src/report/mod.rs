@@ -91,21 +91,8 @@ pub fn export_round(
     if out.exists() {
         anyhow::bail!("{} already exists; name a new folder", out.display());
     }
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = out
-        .file_name()
-        .with_context(|| format!("{} is not a folder name", out.display()))?;
     // Built beside the target and renamed into place: a failed export leaves nothing behind.
-    let tmp = parent.join(format!(
-        ".tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| -> Result<PathBuf> {
-        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    crate::fsutil::write_dir(out, |tmp| {
         let from = run_dir(reports, run_id);
         for r in history.run_results(run_id)? {
             let src = from.join(&r.result.case_name);
@@ -113,15 +100,9 @@ pub fn export_round(
                 copy_flat(&src, &tmp.join(&r.result.case_name))?;
             }
         }
-        render_round(&tmp, history, run_id, settings, false)?;
-        std::fs::rename(&tmp, out)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
-        Ok(out.join("index.html"))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
+        render_round(tmp, history, run_id, settings, false).map(|_| ())
+    })?;
+    Ok(out.join("index.html"))
 }
 
 /// Copies the regular files of `from` (a kept case folder has no subfolders) into new `to`.
