@@ -78,6 +78,16 @@ impl Meter {
     }
 }
 
+/// "812 MiB", or "3.2 GiB" from 1 GiB up: a memory figure for people.
+pub fn human_bytes(bytes: u64) -> String {
+    let mib = bytes as f64 / (1u64 << 20) as f64;
+    if mib >= 1024.0 {
+        format!("{:.1} GiB", mib / 1024.0)
+    } else {
+        format!("{mib:.0} MiB")
+    }
+}
+
 /// Peak resident set size of this process, in bytes.
 #[cfg(unix)]
 pub fn peak_rss_bytes() -> Option<u64> {
@@ -115,6 +125,12 @@ mod tests {
         let after = peak_rss_bytes().unwrap();
         assert!(after >= before, "{after} < {before}");
         assert!(after >= 64 << 20, "peak {after} below what was touched");
+    }
+
+    #[test]
+    fn memory_reads_in_mib_then_gib() {
+        assert_eq!(human_bytes(812 << 20), "812 MiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
     }
 
     #[test]

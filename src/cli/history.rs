@@ -239,14 +239,7 @@ pub fn table(entries: &[Row]) -> String {
 
 /// "GPU 3.2 GiB" when the driver reported the worker's GPU memory, else "RSS 812 MiB".
 fn memory(gpu: Option<u64>, rss: Option<u64>) -> String {
-    let size = |b: u64| {
-        let mib = b as f64 / (1u64 << 20) as f64;
-        if mib >= 1024.0 {
-            format!("{:.1} GiB", mib / 1024.0)
-        } else {
-            format!("{mib:.0} MiB")
-        }
-    };
+    let size = crate::resources::human_bytes;
     match (gpu, rss) {
         (Some(g), _) => format!("GPU {}", size(g)),
         (None, Some(r)) => format!("RSS {}", size(r)),

@@ -250,7 +250,7 @@ fn performance_rows(p: Option<&Performance>) -> Vec<(String, String)> {
         return Vec::new();
     };
     let secs = |v: Option<f64>| v.map(|v| format!("{v:.3} s"));
-    let mib = |v: Option<u64>| v.map(|b| format!("{:.0} MiB", b as f64 / f64::from(1u32 << 20)));
+    let memory = |v: Option<u64>| v.map(crate::resources::human_bytes);
     [
         ("generation", secs(p.generation_s)),
         ("baseline's generation", secs(p.baseline_generation_s)),
@@ -266,8 +266,8 @@ fn performance_rows(p: Option<&Performance>) -> Vec<(String, String)> {
         ("UNet, median step", secs(p.unet_step_median_s)),
         ("VAE decoder", secs(p.vae_s)),
         ("session creation", secs(p.load_s)),
-        ("worker peak RSS", mib(p.peak_rss_bytes)),
-        ("worker GPU memory", mib(p.gpu_memory_bytes)),
+        ("worker peak RSS", memory(p.peak_rss_bytes)),
+        ("worker GPU memory", memory(p.gpu_memory_bytes)),
     ]
     .into_iter()
     .filter_map(|(k, v)| Some((k.to_string(), v?)))
