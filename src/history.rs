@@ -862,6 +862,27 @@ impl History {
             .map_err(|e| self.err("reading the latest check", e))
     }
 
+    /// The newest `limit` check results of `case` in runs up to `up_to_run`, newest first: a
+    /// report's trend, also for a report of an older round rebuilt later.
+    pub fn case_trend(
+        &self,
+        case: &str,
+        up_to_run: i64,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, HistoryError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let run = || -> rusqlite::Result<Vec<HistoryEntry>> {
+            let mut stmt = self.conn.prepare_cached(&format!(
+                "{} WHERE r.case_name = ?1 AND u.kind = 'check' AND r.run_id <= ?2
+                 ORDER BY r.id DESC LIMIT ?3",
+                entry_select()
+            ))?;
+            let rows = stmt.query_map(params![case, up_to_run, limit], entry_from_row)?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(format!("reading the trend of case {case}"), e))
+    }
+
     /// The last `n` check verdicts of `case`, newest first (for "N failures in a row" alerts).
     /// Only results of check runs count: a rebaseline's `new`, or its drift against the version
     /// it replaces, is no failed check.

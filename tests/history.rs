@@ -763,3 +763,38 @@ fn pruning_takes_old_alerts_and_actions_but_never_an_undelivered_alert() {
     assert_eq!(outbox::undelivered(&h).unwrap(), 1);
     assert!(record::recent_actions(&h, 10).unwrap().is_empty());
 }
+
+#[test]
+fn a_case_trend_holds_only_checks_up_to_the_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = History::open(dir.path().join("h.db")).unwrap();
+    let mut ids = Vec::new();
+    for (i, kind) in ["check", "quick", "check", "verify", "check", "check"]
+        .iter()
+        .enumerate()
+    {
+        let id = h
+            .begin_run(&NewRun {
+                kind: kind.to_string(),
+                ..new_run(&format!("2026-01-0{}T00:00:00Z", i + 1))
+            })
+            .unwrap();
+        h.record_results(id, &[result("fox", "drift", i as f64)])
+            .unwrap();
+        ids.push(id);
+    }
+    // The round of the 5th run: the checks among runs 1..=5, newest first, at most 2.
+    let t = h.case_trend("fox", ids[4], 2).unwrap();
+    let got: Vec<i64> = t.iter().map(|e| e.run_id).collect();
+    assert_eq!(got, [ids[4], ids[2]]);
+    assert!(t.iter().all(|e| e.run_kind == "check"));
+    // Enough history: quick and verify runs never fill the slots of checks.
+    let got: Vec<i64> = h
+        .case_trend("fox", ids[5], 10)
+        .unwrap()
+        .iter()
+        .map(|e| e.run_id)
+        .collect();
+    assert_eq!(got, [ids[5], ids[4], ids[2], ids[0]]);
+    assert!(h.case_trend("owl", ids[5], 10).unwrap().is_empty());
+}

@@ -215,11 +215,7 @@ fn evaluate(
 /// Whether the check before the newest one (which is this round's, already recorded) was slow:
 /// a case alerts when it becomes slow, not every round it stays slow.
 fn was_slow(h: &History, case: &str) -> Result<bool> {
-    let previous = h
-        .recent(Some(case), 10)?
-        .into_iter()
-        .filter(|e| e.run_kind == "check")
-        .nth(1);
+    let previous = h.case_trend(case, i64::MAX, 2)?.into_iter().nth(1);
     Ok(previous
         .and_then(|e| e.result.timings)
         .and_then(|t| t.get("slow").and_then(|s| s.as_bool()))

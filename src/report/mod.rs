@@ -135,11 +135,7 @@ fn render_round(
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut cases = Vec::new();
     for r in &results {
-        let trend = history
-            .recent(Some(&r.result.case_name), settings.trend.max(1))?
-            .into_iter()
-            .filter(|e| e.run_kind == "check" && e.run_id <= run_id)
-            .collect::<Vec<_>>();
+        let trend = history.case_trend(&r.result.case_name, run_id, settings.trend.max(1))?;
         cases.push(case_view(dir, &r.result, &trend));
     }
     let verdicts: Vec<_> = results.iter().map(|r| r.result.verdict).collect();
