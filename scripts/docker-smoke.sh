@@ -253,7 +253,7 @@ else
   cp -r onnx/tiny-sd15/. "$cdir/model/"
   cat >"$cdir/config/monitor.yaml" <<'YAML'
 model: {path: /models/sd15, execution_provider: cpu}
-storage: {baselines: /var/lib/monitor/baselines, database: /var/lib/monitor/monitor.db, reports: /var/lib/monitor/reports}
+storage: {baselines: /var/lib/monitor/baselines, database: /var/lib/monitor/monitor.db, reports: /var/lib/monitor/reports, session_cache: /var/lib/monitor/session-cache}
 schedule: "*/2 * * * * *"
 cases:
   - {name: fox, prompt: "a red fox in the snow", seed: 42, steps: 4, guidance_scale: 7.5, width: 64, height: 64, scheduler: pndm, noise: numpy}

@@ -53,6 +53,7 @@ use crate::generation::{
 };
 use crate::sd::image::RgbImage;
 use crate::sd::model::sha256_hex;
+use crate::stage_data::{StoredStages, STAGES_FILE};
 
 /// File names inside a version folder: a generation folder's.
 pub use crate::generation::{IMAGE_FILE, LATENTS_FILE, METADATA_FILE};
@@ -199,6 +200,8 @@ pub struct Baseline {
     pub image: RgbImage,
     /// The whole `metadata.json`, `baseline` block included.
     pub metadata: Metadata,
+    /// Its stage tensors (`stages.npy`), verified; absent in versions made before them.
+    pub stages: Option<StoredStages>,
 }
 
 /// A new baseline to write.
@@ -212,6 +215,8 @@ pub struct NewBaseline<'a> {
     pub image: &'a RgbImage,
     /// The run's metadata; a `baseline` block is added (replacing any present).
     pub metadata: Metadata,
+    /// The run's stage tensors, kept as `stages.npy` when present.
+    pub stages: Option<&'a StoredStages>,
     /// Who made it (user name, or "monitor check" etc.).
     pub who: String,
     /// Why.
@@ -347,6 +352,7 @@ struct Encoded {
     case: String,
     npy: Vec<u8>,
     png: Vec<u8>,
+    stages: Option<Vec<u8>>,
     image_rgb_sha256: String,
     metadata: Metadata,
     who: String,
@@ -548,6 +554,7 @@ impl BaselineStore {
             shape,
             image,
             metadata,
+            stages,
         } = generation::read(&dir)?;
         Ok(Baseline {
             version,
@@ -556,6 +563,7 @@ impl BaselineStore {
             shape,
             image,
             metadata,
+            stages,
         })
     }
 
@@ -615,6 +623,7 @@ impl BaselineStore {
             case: case.to_string(),
             npy,
             png,
+            stages: old.stages.map(|s| s.bytes),
             image_rgb_sha256: sha256_hex(&old.image.pixels),
             metadata: old.metadata,
             who: who.to_string(),
@@ -885,6 +894,9 @@ impl BaselineStore {
         ));
         let result = (|| {
             fs::create_dir(&tmp).map_err(write_err(&tmp, "creating temp folder"))?;
+            if let Some(bytes) = &it.stages {
+                self.write_file(&it.case, &tmp.join(STAGES_FILE), STAGES_FILE, bytes)?;
+            }
             for (name, bytes) in generation::FILES
                 .into_iter()
                 .zip([&it.npy, &it.png, &meta_bytes])
@@ -1013,12 +1025,19 @@ fn encode(case: &str, new: &NewBaseline<'_>) -> Result<Encoded> {
         .image
         .to_png()
         .map_err(|e| encode_err(IMAGE_FILE, e.to_string()))?;
+    // The metadata describes the stage file this version has, or none (a run's record of a file
+    // not handed over must not be copied).
+    let mut metadata = new.metadata.clone();
+    if let Some(outputs) = metadata.outputs.as_mut() {
+        outputs.stages = new.stages.map(|s| s.record.clone());
+    }
     Ok(Encoded {
         case: case.to_string(),
         npy: npy_bytes,
         png,
+        stages: new.stages.map(|s| s.bytes.clone()),
         image_rgb_sha256: sha256_hex(&new.image.pixels),
-        metadata: new.metadata.clone(),
+        metadata,
         who: new.who.clone(),
         why: new.why.clone(),
         restored_from: new.restored_from,

@@ -20,7 +20,8 @@ use crate::generation::{
 use crate::limits::{Capacity, Limits};
 use crate::sd::model::FloatType;
 use crate::sd::noise::{self, NoiseKind};
-use crate::sd::pipeline::{first_difference, GenerateParams, Generation, LoadedModel};
+use crate::sd::pipeline::{first_difference, GenerateParams, Generation, LoadedModel, ReplayInputs};
+use crate::stage_data::StoredStages;
 use crate::sd::runtime::ExecutionProvider;
 use crate::sd::runtime::Runtime;
 use crate::sd::scheduler::SchedulerKind;
@@ -144,6 +145,8 @@ pub struct CaseRunner<'r> {
     environment: Environment,
     capacity: Capacity,
     meter: crate::resources::Meter,
+    /// What the session cache did at load ("3 loaded", "3 written", "stale …"); `None`: off.
+    session_cache: Option<String>,
 }
 
 impl<'r> CaseRunner<'r> {
@@ -170,6 +173,7 @@ impl<'r> CaseRunner<'r> {
         let (files, hash_s) =
             hashed.map_err(|_| anyhow::anyhow!("the model-hashing thread panicked"))?;
         let files = files.with_context(|| format!("hashing model {}", model_path.display()))?;
+        let (loaded, session_cache) = settle_session_cache(runtime, model_path, &files, loaded)?;
         let element_bytes = match loaded.model.io().unet_sample {
             FloatType::Float16 => 2,
             FloatType::Float32 => 4,
@@ -189,6 +193,7 @@ impl<'r> CaseRunner<'r> {
             environment,
             capacity,
             meter: Default::default(),
+            session_cache,
         })
     }
 
@@ -216,16 +221,16 @@ impl<'r> CaseRunner<'r> {
     pub fn replay(
         &mut self,
         case: &CaseSpec,
-        final_latents: &ndarray::Array4<f32>,
+        inputs: &ReplayInputs<'_>,
     ) -> Result<(Generation, Metadata)> {
-        self.execute(case, &mut |_, _| {}, Some(final_latents))
+        self.execute(case, &mut |_, _| {}, Some(inputs))
     }
 
     fn execute(
         &mut self,
         case: &CaseSpec,
         on_step: &mut dyn FnMut(usize, usize),
-        replay: Option<&ndarray::Array4<f32>>,
+        replay: Option<&ReplayInputs<'_>>,
     ) -> Result<(Generation, Metadata)> {
         case.check()
             .with_context(|| format!("case {}: karras", case.name))?;
@@ -239,7 +244,7 @@ impl<'r> CaseRunner<'r> {
         let mut source = noise::build(case.noise, case.seed, case.noise_file.as_deref())
             .with_context(|| format!("case {}: noise", case.name))?;
         let result = match replay {
-            Some(latents) => self.loaded.replay(&case.params(), source.as_mut(), latents),
+            Some(inputs) => self.loaded.replay(&case.params(), source.as_mut(), inputs),
             None => self
                 .loaded
                 .generate(&case.params(), source.as_mut(), on_step),
@@ -324,6 +329,7 @@ impl<'r> CaseRunner<'r> {
         let mut timings: TimingsRecord = record_of(&gen.timings).context("timings")?;
         timings.load_s = Some(self.loaded.load_s);
         timings.hash_s = Some(self.hash_s);
+        timings.session_cache = self.session_cache.clone();
         Ok(Metadata {
             monitor_version: Some(env!("CARGO_PKG_VERSION").to_string()),
             created_at: Some(crate::clock::utc_now_rfc3339()),
@@ -365,11 +371,56 @@ impl<'r> CaseRunner<'r> {
     }
 }
 
-/// Writes a generation as a generation folder in `dir` (see [`generation::write`]).
+/// Confirms the session cache's entries against the model files' hashes (and commits new ones);
+/// when an entry was made for other bytes, loads the model again without the cache. Returns the
+/// model to use and what the cache did (`None`: no cache).
+fn settle_session_cache(
+    runtime: &Runtime,
+    model_path: &Path,
+    files: &BTreeMap<String, String>,
+    loaded: LoadedModel,
+) -> Result<(LoadedModel, Option<String>)> {
+    let Some(cache) = runtime.session_cache() else {
+        return Ok((loaded, None));
+    };
+    let sha256_of = |p: &Path| -> Option<String> {
+        let rel = p.strip_prefix(model_path).ok()?;
+        files
+            .get(&rel.to_string_lossy().replace('\\', "/"))
+            .cloned()
+    };
+    let settled = cache.settle(&sha256_of);
+    for w in &settled.warnings {
+        eprintln!("monitor: warning: {w}");
+    }
+    if settled.stale.is_empty() {
+        let what = match (settled.hits, settled.written) {
+            (h, 0) => format!("{h} loaded"),
+            (0, w) => format!("{w} written"),
+            (h, w) => format!("{h} loaded, {w} written"),
+        };
+        return Ok((loaded, Some(what)));
+    }
+    // Sessions of bytes other than the hashed ones must not run: rebuild all from the model.
+    drop(loaded);
+    runtime.disable_session_cache();
+    let names: Vec<String> = settled
+        .stale
+        .iter()
+        .map(|p| p.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()))
+        .collect();
+    let loaded = LoadedModel::load(runtime, model_path)
+        .with_context(|| format!("loading model {} without the session cache", model_path.display()))?;
+    Ok((loaded, Some(format!("stale for {}: rebuilt from the model", names.join(", ")))))
+}
+
+/// Writes a generation as a generation folder in `dir`, with its stage tensors (see
+/// [`generation::write`]).
 pub fn write_generation(dir: &Path, gen: &Generation, meta: &Metadata) -> Result<()> {
     let shape: Vec<usize> = gen.latents.shape().to_vec();
     let values: Vec<f32> = gen.latents.iter().copied().collect();
-    generation::write(dir, &values, &shape, &gen.image, meta)?;
+    let stages = StoredStages::from_tensors(&gen.tensors).context("encoding stages.npy")?;
+    generation::write(dir, &values, &shape, &gen.image, Some(&stages), meta)?;
     Ok(())
 }
 

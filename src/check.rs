@@ -220,6 +220,10 @@ pub fn job(
         environment: environment.clone(),
         limits: config.limits,
         replay: None,
+        session_cache: config
+            .model
+            .session_cache_on()
+            .then(|| config.storage.session_cache.clone()),
     }
 }
 
@@ -570,6 +574,7 @@ pub fn compare_with(
         image: &run.image,
         model_files: run.metadata.model_files(),
         metadata: &run.metadata,
+        stages: run.stages.as_ref(),
     };
     let b = Outputs {
         latents: &baseline.latents,
@@ -577,6 +582,7 @@ pub fn compare_with(
         image: &baseline.image,
         model_files: baseline.metadata.model_files(),
         metadata: &baseline.metadata,
+        stages: baseline.stages.as_ref(),
     };
     compare::compare(&a, &b, thresholds)
 }
@@ -614,11 +620,7 @@ fn keep_artifacts(
     report: &mut CompareReport,
 ) -> Result<()> {
     let result = crate::fsutil::write_dir(keep, |tmp| {
-        for f in generation::FILES {
-            let (from, to) = (run_dir.join(f), tmp.join(f));
-            std::fs::copy(&from, &to)
-                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
-        }
+        generation::copy_folder(run_dir, tmp, false)?;
         let p = tmp.join(crate::report::BASELINE_IMAGE);
         atomic_write(
             &p,
@@ -681,7 +683,7 @@ pub fn history_row(r: &CaseCheck) -> CaseResult {
         ssim: img.map(|i| i.ssim),
         psnr_db: img.map(|i| i.psnr_db),
         pixels_differing: img.map(|i| i.pixels_differing as i64),
-        reasons: report.map(|r| json!({"failures": r.classification.failures, "model_changes": r.classification.model_changes, "diverged_at": r.diverged_at})),
+        reasons: report.map(|r| json!({"failures": r.classification.failures, "model_changes": r.classification.model_changes, "diverged_at": r.diverged_at, "divergence": r.divergence})),
         env_diff: report.map(|r| json!(r.env_differences)),
         error: r.error.clone(),
         duration_s: Some(r.duration_s),

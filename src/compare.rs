@@ -929,6 +929,34 @@ pub struct Outputs<'a> {
     pub model_files: &'a BTreeMap<String, String>,
     /// The whole `metadata.json`, for [`env_differences`].
     pub metadata: &'a Metadata,
+    /// Its stage tensors (`stages.npy`), when kept: magnitudes where the run first differs.
+    pub stages: Option<&'a crate::stage_data::StoredStages>,
+}
+
+impl CompareReport {
+    /// `first differs at: STAGE (max|Δ| …; latents over … from step N of M)`, for a result
+    /// that is not identical.
+    pub fn diverged_line(&self) -> Option<String> {
+        let stage = self.diverged_at.as_ref()?;
+        let more = self
+            .divergence
+            .as_ref()
+            .map(|d| d.describe())
+            .filter(|d| !d.is_empty())
+            .map_or(String::new(), |d| format!(" ({d})"));
+        Some(format!("first differs at: {stage}{more}"))
+    }
+}
+
+impl<'a> Outputs<'a> {
+    fn side(&self) -> crate::stage_data::Side<'a> {
+        crate::stage_data::Side {
+            stages: self.stages,
+            metadata: self.metadata,
+            latents: self.latents,
+            image: self.image,
+        }
+    }
 }
 
 /// Everything the check command prints and stores for one case.
@@ -953,6 +981,10 @@ pub struct CompareReport {
     /// the baseline's (from the per-stage hashes both record), or why that is unknown.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diverged_at: Option<String>,
+    /// With a known first differing stage: how far apart the two are there, and after which
+    /// step the latents exceeded the latent threshold (from the stage tensors both kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub divergence: Option<crate::stage_data::Divergence>,
 }
 
 /// The first stage at which `run` differs from `baseline`, from their recorded stage hashes.
@@ -991,6 +1023,23 @@ pub fn compare(
         Ok((l, i, h)) => (Some(l), Some(i), h),
         Err(_) => (None, None, None),
     };
+    let first = (classification.verdict != Verdict::Identical)
+        .then(|| {
+            Some(crate::sd::pipeline::first_difference(
+                run.metadata.stages.as_deref()?,
+                baseline.metadata.stages.as_deref()?,
+            ))
+            .flatten()
+        })
+        .flatten();
+    let divergence = first.map(|stage| {
+        crate::stage_data::divergence(
+            &stage,
+            &run.side(),
+            &baseline.side(),
+            thresholds.latent_max_abs,
+        )
+    });
     let diverged = (classification.verdict != Verdict::Identical)
         .then(|| diverged_at(run.metadata, baseline.metadata));
     let report = CompareReport {
@@ -1001,6 +1050,7 @@ pub fn compare(
         env_differences: metadata_env_differences(run.metadata, baseline.metadata),
         heatmap: None,
         diverged_at: diverged,
+        divergence,
     };
     (report, heatmap)
 }

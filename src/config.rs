@@ -16,6 +16,7 @@
 //!   deterministic_compute: true       # ORT use_deterministic_compute       (default true)
 //!   threads: null                     # intra-op threads; null = ORT's choice (default null)
 //!   graph_optimization: all           # all extended basic disable (changes bits) (default all)
+//!   session_cache: null               # ORT optimized-model cache; null = on for cpu, off for cuda
 //! onnxruntime:
 //!   library: null                     # libonnxruntime.so or capi/ folder; null = ORT_DYLIB_PATH,
 //!                                     # else discovery                      (default null)
@@ -24,6 +25,7 @@
 //!   database: monitor.db              # history database                    (default monitor.db)
 //!   retention_days: 90                # history kept; 0 = keep forever      (default 90)
 //!   reports: reports                  # outputs + diff.png of non-identical results (default reports)
+//!   session_cache: session-cache      # optimized models, one folder per network and key
 //! worker:
 //!   timeout_s: 1800                   # kill the model worker after this long (default 1800)
 //! limits:                             # the largest case allowed (see `limits`)
@@ -36,6 +38,8 @@
 //!   latent_cosine_min: 0.9999         # min cosine similarity, in (0, 1]    (default 0.9999)
 //!   ssim_min: 0.99                    # min image SSIM, in (0, 1]           (default 0.99)
 //! schedule: "0 */30 * * * *"          # `monitor run`: 6-field (with seconds) or 5-field cron
+//! quick_schedule: null                # `monitor run`: quick checks (each network once) between
+//!                                     # the full ones; a difference gets a full check at once
 //! timezone: UTC                       # IANA zone the schedules are read in (default UTC)
 //! alerts:                             # see `alert::config` (thresholds, slack, webhook, email)
 //!   failure_threshold: 1              # bad rounds in a row before a case fires   (default 1)
@@ -156,6 +160,10 @@ pub struct Config {
     /// When the daemon checks: 6-field (with seconds) or 5-field cron; a case may have its own.
     #[serde(default)]
     pub schedule: Option<String>,
+    /// When the daemon runs a quick check of every case (`check --quick`); the cases it cannot
+    /// clear get a full check at once.
+    #[serde(default)]
+    pub quick_schedule: Option<String>,
     /// IANA time zone the schedules are read in (default UTC).
     #[serde(default)]
     pub timezone: Option<String>,
@@ -294,9 +302,19 @@ pub struct ModelConfig {
     /// Graph optimization level: all, extended, basic, disable (default all).
     #[serde(default, deserialize_with = "from_str_value")]
     pub graph_optimization: GraphOptimization,
+    /// ONNX Runtime's optimized-model cache (default null: on for cpu, where tests prove its
+    /// sessions bit-identical; off for cuda, where that has not been measured).
+    #[serde(default)]
+    pub session_cache: Option<bool>,
 }
 
 impl ModelConfig {
+    /// Whether sessions go through ONNX Runtime's optimized-model cache.
+    pub fn session_cache_on(&self) -> bool {
+        self.session_cache
+            .unwrap_or(self.execution_provider == ExecutionProvider::Cpu)
+    }
+
     /// The runtime settings this section describes.
     pub fn runtime_settings(&self) -> RuntimeSettings {
         RuntimeSettings {
@@ -335,6 +353,9 @@ pub struct StorageConfig {
     /// Folder for the outputs, diff heatmaps and comparison reports of non-identical results
     /// (default `reports`); resolved against the config file's folder.
     pub reports: PathBuf,
+    /// ONNX Runtime's optimized models (default `session-cache`); resolved against the config
+    /// file's folder.
+    pub session_cache: PathBuf,
 }
 
 impl Default for StorageConfig {
@@ -344,6 +365,7 @@ impl Default for StorageConfig {
             database: PathBuf::from("monitor.db"),
             retention_days: 90,
             reports: PathBuf::from("reports"),
+            session_cache: PathBuf::from("session-cache"),
         }
     }
 }
@@ -647,6 +669,7 @@ impl Config {
         self.storage.baselines = r(&self.storage.baselines);
         self.storage.database = r(&self.storage.database);
         self.storage.reports = r(&self.storage.reports);
+        self.storage.session_cache = r(&self.storage.session_cache);
         for c in &mut self.cases {
             c.noise_file = c.noise_file.as_deref().map(r);
         }

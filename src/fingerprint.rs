@@ -31,6 +31,21 @@ pub struct Environment {
     pub monitor_version: String,
 }
 
+impl Environment {
+    /// What makes an optimized ONNX Runtime graph this host's own: the CPU and its vector units
+    /// (the CPU provider's layout transforms are chosen for them), the GPU, driver and cuDNN.
+    pub fn session_cache_host(&self) -> String {
+        serde_json::json!([
+            self.cpu,
+            self.cpu_features,
+            self.gpu_name,
+            self.driver,
+            self.cudnn
+        ])
+        .to_string()
+    }
+}
+
 /// Collects the fingerprint. nvidia-smi is given two seconds: a wedged driver must not hang a check.
 pub fn collect() -> Environment {
     let (gpu_name, driver, cuda) = nvidia_smi();

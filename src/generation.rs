@@ -42,6 +42,7 @@ use crate::fsutil::atomic_write;
 use crate::sd::image::RgbImage;
 use crate::sd::model::sha256_hex;
 use crate::sd::npy::{self, NpyError};
+use crate::stage_data::{StoredStages, STAGES_FILE};
 
 /// The latents file of a generation folder.
 pub const LATENTS_FILE: &str = "latents.npy";
@@ -422,6 +423,10 @@ pub struct TimingsRecord {
     /// Hashing the model files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_s: Option<f64>,
+    /// What ONNX Runtime's optimized-model cache did when the sessions were made ("3 loaded",
+    /// "3 written", "stale for unet: rebuilt from the model"); absent when it was off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_cache: Option<String>,
     /// Timings this monitor does not know.
     #[serde(flatten)]
     pub extra: Extra,
@@ -436,6 +441,9 @@ pub struct OutputsRecord {
     /// image.png.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageRecord>,
+    /// stages.npy, when the generation kept its stage tensors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<crate::stage_data::StagesRecord>,
     /// Fields this monitor does not know.
     #[serde(flatten)]
     pub extra: Extra,
@@ -734,6 +742,8 @@ pub struct GenerationFiles {
     pub image: RgbImage,
     /// metadata.json.
     pub metadata: Metadata,
+    /// stages.npy, verified, when the metadata lists one.
+    pub stages: Option<StoredStages>,
 }
 
 /// Checks `shape` is `[1, 4, h, w]` (h, w > 0) and returns `(h, w)`.
@@ -821,11 +831,23 @@ pub fn read(dir: &Path) -> Result<GenerationFiles, GenerationError> {
             ),
         });
     }
+    let stages = match metadata.outputs.as_ref().and_then(|o| o.stages.as_ref()) {
+        Some(record) => {
+            let p = dir.join(STAGES_FILE);
+            let bytes = std::fs::read(&p).map_err(read_err(&p))?;
+            Some(
+                StoredStages::parse(bytes, record, &p)
+                    .map_err(|reason| GenerationError::Damaged { path: p, reason })?,
+            )
+        }
+        None => None,
+    };
     Ok(GenerationFiles {
         latents: arr.data,
         shape: arr.shape,
         image,
         metadata,
+        stages,
     })
 }
 
@@ -854,19 +876,22 @@ impl OutputsRecord {
                 sha256_rgb: Some(sha256_hex(&image.pixels)),
                 extra: Extra::new(),
             }),
+            stages: None,
             extra: Extra::new(),
         }
     }
 }
 
-/// Writes a generation folder: `latents.npy`, `image.png`, then `metadata.json` (with its
-/// `outputs` block set to the other two files' shapes and hashes), each atomically. A reader
-/// that finds metadata.json finds the other two complete. Returns the metadata as written.
+/// Writes a generation folder: `latents.npy`, `image.png`, `stages.npy` when given, then
+/// `metadata.json` (with its `outputs` block set to the other files' shapes and hashes), each
+/// atomically. A reader that finds metadata.json finds the others complete. Returns the
+/// metadata as written.
 pub fn write(
     dir: &Path,
     latents: &[f32],
     shape: &[usize],
     image: &RgbImage,
+    stages: Option<&StoredStages>,
     metadata: &Metadata,
 ) -> anyhow::Result<Metadata> {
     std::fs::create_dir_all(dir)
@@ -874,13 +899,50 @@ pub fn write(
     let npy_bytes = encode_latents(shape, latents).context("encoding latents.npy")?;
     let png = image.to_png().context("encoding image.png")?;
     let mut metadata = metadata.clone();
-    metadata.outputs = Some(OutputsRecord::of(shape, &npy_bytes, image));
+    let mut outputs = OutputsRecord::of(shape, &npy_bytes, image);
+    if let Some(st) = stages {
+        let p = dir.join(STAGES_FILE);
+        atomic_write(&p, &st.bytes).with_context(|| format!("writing {}", p.display()))?;
+        outputs.stages = Some(st.record.clone());
+    }
+    metadata.outputs = Some(outputs);
     let json = metadata.to_json().context("encoding metadata.json")?;
     for (name, bytes) in FILES.into_iter().zip([npy_bytes, png, json]) {
         let p = dir.join(name);
         atomic_write(&p, &bytes).with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(metadata)
+}
+
+/// Copies the generation folder `from` into the existing folder `to`: its three files, and
+/// `stages.npy` when `with_stages` (else the copy's metadata no longer lists one, so that it
+/// stays a complete folder; reports keep the copy without the 2 MB of tensors).
+pub fn copy_folder(from: &Path, to: &Path, with_stages: bool) -> anyhow::Result<()> {
+    for f in [LATENTS_FILE, IMAGE_FILE] {
+        let (src, dst) = (from.join(f), to.join(f));
+        std::fs::copy(&src, &dst)
+            .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+    }
+    let src = from.join(METADATA_FILE);
+    let mut metadata = read_metadata(&src)?;
+    let listed = metadata.outputs.as_ref().is_some_and(|o| o.stages.is_some());
+    if listed && with_stages {
+        let (s, d) = (from.join(STAGES_FILE), to.join(STAGES_FILE));
+        std::fs::copy(&s, &d)
+            .with_context(|| format!("copying {} to {}", s.display(), d.display()))?;
+    }
+    let dst = to.join(METADATA_FILE);
+    if listed && !with_stages {
+        if let Some(o) = metadata.outputs.as_mut() {
+            o.stages = None;
+        }
+        let json = metadata.to_json().context("encoding metadata.json")?;
+        atomic_write(&dst, &json).with_context(|| format!("writing {}", dst.display()))?;
+    } else {
+        std::fs::copy(&src, &dst)
+            .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -292,6 +292,7 @@ fn outputs(b: &Baseline) -> Outputs<'_> {
         image: &b.image,
         model_files: b.metadata.model_files(),
         metadata: &b.metadata,
+        stages: b.stages.as_ref(),
     }
 }
 

@@ -32,5 +32,6 @@ pub mod resources;
 pub mod sd;
 pub mod secret;
 pub mod snapshot;
+pub mod stage_data;
 pub mod status;
 pub mod worker;

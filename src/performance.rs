@@ -30,6 +30,9 @@ pub struct Performance {
     pub vae_s: Option<f64>,
     /// The worker's session creation, seconds.
     pub load_s: Option<f64>,
+    /// What ONNX Runtime's optimized-model cache did for those sessions ("3 loaded").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_cache: Option<String>,
     /// Inside ONNX Runtime's `run` calls (the model's own time), seconds.
     #[serde(default)]
     pub model_s: Option<f64>,
@@ -67,6 +70,7 @@ impl Performance {
             unet_step_median_s: t.unet_step_s.as_deref().and_then(median),
             vae_s: t.vae_s,
             load_s: t.load_s,
+            session_cache: t.session_cache.clone(),
             model_s: t.ort_run_s,
             peak_rss_bytes: r.peak_rss_bytes,
             gpu_memory_bytes: r.gpu_memory_bytes,

@@ -17,7 +17,7 @@ use crate::baseline::BaselineStore;
 use crate::check::{parameter_difference, select_cases, CheckOptions};
 use crate::compare::{self, Verdict};
 use crate::config::Config;
-use crate::generation::{self, LATENTS_FILE};
+use crate::generation;
 use crate::history::CaseResult;
 use crate::worker::{Job, Outcome};
 
@@ -60,6 +60,16 @@ pub struct QuickCase {
     pub vae_s: Option<f64>,
     /// Environment differences from the baseline (they name a runtime change).
     pub env_differences: Vec<compare::EnvDiff>,
+    /// Every differing stage that is a network's own output on the baseline's inputs
+    /// (`text_embeddings`, `step 1 noise_pred`, `decoded`; `tokens`, `initial_noise` and
+    /// `timesteps` are the tokenizer, the noise source and the scheduler). Where the baseline kept
+    /// no stage tensors the UNet ran on recomputed inputs, so only the first one is the cause.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub differing: Vec<String>,
+    /// Where it differs: how far apart the replay and the baseline are at the first differing
+    /// stage (from the stage tensors both kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub divergence: Option<crate::stage_data::Divergence>,
 }
 
 impl QuickCase {
@@ -143,6 +153,8 @@ fn run(
             unet_s: None,
             vae_s: None,
             env_differences: Vec::new(),
+            differing: Vec::new(),
+            divergence: None,
         };
         let unknown = |reason: String| QuickOutcome::Unknown { reason };
         match store.current(&case.name) {
@@ -161,7 +173,7 @@ fn run(
                         case.name, b.version
                     ));
                 } else {
-                    replay.insert(case.name.clone(), b.dir.join(LATENTS_FILE));
+                    replay.insert(case.name.clone(), b.dir.clone());
                     specs.push(case.spec());
                     baselines.insert(case.name.clone(), b);
                 }
@@ -208,11 +220,39 @@ fn run(
         (q.model_s, q.unet_s, q.vae_s) = (t.ort_run_s, t.unet_s, t.vae_s);
         q.env_differences = compare::metadata_env_differences(&run.metadata, &b.metadata);
         let changes = compare::model_changes(run.metadata.model_files(), b.metadata.model_files());
-        let (compared, first) = crate::sd::pipeline::compare_stages(
+        let (compared, differing) = crate::sd::pipeline::differing_stages(
             run.metadata.stages.as_deref().unwrap_or_default(),
             b.metadata.stages.as_deref().unwrap_or_default(),
         );
         q.stages_compared = compared;
+        let first = differing.first().cloned();
+        // Each network got the baseline's inputs: every stage of a network's own output that
+        // differs names that network, not only the first. (`step 1 latents` follows from
+        // `step 1 noise_pred` and `image` from `decoded`: they add nothing.)
+        q.differing = differing
+            .into_iter()
+            .filter(|s| s != "step 1 latents" && s != "image")
+            .collect();
+        if let Some(stage) = &first {
+            let limit = cases
+                .iter()
+                .find(|c| &c.name == name)
+                .map_or(config.thresholds, |c| c.thresholds(&config.thresholds))
+                .latent_max_abs;
+            let replayed = crate::stage_data::Side {
+                stages: run.stages.as_ref(),
+                metadata: &run.metadata,
+                latents: &run.latents,
+                image: &run.image,
+            };
+            let base = crate::stage_data::Side {
+                stages: b.stages.as_ref(),
+                metadata: &b.metadata,
+                latents: &b.latents,
+                image: &b.image,
+            };
+            q.divergence = Some(crate::stage_data::divergence(stage, &replayed, &base, limit));
+        }
         // The stage names the network; a changed model file says why it changed.
         q.outcome = match (first, changes.first()) {
             (Some(stage), Some(c)) => QuickOutcome::Differs {
@@ -245,7 +285,9 @@ fn history_row(q: &QuickCase) -> CaseResult {
     CaseResult {
         baseline_version: q.baseline_version.map(i64::from),
         reasons: match &q.outcome {
-            QuickOutcome::Differs { stage } => Some(json!({"diverged_at": stage})),
+            QuickOutcome::Differs { stage } => Some(
+                json!({"diverged_at": stage, "differing": q.differing, "divergence": q.divergence}),
+            ),
             _ => None,
         },
         env_diff: Some(json!(q.env_differences)),

@@ -255,6 +255,7 @@ fn write_all(
                     shape: &files.shape,
                     image: &files.image,
                     metadata: files.metadata.clone(),
+                    stages: files.stages.as_ref(),
                     who: who.to_string(),
                     why: why.to_string(),
                     restored_from: None,

@@ -136,15 +136,7 @@ pub fn write_folder(staging: &Path, info: &SnapshotInfo, done: &[(String, PathBu
     for (name, dir) in done {
         let to = cases.join(name);
         std::fs::create_dir(&to).with_context(|| format!("creating {}", to.display()))?;
-        for file in [
-            generation::LATENTS_FILE,
-            generation::IMAGE_FILE,
-            generation::METADATA_FILE,
-        ] {
-            let (from, dest) = (dir.join(file), to.join(file));
-            std::fs::copy(&from, &dest)
-                .with_context(|| format!("copying {} to {}", from.display(), dest.display()))?;
-        }
+        generation::copy_folder(dir, &to, true)?;
     }
     let mut json = serde_json::to_vec_pretty(info).context("encoding snapshot.json")?;
     json.push(b'\n');
@@ -427,6 +419,7 @@ fn baseline_of(files: GenerationFiles, dir: PathBuf, version: u32) -> Baseline {
         shape: files.shape,
         image: files.image,
         metadata: files.metadata,
+        stages: files.stages,
     }
 }
 

@@ -36,10 +36,13 @@ pub struct Job {
     /// Size and memory bounds checked before each case runs.
     #[serde(default)]
     pub limits: Limits,
-    /// A quick check: per case, the baseline `latents.npy` to replay each network against
-    /// (see `CaseRunner::replay`) instead of a full generation.
+    /// A quick check: per case, the baseline version folder whose recorded inputs each network
+    /// is replayed on (see `CaseRunner::replay`) instead of a full generation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<std::collections::BTreeMap<String, PathBuf>>,
+    /// ONNX Runtime's optimized-model cache folder (`None`: sessions are built from the model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_cache: Option<PathBuf>,
 }
 
 /// What a worker reports in `report.json` when it gets to finish.
@@ -651,7 +654,13 @@ pub fn work(job_file: &Path, out_dir: &Path) -> Result<()> {
 }
 
 fn run_cases(job: &Job, out_dir: &Path, report: &mut Report) -> Result<()> {
-    let runtime = Runtime::init(job.ort_library.as_deref(), job.runtime.clone())?;
+    let mut runtime = Runtime::init(job.ort_library.as_deref(), job.runtime.clone())?;
+    if let Some(dir) = &job.session_cache {
+        runtime = runtime.with_session_cache(crate::sd::session_cache::SessionCache::new(
+            dir,
+            job.environment.session_cache_host(),
+        ));
+    }
     report.onnxruntime_version = Some(runtime.info().version.clone());
     let mut runner = CaseRunner::load(&runtime, &job.model, job.environment.clone(), &job.limits)?;
     report.load_s = Some(runner.load_s());
@@ -681,7 +690,7 @@ fn run_cases(job: &Job, out_dir: &Path, report: &mut Report) -> Result<()> {
                 "case {}: quick check without baseline latents",
                 case.name
             )),
-            Some(Some(path)) => replay_latents(path).and_then(|l| runner.replay(case, &l)),
+            Some(Some(dir)) => Reference::read(dir).and_then(|r| runner.replay(case, &r.inputs())),
         };
         let result = ran.and_then(|(gen, meta)| {
             // Not create_dir_all: a work folder swept away (its parent died) must not come back.
@@ -710,18 +719,49 @@ fn run_cases(job: &Job, out_dir: &Path, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
-/// A baseline's final latents for a replay, `[1, 4, h, w]`.
-fn replay_latents(path: &Path) -> Result<ndarray::Array4<f32>> {
-    let a = crate::sd::npy::read_npy(path)?;
-    let [n, c, h, w] = a.shape[..] else {
-        anyhow::bail!(
-            "{}: latents shape {:?} is not [1, 4, h, w]",
-            path.display(),
-            a.shape
-        );
-    };
-    ndarray::Array4::from_shape_vec((n, c, h, w), a.data)
-        .with_context(|| format!("{}: latents", path.display()))
+/// A baseline version's recorded inputs for a replay: final latents always; ids, text
+/// embeddings and initial noise where it kept them.
+struct Reference {
+    latents: ndarray::Array4<f32>,
+    prompt_ids: Option<Vec<u32>>,
+    negative_ids: Option<Vec<u32>>,
+    text_embeddings: Option<ndarray::Array3<f32>>,
+    initial_noise: Option<ndarray::Array4<f32>>,
+}
+
+impl Reference {
+    fn read(dir: &Path) -> Result<Reference> {
+        let files = crate::generation::read(dir)
+            .with_context(|| format!("reading the baseline in {}", dir.display()))?;
+        let [n, c, h, w] = files.shape[..] else {
+            anyhow::bail!(
+                "{}: latents shape {:?} is not [1, 4, h, w]",
+                dir.display(),
+                files.shape
+            );
+        };
+        let latents = ndarray::Array4::from_shape_vec((n, c, h, w), files.latents)
+            .with_context(|| format!("{}: latents", dir.display()))?;
+        let tokens = files.metadata.tokens.as_ref();
+        let stages = files.stages.as_ref();
+        Ok(Reference {
+            latents,
+            prompt_ids: tokens.and_then(|t| t.prompt.clone()),
+            negative_ids: tokens.and_then(|t| t.negative_prompt.clone()),
+            text_embeddings: stages.and_then(|s| s.array3("text_embeddings")),
+            initial_noise: stages.and_then(|s| s.array4("initial_noise")),
+        })
+    }
+
+    fn inputs(&self) -> crate::sd::pipeline::ReplayInputs<'_> {
+        crate::sd::pipeline::ReplayInputs {
+            final_latents: &self.latents,
+            prompt_ids: self.prompt_ids.as_deref(),
+            negative_ids: self.negative_ids.as_deref(),
+            text_embeddings: self.text_embeddings.as_ref(),
+            initial_noise: self.initial_noise.as_ref(),
+        }
+    }
 }
 
 #[cfg(test)]

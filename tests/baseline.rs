@@ -58,6 +58,7 @@ fn write(store: &BaselineStore, case: &str, k: u32) -> Result<u32, BaselineError
             metadata: metadata(
                 json!({"parameters": {"seed": k, "prompt": "a fox"}, "onnxruntime": {"version": "1.31.1"}}),
             ),
+            stages: None,
             who: "tester".to_string(),
             why: format!("write {k}"),
             restored_from: None,
@@ -439,6 +440,7 @@ fn write_batch(
                     shape: s,
                     image: i,
                     metadata: metadata(json!({"parameters": {"prompt": c}})),
+                    stages: None,
                     who: "tester".into(),
                     why: "batch".into(),
                     restored_from: None,
@@ -577,6 +579,7 @@ fn invalid_new_baselines_write_nothing() {
         shape,
         image,
         metadata,
+        stages: None,
         who: "t".into(),
         why: "t".into(),
         restored_from: None,

@@ -869,6 +869,7 @@ fn compare_bundles_everything_and_returns_heatmap_only_when_images_differ() {
         image: &img,
         model_files: &files,
         metadata: &md,
+        stages: None,
     };
     let (r, h) = compare(&side, &side, &Thresholds::default());
     assert_eq!(r.classification.verdict, Verdict::Identical);
@@ -905,6 +906,7 @@ fn compare_shape_mismatch_is_error_unless_the_model_changed() {
         image: &img,
         model_files: &files,
         metadata: &md,
+        stages: None,
     };
     let run = Outputs {
         latent_shape: &[1, 4, 4, 16],

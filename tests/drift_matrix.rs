@@ -137,11 +137,14 @@ fn row(source: &Source, full: &Value, quick: &Value, quick_code: i32) -> String 
         Some("same") => "NO".to_string(),
         other => format!("{other:?}"),
     };
+    let d = &full["report"]["divergence"];
     let line = format!(
-        "MATRIX | {} | {} | {} | {} | {} |",
+        "MATRIX | {} | {} | {} | {} | {} | {} | {} |",
         source.name,
         full["verdict"].as_str().unwrap_or("?"),
         diverged,
+        magnitude(d),
+        over_limit(d),
         quick_said,
         if env.is_empty() {
             "-".into()
@@ -149,6 +152,13 @@ fn row(source: &Source, full: &Value, quick: &Value, quick_code: i32) -> String 
             env.join(", ")
         }
     );
+    check_divergence(source, full, &line);
+    // The quick check measures the same stage on its replay.
+    let qd = &quick["divergence"];
+    assert_eq!(qd["stage"].as_str(), Some(diverged), "{line}\n{quick}");
+    if !["tokens", "decoded"].contains(&source.stage) {
+        assert!(qd["max_abs"].as_f64().is_some_and(|m| m > 0.0), "{line}\n{quick}");
+    }
     assert_eq!(full["verdict"], source.verdict, "{line}\n{full}");
     assert!(diverged.starts_with(source.stage), "{line}");
     assert_eq!(
@@ -169,12 +179,79 @@ fn row(source: &Source, full: &Value, quick: &Value, quick_code: i32) -> String 
     line
 }
 
+/// `3.1e-7 (2.0e-7 rel.)` at the first differing stage, or its note.
+fn magnitude(d: &Value) -> String {
+    match (d["max_abs"].as_f64(), d["relative"].as_f64()) {
+        (Some(m), Some(r)) => {
+            let on = d["measured_on"].as_str().filter(|o| Some(*o) != d["stage"].as_str());
+            format!(
+                "{m:.1e} ({r:.1e} rel.){}",
+                on.map_or(String::new(), |o| format!(" on {o}"))
+            )
+        }
+        _ => d["note"].as_str().unwrap_or("-").to_string(),
+    }
+}
+
+/// `step 1 of 5` (the latents' max |Δ| first above the latent threshold), or `never (≤ limit)`.
+fn over_limit(d: &Value) -> String {
+    let n = d["step_max_abs"].as_array().map_or(0, Vec::len);
+    match d["exceeded_at_step"].as_u64() {
+        Some(s) => format!("step {s} of {n}"),
+        None if n > 0 => format!("never (≤ {:.0e})", d["latent_limit"].as_f64().unwrap_or(0.0)),
+        None => "-".into(),
+    }
+}
+
+/// The magnitudes must agree with what was measured independently: the last step's latents are
+/// the final latents (their max |Δ| is `report.latents.max_abs`, computed by the comparison
+/// code); a VAE-only change leaves every step at 0 and measures the image in the levels the
+/// image comparison counts; a differing hash comes with a nonzero magnitude.
+fn check_divergence(source: &Source, full: &Value, line: &str) {
+    let d = &full["report"]["divergence"];
+    let steps: Vec<f64> = d["step_max_abs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no step trajectory: {line}\n{full}"))
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    // PNDM with 4 steps makes 5 UNet calls.
+    assert_eq!(steps.len(), 5, "{line}");
+    let last = *steps.last().unwrap();
+    let final_max = full["report"]["latents"]["max_abs"].as_f64().unwrap();
+    assert!((last - final_max).abs() <= 1e-12 * final_max.max(1.0), "{line}: {last} vs {final_max}");
+    let limit = d["latent_limit"].as_f64().unwrap();
+    let first_over = steps.iter().position(|&m| m > limit).map(|i| i as u64 + 1);
+    assert_eq!(d["exceeded_at_step"].as_u64(), first_over, "{line}");
+    match source.stage {
+        "tokens" => assert!(
+            d["note"].as_str().is_some_and(|n| n.ends_with("ids differ") && !n.starts_with("0 ")),
+            "{line}"
+        ),
+        "decoded" => {
+            assert!(steps.iter().all(|&m| m == 0.0), "{line}");
+            assert_eq!(d["measured_on"], "image", "{line}");
+            assert_eq!(
+                d["max_abs"].as_f64(),
+                full["report"]["image"]["max_level_diff"].as_f64(),
+                "{line}"
+            );
+        }
+        _ => {
+            assert!(d["max_abs"].as_f64().is_some_and(|m| m > 0.0), "{line}\n{d}");
+            assert!(d["relative"].as_f64().is_some_and(|r| r > 0.0 && r.is_finite()), "{line}");
+            // A change before the loop moves the latents from the first step on.
+            assert!(steps[0] > 0.0, "{line}");
+        }
+    }
+}
+
 #[test]
 fn every_drift_source_is_caught_by_the_full_and_the_quick_check() {
     let mut lines = vec![
-        "MATRIX | source | full check | diverged_at | quick detected | environment diff |"
+        "MATRIX | source | full check | diverged_at | magnitude there | latents over the limit from | quick detected | environment diff |"
             .to_string(),
-        "MATRIX |---|---|---|---|---|".to_string(),
+        "MATRIX |---|---|---|---|---|---|---|".to_string(),
     ];
     // Sources that edit a copy of the model: its files change, so the full verdict is
     // model_changed, and the stage says which network.
@@ -323,9 +400,11 @@ fn every_drift_source_is_caught_by_the_full_and_the_quick_check() {
         "{f}"
     );
     lines.push(format!(
-        "MATRIX | intra-op threads 1 → 2 | {} | {} | {} | {} |",
+        "MATRIX | intra-op threads 1 → 2 | {} | {} | {} | {} | {} | {} |",
         f["verdict"].as_str().unwrap_or("?"),
         f["report"]["diverged_at"].as_str().unwrap_or("-"),
+        magnitude(&f["report"]["divergence"]),
+        over_limit(&f["report"]["divergence"]),
         if quick_same {
             "no change to detect".to_string()
         } else {
@@ -373,4 +452,87 @@ fn every_drift_source_is_caught_by_the_full_and_the_quick_check() {
     for l in &lines {
         println!("{l}");
     }
+}
+
+fn flip_unet(m: &Path) {
+    let p = m.join("unet/weights.pb");
+    let mut b = std::fs::read(&p).unwrap();
+    flip_one_ulp(&mut b, 0, 2304);
+    std::fs::write(p, b).unwrap();
+}
+
+fn differing(q: &Value) -> Vec<String> {
+    q["differing"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Turns the site's fox baseline into one made before stage tensors: no `stages.npy`, and no
+/// record of it in `metadata.json`.
+fn strip_stage_tensors(site: &Site) {
+    let v = site.path("baselines/fox/v0001");
+    std::fs::remove_file(v.join("stages.npy")).unwrap();
+    let p = v.join("metadata.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    m["outputs"].as_object_mut().unwrap().remove("stages").unwrap();
+    std::fs::write(&p, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+#[test]
+fn the_quick_check_feeds_each_network_its_baseline_s_inputs_and_names_each_that_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_copy(dir.path());
+    let site = Site::with_cases(Some(&model), &[FOX], "");
+    site.rebaseline();
+    assert!(site.path("baselines/fox/v0001/stages.npy").is_file());
+    let te = |m: &Path| {
+        flip_initializer(
+            &m.join("text_encoder/model.onnx"),
+            "text.embeddings.position_embedding.weight",
+        )
+    };
+    let vae = |m: &Path| flip_initializer(&m.join("vae_decoder/model.onnx"), "vae.decoder.conv_in.weight");
+    // One network at a time joins the changed ones; each is judged on the baseline's inputs, so
+    // the UNet is not blamed for the text encoder's change, nor the VAE for the UNet's.
+    te(&model);
+    let (q, _) = quick(&site, "monitor.yaml");
+    assert_eq!(differing(&q), ["text_embeddings"], "{q}");
+    flip_unet(&model);
+    let (q, _) = quick(&site, "monitor.yaml");
+    assert_eq!(differing(&q), ["text_embeddings", "step 1 noise_pred"], "{q}");
+    vae(&model);
+    let (q, _) = quick(&site, "monitor.yaml");
+    assert_eq!(
+        differing(&q),
+        ["text_embeddings", "step 1 noise_pred", "decoded"],
+        "{q}"
+    );
+    let text = String::from_utf8_lossy(
+        &monitor(&site, &["check", "--quick", "--no-follow-up"], "monitor.yaml").stdout,
+    )
+    .into_owned();
+    assert!(
+        text.contains("these differ: text_embeddings, step 1 noise_pred, decoded"),
+        "{text}"
+    );
+
+    // The same text-encoder change against a baseline without stage tensors: the UNet runs on
+    // the recomputed embeddings, so its output differs too, and only the first stage is the
+    // cause. The full check still names the stage, without magnitudes it has no data for.
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_copy(dir.path());
+    let site = Site::with_cases(Some(&model), &[FOX], "");
+    site.rebaseline();
+    strip_stage_tensors(&site);
+    te(&model);
+    let (q, _) = quick(&site, "monitor.yaml");
+    assert_eq!(differing(&q), ["text_embeddings", "step 1 noise_pred"], "{q}");
+    let f = full(&site, "monitor.yaml");
+    assert_eq!(f["report"]["diverged_at"], "text_embeddings", "{f}");
+    let d = &f["report"]["divergence"];
+    assert_eq!(d["note"], "no stage tensors in the baseline", "{f}");
+    assert!(d.get("max_abs").is_none() && d["step_max_abs"] == serde_json::json!([]), "{d}");
 }

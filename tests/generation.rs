@@ -66,7 +66,10 @@ fn v1_folder_loads_with_every_field_typed_and_verifies() {
         shape,
         image,
         metadata: m,
+        stages,
     } = generation::read(&v1()).unwrap();
+    // Written before stage tensors: none listed, none read.
+    assert!(stages.is_none());
     assert_eq!(shape, [1, 4, 12, 8]);
     assert_eq!(latents.len(), 4 * 12 * 8);
     assert_eq!((image.width, image.height), (64, 96));
@@ -308,7 +311,8 @@ fn writing_then_reading_round_trips_the_metadata() {
     let dir = t.path().join("out");
     assert!(!generation::is_complete(&dir));
     let written =
-        generation::write(&dir, &fixture.latents, &fixture.shape, &fixture.image, &run).unwrap();
+        generation::write(&dir, &fixture.latents, &fixture.shape, &fixture.image, None, &run)
+            .unwrap();
     assert!(generation::is_complete(&dir));
     let back = generation::read(&dir).unwrap();
     assert_eq!(back.metadata, written);
@@ -336,6 +340,7 @@ fn writing_then_reading_round_trips_the_metadata() {
                 shape: &back.shape,
                 image: &back.image,
                 metadata: back.metadata.clone(),
+                stages: None,
                 who: "tester".into(),
                 why: "round trip".into(),
                 restored_from: None,
@@ -420,13 +425,80 @@ fn new_generations_have_the_v1_shape() {
     key_paths(&old, "", &mut b);
     // Added since these files: per-stage hashes, optional (absent in older files, which read as
     // "no stage data"; an older monitor keeps the block as an unknown field).
-    // Likewise per-call UNet times and the worker's memory (issue 10's performance tracking).
-    for added in ["stages", "timings.unet_step_s", "resources"] {
+    // Likewise per-call UNet times and the worker's memory (issue 10's performance tracking),
+    // and the stage tensors file (issue 11), which an older monitor does not read.
+    for added in ["stages", "timings.unet_step_s", "resources", "outputs.stages"] {
         assert!(a.iter().any(|k| k == added), "{added} missing: {a:?}");
     }
     a.retain(|k| {
-        !["stages", "timings.unet_step_s"].contains(&k.as_str()) && !k.starts_with("resources")
+        !["stages", "timings.unet_step_s"].contains(&k.as_str())
+            && !k.starts_with("resources")
+            && !k.starts_with("outputs.stages")
     });
     assert_eq!(a, b);
     generation::read(t.path()).unwrap();
+}
+
+#[test]
+fn stage_tensors_are_written_verified_kept_by_the_store_and_restored() {
+    use monitor::sd::pipeline::StageTensors;
+    use monitor::stage_data::{StoredStages, STAGES_FILE};
+    use ndarray::{Array3, Array4};
+    let fixture = generation::read(&v1()).unwrap();
+    let (h, w) = (fixture.shape[2], fixture.shape[3]);
+    let lat = |k: f32| Array4::from_shape_fn((1, 4, h, w), |(_, c, y, x)| k + (c * 100 + y * 10 + x) as f32);
+    let stages = StoredStages::from_tensors(&StageTensors {
+        text_embeddings: Array3::from_shape_fn((2, 77, 8), |(a, b, c)| (a + b + c) as f32 * 0.01),
+        initial_noise: lat(0.5),
+        first_noise_pred: Some(lat(-1.0)),
+        step_latents: vec![lat(1.0), lat(2.0), lat(3.0)],
+    })
+    .unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("out");
+    let mut run = fixture.metadata.clone();
+    run.baseline = None;
+    generation::write(&dir, &fixture.latents, &fixture.shape, &fixture.image, Some(&stages), &run)
+        .unwrap();
+    let back = generation::read(&dir).unwrap();
+    assert_eq!(back.stages.as_ref(), Some(&stages));
+    // numpy reads the file: one flat float32 array, the listed tensors one after another.
+    let listed = &read_json(&dir.join(METADATA_FILE))["outputs"]["stages"];
+    assert_eq!(listed["tensors"][0], json!({"stage": "text_embeddings", "shape": [2, 77, 8]}));
+    assert_eq!(listed["tensors"].as_array().unwrap().len(), 6);
+
+    // The store keeps the file, verifies it on load and copies it on restore.
+    let store = BaselineStore::new(t.path().join("store"));
+    let nb = NewBaseline {
+        latents: &back.latents,
+        shape: &back.shape,
+        image: &back.image,
+        metadata: back.metadata.clone(),
+        stages: back.stages.as_ref(),
+        who: "tester".into(),
+        why: "stages".into(),
+        restored_from: None,
+    };
+    let v1 = store.write("lighthouse", &nb).unwrap();
+    assert_eq!(store.load("lighthouse", v1).unwrap().stages.as_ref(), Some(&stages));
+    // A version written without them does not claim them.
+    let v2 = store
+        .write("lighthouse", &NewBaseline { stages: None, ..nb.clone() })
+        .unwrap();
+    let b2 = store.load("lighthouse", v2).unwrap();
+    assert!(b2.stages.is_none() && !b2.dir.join(STAGES_FILE).exists());
+    let v3 = store.restore("lighthouse", v1, "tester", "undo").unwrap();
+    assert_eq!(store.load("lighthouse", v3).unwrap().stages.as_ref(), Some(&stages));
+
+    // Damage is named.
+    let f = store.version_dir("lighthouse", v1).unwrap().join(STAGES_FILE);
+    let mut bytes = std::fs::read(&f).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&f, bytes).unwrap();
+    let e = store.load("lighthouse", v1).unwrap_err().to_string();
+    assert!(e.contains("stages.npy") && e.contains("sha256") && !e.contains('\n'), "{e}");
+    std::fs::remove_file(&f).unwrap();
+    let e = store.load("lighthouse", v1).unwrap_err().to_string();
+    assert!(e.contains("stages.npy"), "{e}");
 }

@@ -61,11 +61,7 @@ pub fn alert_case(c: &CaseCheck, st: Option<&CaseState>) -> AlertCase {
                 .iter()
                 .map(|m| format!("model file changed: {}", m.file)),
         );
-        reasons.extend(
-            r.diverged_at
-                .as_ref()
-                .map(|stage| format!("first differs at: {stage}")),
-        );
+        reasons.extend(r.diverged_line());
         env_changes.extend(r.env_differences.iter().map(|d| d.describe_plain()));
     }
     reasons.extend(c.performance.as_ref().and_then(|p| p.describe_slow()));

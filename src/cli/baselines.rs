@@ -279,6 +279,7 @@ fn stress_write(a: StressArgs) -> Result<u8> {
                 shape: &shape,
                 image: &image,
                 metadata: synthetic_metadata(i),
+                stages: None,
                 who: "stress-write".to_string(),
                 why: format!("write {i}"),
                 restored_from: None,

@@ -126,6 +126,14 @@ fn print_quick(q: &crate::quick::QuickRun) {
         if let QuickOutcome::Unknown { reason } = &c.outcome {
             println!("    {reason}");
         }
+        if c.differing.len() > 1 {
+            println!("    each on the baseline's inputs, these differ: {}", c.differing.join(", "));
+        }
+        if let Some(d) = c.divergence.as_ref().map(|d| d.describe()) {
+            if !d.is_empty() {
+                println!("    {d}");
+            }
+        }
         for d in &c.env_differences {
             println!("    environment: {}", d.describe().replacen(": ", " ", 1));
         }
@@ -203,8 +211,8 @@ fn print_details(c: &CaseCheck) {
         for m in &r.classification.model_changes {
             println!("    model file changed: {}", m.file);
         }
-        if let Some(stage) = &r.diverged_at {
-            println!("    first differs at: {stage}");
+        if let Some(line) = r.diverged_line() {
+            println!("    {line}");
         }
         for d in &r.env_differences {
             // "environment: key "a" → "b"" (the key without its colon, as before).

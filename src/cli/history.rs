@@ -228,9 +228,21 @@ pub fn table(entries: &[Row]) -> String {
     let mut out = line(&header.map(String::from));
     for (row, entry) in rows.iter().zip(entries) {
         out.push_str(&line(row));
-        if let Row::Run(r) = entry {
-            if let Some(err) = &r.run_error {
-                out.push_str(&format!("    {}\n", one_line(err, 160)));
+        match entry {
+            Row::Run(r) => {
+                if let Some(err) = &r.run_error {
+                    out.push_str(&format!("    {}\n", one_line(err, 160)));
+                }
+            }
+            Row::Result(e) => {
+                let line = e
+                    .result
+                    .reasons
+                    .as_ref()
+                    .and_then(crate::stage_data::diverged_line_of);
+                if let Some(l) = line {
+                    out.push_str(&format!("    {}\n", one_line(&l, 200)));
+                }
             }
         }
     }

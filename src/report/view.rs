@@ -23,6 +23,10 @@ pub struct CaseView {
     pub error: Option<String>,
     /// First pipeline stage that differs.
     pub diverged_at: Option<String>,
+    /// How far apart there, and from which step the latents exceeded the threshold.
+    pub divergence: Option<String>,
+    /// The latents' max |Δ| after each step (log scale), in `max_abs_*`; `n` steps.
+    pub steps: Trend,
     /// Metrics against their thresholds.
     pub metrics: Vec<MetricRow>,
     /// Threshold failures and model-file changes, as sentences.
@@ -74,7 +78,7 @@ pub struct Images {
 }
 
 /// Sparklines of the last results of a case, oldest left.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Trend {
     /// Results drawn.
     pub n: usize,
@@ -198,6 +202,30 @@ pub fn case_view(round_dir: &Path, result: &CaseResult, trend: &[HistoryEntry]) 
         .and_then(|r| r.get("diverged_at"))
         .and_then(|d| d.as_str())
         .map(String::from);
+    let divergence: Option<crate::stage_data::Divergence> = result
+        .reasons
+        .as_ref()
+        .and_then(|r| r.get("divergence"))
+        .and_then(|d| serde_json::from_value(d.clone()).ok());
+    let steps = divergence.as_ref().map_or_else(Trend::default, |d| {
+        // Zero cannot go on a log scale: it is drawn at the bottom, as "equal".
+        let logs: Vec<Option<f64>> = d
+            .step_max_abs
+            .iter()
+            .map(|&v| Some(if v > 0.0 { v.log10() } else { -12.0 }))
+            .collect();
+        let (dots, _) = spark(&logs, |v| format!("{v}"));
+        let lo = d.step_max_abs.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = d.step_max_abs.iter().copied().fold(0.0, f64::max);
+        Trend {
+            n: d.step_max_abs.len(),
+            max_abs_points: polyline(&dots),
+            max_abs_dots: dots,
+            max_abs_range: format!("{} … {}", sci(Some(lo)), sci(Some(hi))),
+            ..Trend::default()
+        }
+    });
+    let divergence_text = divergence.as_ref().map(|d| d.describe());
     let env_differences = result
         .env_diff
         .as_ref()
@@ -233,6 +261,8 @@ pub fn case_view(round_dir: &Path, result: &CaseResult, trend: &[HistoryEntry]) 
         baseline_version: result.baseline_version,
         error: result.error.clone(),
         diverged_at,
+        divergence: divergence_text,
+        steps,
         metrics,
         reasons,
         env_differences,

@@ -11,4 +11,5 @@ pub mod onnx_graph;
 pub mod pipeline;
 pub mod runtime;
 pub mod scheduler;
+pub mod session_cache;
 pub mod tokenizer;

@@ -94,20 +94,28 @@ pub fn first_difference(a: &[StageHash], b: &[StageHash]) -> Option<String> {
 /// replay records a subset of a generation's stages; a stage added to the pipeline is absent
 /// from older records).
 pub fn compare_stages(a: &[StageHash], b: &[StageHash]) -> (usize, Option<String>) {
+    let (compared, differing) = differing_stages(a, b);
+    (compared, differing.into_iter().next())
+}
+
+/// Like [`compare_stages`], but every differing stage, in `a`'s order. After the first, they
+/// only mean something of their own where each network was fed the same inputs (a replay).
+pub fn differing_stages(a: &[StageHash], b: &[StageHash]) -> (usize, Vec<String>) {
     let by_name: std::collections::HashMap<&str, &str> = b
         .iter()
         .map(|s| (s.stage.as_str(), s.sha256.as_str()))
         .collect();
     let mut compared = 0;
+    let mut differing = Vec::new();
     for x in a {
         if let Some(y) = by_name.get(x.stage.as_str()) {
             compared += 1;
             if x.sha256 != *y {
-                return (compared, Some(x.stage.clone()));
+                differing.push(x.stage.clone());
             }
         }
     }
-    (compared, None)
+    (compared, differing)
 }
 
 /// The result of one generation.
@@ -131,6 +139,53 @@ pub struct Generation {
     pub timings: Timings,
     /// sha256 of every stage's output (of batch element 0).
     pub stages: Vec<StageHash>,
+    /// The stage outputs themselves (of batch element 0), for measuring how far two runs are
+    /// apart where they first differ.
+    pub tensors: StageTensors,
+}
+
+/// Stage outputs of batch element 0 that are small enough to keep (about 2.2 MB at 512² and 25
+/// steps): everything [`replay`] needs to feed each network the exact inputs of a reference run,
+/// and the latents after every step, to say when two runs moved apart.
+#[derive(Debug, Clone, Default)]
+pub struct StageTensors {
+    /// Text-encoder output, `[2, 77, D]` (negative, prompt) under guidance, else `[1, 77, D]`.
+    pub text_embeddings: Array3<f32>,
+    /// The initial noise, `[1, 4, h, w]`, before `init_noise_sigma`.
+    pub initial_noise: Array4<f32>,
+    /// The guided UNet output of the first call, `[1, 4, h, w]` (absent in a run of 0 calls).
+    pub first_noise_pred: Option<Array4<f32>>,
+    /// The latents after each scheduler step, `[1, 4, h, w]` each.
+    pub step_latents: Vec<Array4<f32>>,
+}
+
+/// A reference run's recorded inputs for [`replay`]: each network is fed these instead of what
+/// the steps before it computed, so a difference is that network's alone.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayInputs<'a> {
+    /// Final latents for the VAE decoder, `[1, 4, h, w]`.
+    pub final_latents: &'a Array4<f32>,
+    /// The prompt's 77 ids for the text encoder (else the tokenizer's).
+    pub prompt_ids: Option<&'a [u32]>,
+    /// The negative prompt's 77 ids (else the tokenizer's).
+    pub negative_ids: Option<&'a [u32]>,
+    /// Text embeddings for the UNet, shaped as [`StageTensors::text_embeddings`].
+    pub text_embeddings: Option<&'a Array3<f32>>,
+    /// Initial noise for the UNet, `[1, 4, h, w]`.
+    pub initial_noise: Option<&'a Array4<f32>>,
+}
+
+impl<'a> ReplayInputs<'a> {
+    /// Only the final latents: every other network input is recomputed.
+    pub fn latents_only(final_latents: &'a Array4<f32>) -> Self {
+        ReplayInputs {
+            final_latents,
+            prompt_ids: None,
+            negative_ids: None,
+            text_embeddings: None,
+            initial_noise: None,
+        }
+    }
 }
 
 /// Runs one txt2img generation. `on_step(done, total)` is called after each UNet call.
@@ -176,19 +231,21 @@ pub fn generate_batch(
     )
 }
 
-/// Each network once, the cheap way to see whether any of them changes bits: the tokenizer and
-/// text encoder on the prompts, the noise source, the first UNet call (and scheduler step) on
-/// those inputs, and the VAE decoder on `final_latents` (a reference run's final latents) instead
-/// of latents of its own. The arithmetic is [`generate`]'s, cut short: its stage hashes equal
-/// the same-named hashes of a full generation whenever the inputs and kernels are the same.
-/// The returned generation's `latents` are `final_latents`; `stages` has no `latents` entry.
+/// Each network once, the cheap way to see whether any of them changes bits: the tokenizer on
+/// the prompts, the text encoder on the reference's ids, the noise source, the first UNet call
+/// (and scheduler step) on the reference's embeddings and initial noise, and the VAE decoder on
+/// the reference's final latents. Inputs the reference did not record are recomputed (the
+/// tokenizer's ids, the text encoder's embeddings, the drawn noise). The arithmetic is
+/// [`generate`]'s, cut short: its stage hashes equal the same-named hashes of a full generation
+/// whenever the inputs and kernels are the same. The returned generation's `latents` are the
+/// given final latents; `stages` has no `latents` entry.
 pub fn replay(
     model: &mut SdModel,
     tokenizer: &ClipTokenizer,
     scheduler_config: &SchedulerConfig,
     params: &GenerateParams,
     noise: &mut dyn NoiseSource,
-    final_latents: &Array4<f32>,
+    inputs: &ReplayInputs<'_>,
 ) -> Result<Generation, PipelineError> {
     run(
         model,
@@ -197,11 +254,11 @@ pub fn replay(
         params,
         &mut [noise],
         &mut |_, _| {},
-        Some(final_latents),
+        Some(inputs),
     )
 }
 
-/// [`generate_batch`], or with `replay_latents` [`replay`].
+/// [`generate_batch`], or with `replay_inputs` [`replay`].
 fn run(
     model: &mut SdModel,
     tokenizer: &ClipTokenizer,
@@ -209,7 +266,7 @@ fn run(
     params: &GenerateParams,
     noises: &mut [&mut dyn NoiseSource],
     on_step: &mut dyn FnMut(usize, usize),
-    replay_latents: Option<&Array4<f32>>,
+    replay_inputs: Option<&ReplayInputs<'_>>,
 ) -> Result<Generation, PipelineError> {
     validate(params)?;
     let n = noises.len();
@@ -276,13 +333,34 @@ fn run(
 
     // diffusers encodes the two prompts in separate runs, then concatenates [negative, positive].
     let t0 = Instant::now();
-    let pos_hidden = model.encode_text(&prompt.ids)?;
+    let replay = replay_inputs.copied();
+    let pos_ids = replay_ids(replay.and_then(|r| r.prompt_ids), &prompt.ids, "prompt")?;
+    let pos_hidden = model.encode_text(pos_ids)?;
     let hidden: Array3<f32> = match &negative {
-        Some(neg) => concat0(&[&model.encode_text(&neg.ids)?, &pos_hidden]),
+        Some(neg) => {
+            let neg_ids = replay_ids(replay.and_then(|r| r.negative_ids), &neg.ids, "negative")?;
+            concat0(&[&model.encode_text(neg_ids)?, &pos_hidden])
+        }
         None => pos_hidden,
     };
     timings.text_encoder_s = secs(t0.elapsed());
     stage("text_embeddings".into(), sha256_f32(hidden.iter()));
+    // A replay keeps what its text encoder computed, and feeds the UNet the reference's.
+    let mut tensors = StageTensors {
+        text_embeddings: hidden.clone(),
+        ..StageTensors::default()
+    };
+    let hidden = match replay.and_then(|r| r.text_embeddings) {
+        Some(given) if given.shape() != hidden.shape() => {
+            return Err(PipelineError::Invalid(format!(
+                "replay text embeddings have shape {:?}, this case's {:?}",
+                given.shape(),
+                hidden.shape()
+            )))
+        }
+        Some(given) => given.clone(),
+        None => hidden,
+    };
     // Each prompt's embedding repeated per element: [negative × N, positive × N].
     let hidden = if n == 1 {
         hidden
@@ -322,6 +400,17 @@ fn run(
     }
     let initial_noise_sha256 = sha256_f32(drawn[0].iter());
     stage("initial_noise".into(), initial_noise_sha256.clone());
+    tensors.initial_noise = drawn[0].clone();
+    if let Some(given) = replay.and_then(|r| r.initial_noise) {
+        if given.shape() != drawn[0].shape() {
+            return Err(PipelineError::Invalid(format!(
+                "replay initial noise has shape {:?}, this case's {:?}",
+                given.shape(),
+                drawn[0].shape()
+            )));
+        }
+        drawn[0] = given.clone();
+    }
     let initial = if n == 1 {
         drawn.pop().expect("one element")
     } else {
@@ -344,7 +433,7 @@ fn run(
     let mut unet_time = Duration::ZERO;
     let mut sched_time = Duration::ZERO;
     // A replay runs the first call only: enough to exercise the UNet and the scheduler's step.
-    let calls = if replay_latents.is_some() {
+    let calls = if replay.is_some() {
         timesteps.len().min(1)
     } else {
         timesteps.len()
@@ -373,19 +462,19 @@ fn run(
         };
         latents = sched.step(&noise_pred, i, &latents, &mut *noises[0])?;
         sched_time += t0.elapsed();
-        stage(
-            format!("step {} noise_pred", i + 1),
-            sha256_f32(noise_pred.slice(s![0..1, .., .., ..]).iter()),
-        );
-        stage(
-            format!("step {} latents", i + 1),
-            sha256_f32(latents.slice(s![0..1, .., .., ..]).iter()),
-        );
+        let pred0 = noise_pred.slice(s![0..1, .., .., ..]);
+        stage(format!("step {} noise_pred", i + 1), sha256_f32(pred0.iter()));
+        if i == 0 {
+            tensors.first_noise_pred = Some(pred0.to_owned());
+        }
+        let latents0 = latents.slice(s![0..1, .., .., ..]);
+        stage(format!("step {} latents", i + 1), sha256_f32(latents0.iter()));
+        tensors.step_latents.push(latents0.to_owned());
         on_step(i + 1, timesteps.len());
     }
     timings.unet_s = secs(unet_time);
     timings.scheduler_s = secs(sched_time);
-    let latents: Array4<f32> = match replay_latents {
+    let latents: Array4<f32> = match replay.map(|r| r.final_latents) {
         Some(given) => {
             if given.shape() != latents.slice(s![0..1, .., .., ..]).shape() {
                 return Err(PipelineError::Invalid(format!(
@@ -427,7 +516,26 @@ fn run(
         warnings,
         timings,
         stages,
+        tensors,
     })
+}
+
+/// The ids the text encoder gets: a replay's recorded ones (77, as the tokenizer makes) or the
+/// tokenizer's own.
+fn replay_ids<'a>(
+    given: Option<&'a [u32]>,
+    own: &'a [u32],
+    what: &str,
+) -> Result<&'a [u32], PipelineError> {
+    match given {
+        Some(ids) if ids.len() != own.len() => Err(PipelineError::Invalid(format!(
+            "replay {what} ids: {} of them, the tokenizer makes {}",
+            ids.len(),
+            own.len()
+        ))),
+        Some(ids) => Ok(ids),
+        None => Ok(own),
+    }
 }
 
 fn sha256_u32(ids: &[u32]) -> String {
@@ -552,7 +660,7 @@ impl LoadedModel {
         &mut self,
         params: &GenerateParams,
         noise: &mut dyn NoiseSource,
-        final_latents: &Array4<f32>,
+        inputs: &ReplayInputs<'_>,
     ) -> Result<Generation, PipelineError> {
         replay(
             &mut self.model,
@@ -560,7 +668,7 @@ impl LoadedModel {
             &self.scheduler_config,
             params,
             noise,
-            final_latents,
+            inputs,
         )
     }
 
@@ -624,5 +732,10 @@ mod stage_tests {
             Some("step 1 noise_pred".into())
         );
         assert_eq!(first_difference(&base, &base), None);
+        let two = [s("tokens", "A"), s("step 1 noise_pred", "b"), s("decoded", "C")];
+        assert_eq!(
+            differing_stages(&two, &base),
+            (3, vec!["tokens".to_string(), "decoded".to_string()])
+        );
     }
 }

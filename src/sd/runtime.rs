@@ -241,6 +241,8 @@ pub struct Runtime {
     env: Environment,
     info: RuntimeInfo,
     settings: RuntimeSettings,
+    cache: Option<super::session_cache::SessionCache>,
+    cache_on: std::sync::atomic::AtomicBool,
 }
 
 impl Runtime {
@@ -286,7 +288,32 @@ impl Runtime {
             env,
             info,
             settings,
+            cache: None,
+            cache_on: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Creates sessions through ONNX Runtime's optimized-model cache (see
+    /// [`super::session_cache`]); the caller must [`SessionCache::settle`] it once it has the
+    /// model files' hashes.
+    ///
+    /// [`SessionCache::settle`]: super::session_cache::SessionCache::settle
+    pub fn with_session_cache(mut self, cache: super::session_cache::SessionCache) -> Self {
+        self.cache = Some(cache);
+        self.cache_on = std::sync::atomic::AtomicBool::new(true);
+        self
+    }
+
+    /// The session cache, when one is set.
+    pub fn session_cache(&self) -> Option<&super::session_cache::SessionCache> {
+        self.cache.as_ref()
+    }
+
+    /// Turns the session cache off for the sessions created from now on (a rebuild after a stale
+    /// entry must come from the model itself).
+    pub fn disable_session_cache(&self) {
+        self.cache_on
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// What was loaded and from where.
@@ -302,6 +329,44 @@ impl Runtime {
     /// Creates a session from a model file. External weights resolve relative to the file, so
     /// models are always loaded from their path, never from memory.
     pub fn session(&self, model_file: &Path) -> Result<Session, RuntimeError> {
+        let cache = self
+            .cache
+            .as_ref()
+            .filter(|_| self.cache_on.load(std::sync::atomic::Ordering::SeqCst));
+        let Some(cache) = cache else {
+            return self.build_session(model_file, None);
+        };
+        use super::session_cache::Lookup;
+        let settings = serde_json::to_value(&self.settings).unwrap_or_default();
+        match cache.lookup(model_file, &self.info.version, &settings) {
+            Ok(Lookup::Hit(optimized)) => match self.build_session(&optimized, Some(Lookup::Hit(optimized.clone()))) {
+                Ok(s) => Ok(s),
+                Err(e) => {
+                    // An entry that will not load is rebuilt, never trusted.
+                    eprintln!("monitor: warning: session cache entry {} did not load ({e}); rebuilding it", optimized.display());
+                    cache.forget(&optimized);
+                    self.session(model_file)
+                }
+            },
+            Ok(miss @ Lookup::Miss(_)) => {
+                let r = self.build_session(model_file, Some(miss));
+                if r.is_err() {
+                    cache.forget(model_file);
+                }
+                r
+            }
+            Err(e) => {
+                eprintln!("monitor: warning: session cache not used for {}: {e}", model_file.display());
+                self.build_session(model_file, None)
+            }
+        }
+    }
+
+    fn build_session(
+        &self,
+        model_file: &Path,
+        cached: Option<super::session_cache::Lookup>,
+    ) -> Result<Session, RuntimeError> {
         let ep_name = self.settings.execution_provider.name();
         let fail = |reason: String| RuntimeError::Session {
             path: model_file.to_path_buf(),
@@ -317,7 +382,34 @@ impl Runtime {
         builder = builder
             .with_deterministic_compute(self.settings.deterministic_compute)
             .map_err(|e| fail(e.to_string()))?;
-        if !self.settings.graph_optimization.is_all() {
+        use super::session_cache::{Lookup, WEIGHTS_FILE};
+        match &cached {
+            // An optimized graph is loaded as saved: optimising it again could change it.
+            Some(Lookup::Hit(_)) => {
+                builder = builder
+                    .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Disable)
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+            Some(Lookup::Miss(out)) => {
+                builder = builder
+                    .with_optimized_model_path(out)
+                    .and_then(|b| {
+                        b.with_config_entry(
+                            "session.optimized_model_external_initializers_file_name",
+                            WEIGHTS_FILE,
+                        )
+                    })
+                    .and_then(|b| {
+                        b.with_config_entry(
+                            "session.optimized_model_external_initializers_min_size_in_bytes",
+                            "1024",
+                        )
+                    })
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+            None => {}
+        }
+        if !self.settings.graph_optimization.is_all() && !matches!(cached, Some(Lookup::Hit(_))) {
             use ort::session::builder::GraphOptimizationLevel as L;
             let level = match self.settings.graph_optimization {
                 GraphOptimization::All => L::All,
@@ -376,6 +468,11 @@ fn log_ort_message(
         LogLevel::Warning => "warning",
         LogLevel::Fatal => "fatal error",
     };
+    // The session cache keys every optimized graph by this host's CPU and GPU, which is what
+    // this warning asks for: said once per cache entry, it would only alarm.
+    if message.contains("Serializing optimized model with Graph Optimization level greater than") {
+        return;
+    }
     let clean: String = strip_ansi(message)
         .chars()
         .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
