@@ -834,3 +834,55 @@ fn a_case_that_becomes_slow_alerts_once_and_stays_identical() {
     round("100");
     assert_eq!(kinds(&webhook_alerts(&webhook)), ["slow", "slow"]);
 }
+
+#[test]
+fn quick_schedule_checks_each_network_and_sends_only_differences_to_a_full_check() {
+    let webhook = HttpPeer::start(vec![]);
+    let site = Site::with_cases(
+        None,
+        &[FOX],
+        &format!(
+            "{TIGHT}quick_schedule: \"*/2 * * * * *\"\nalerts:\n  failure_threshold: 1\n  timeout: 5s\n  webhook: {{url: \"{}/hook\"}}\n",
+            webhook.base_url()
+        ),
+    );
+    site.rebaseline();
+    let mut d = Daemon::start(&site, &[], &[]);
+    let long = Duration::from_secs(90);
+    let quick_runs = || {
+        count(
+            &site,
+            "SELECT count(*) FROM runs WHERE kind = 'quick' AND status = 'finished' AND trigger = 'quick_schedule'",
+        )
+    };
+    d.wait_for("two quick checks", long, || quick_runs() >= 2);
+    // Same bits: no full check, no alert.
+    assert_eq!(count(&site, "SELECT count(*) FROM runs WHERE kind = 'check'"), 0);
+    assert!(webhook_alerts(&webhook).is_empty());
+
+    // The UNet's kernels change (graph optimization off): the next quick check differs at the
+    // UNet, and the full check it starts is drift, which alerts.
+    site.edit_config("threads: 1}", "threads: 1, graph_optimization: disable}");
+    d.signal(libc::SIGHUP);
+    d.wait_for("a full check started by a quick one", long, || {
+        count(
+            &site,
+            "SELECT count(*) FROM runs WHERE kind = 'check' AND trigger = 'quick' AND status = 'finished'",
+        ) >= 1
+    });
+    d.wait_for("the drift alert", long, || !webhook_alerts(&webhook).is_empty());
+    let alerts = webhook_alerts(&webhook);
+    assert_eq!(kinds(&alerts)[0], "firing", "{alerts:?}");
+    assert_eq!(alerts[0]["severity"], "drift");
+    assert_eq!(alerts[0]["cases"][0]["name"], "fox");
+    let differs = query(
+        &site,
+        "SELECT r.verdict, r.reasons_json FROM results r JOIN runs u ON u.id = r.run_id WHERE u.kind = 'quick' AND r.verdict = 'drift' LIMIT 1",
+    );
+    assert!(
+        differs[0][1].as_str().unwrap().contains("step 1 noise_pred"),
+        "{differs:?}"
+    );
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(60)).code(), Some(0));
+}

@@ -37,7 +37,7 @@ use crate::worker::Cancel;
 use delivery::{Channels, SharedChannels};
 use notify::Notifier;
 use round::{Ctx, RoundReport};
-use schedule::Plan;
+use schedule::{Plan, TickKind};
 
 /// Everything a loaded config gives the daemon; built whole or not at all, so a reload that
 /// fails leaves the old one in force.
@@ -115,7 +115,11 @@ impl Daemon {
         }
         if let Some(plan) = &loaded.plan {
             for c in &plan.unscheduled {
-                tracing::warn!(case = %c, "no schedule (neither the case's nor a global one): the daemon will not run it");
+                if plan.has_quick() {
+                    tracing::info!(case = %c, "no full-check schedule: checked in full only when a quick check finds a difference");
+                } else {
+                    tracing::warn!(case = %c, "no schedule (neither the case's nor a global one): the daemon will not run it");
+                }
             }
         }
         let (config_tx, _) = tokio::sync::watch::channel(loaded.config.clone());
@@ -193,10 +197,14 @@ impl Daemon {
         tracing::info!(pid = std::process::id(), config = %self.path.display(), "monitor daemon ready");
         loop {
             http::Shared::beat(&self.heartbeat);
-            let next = self.loaded.plan.as_ref().and_then(|p| p.next_after(after));
+            let next = self
+                .loaded
+                .plan
+                .as_ref()
+                .and_then(|p| p.next_tick_after(after));
             self.publish(next.as_ref().map(|n| n.0), running.as_ref().map(|r| r.1));
             // Sleep at most 30 s at a time: the wall clock may be stepped meanwhile.
-            let wait = next.as_ref().map_or(Duration::from_secs(30), |(t, _)| {
+            let wait = next.as_ref().map_or(Duration::from_secs(30), |(t, _, _)| {
                 (*t - Utc::now())
                     .to_std()
                     .unwrap_or(Duration::ZERO)
@@ -204,11 +212,14 @@ impl Daemon {
             });
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {
-                    if let Some((t, cases)) = next.filter(|(t, _)| *t <= Utc::now()) {
+                    if let Some((t, kind, cases)) = next.filter(|(t, _, _)| *t <= Utc::now()) {
                         // Ticks missed while the host was suspended or the clock jumped are one
                         // check now, not a burst of skipped ones.
                         after = t.max(Utc::now());
-                        self.start_round(&mut running, cases, "schedule");
+                        match kind {
+                            TickKind::Check => self.start_round(&mut running, cases, "schedule"),
+                            TickKind::Quick => self.start_round(&mut running, cases, "quick_schedule"),
+                        }
                     }
                 }
                 report = wait_round(&mut running) => self.finished(report),
@@ -267,11 +278,14 @@ impl Daemon {
         } else {
             cases.join(", ")
         };
-        tracing::info!(trigger, "checking {what}");
-        *running = Some((
-            tokio::spawn(round::round(self.ctx(), cases, trigger)),
-            trigger,
-        ));
+        let task = if trigger == "quick_schedule" {
+            tracing::info!(trigger, "quick check of {what}");
+            tokio::spawn(round::quick_round(self.ctx(), trigger))
+        } else {
+            tracing::info!(trigger, "checking {what}");
+            tokio::spawn(round::round(self.ctx(), cases, trigger))
+        };
+        *running = Some((task, trigger));
     }
 
     fn finished(&mut self, report: Result<RoundReport, tokio::task::JoinError>) {

@@ -108,6 +108,58 @@ pub async fn round(ctx: Ctx, cases: Vec<String>, trigger: &'static str) -> Round
     }
 }
 
+/// A quick check of every case (`quick_schedule`). It is never a verdict: nothing alerts on it.
+/// The cases it cannot clear (a stage differs, no stage data, the replay failed) get a full
+/// check at once, a round like a scheduled one, whose verdicts alert and remediate.
+pub async fn quick_round(ctx: Ctx, trigger: &'static str) -> RoundReport {
+    let config = ctx.config.clone();
+    let opts = CheckOptions {
+        against: None,
+        trigger,
+        cancel: ctx.cancel.clone(),
+        ..CheckOptions::manual(&config, Vec::new())
+    };
+    let quick = tokio::task::spawn_blocking(move || crate::quick::quick_check(&config, &opts))
+        .await
+        .context("the quick check thread panicked")
+        .and_then(|r| r);
+    let (follow, line) = match &quick {
+        Ok(q) => {
+            let follow = crate::quick::follow_up(q);
+            let same = q.cases.len() - follow.len();
+            (
+                follow,
+                format!(
+                    "quick check: {same} of {} cases same bits (run {})",
+                    q.cases.len(),
+                    q.run_id
+                ),
+            )
+        }
+        Err(e) => {
+            // A quick check that cannot run says nothing about the outputs: a full one must.
+            tracing::error!("quick check failed: {e:#}");
+            (
+                ctx.config.cases.iter().map(|c| c.name.clone()).collect(),
+                format!("quick check failed: {e:#}"),
+            )
+        }
+    };
+    tracing::info!("{line}");
+    if follow.is_empty() || ctx.cancel.is_cancelled() {
+        return RoundReport {
+            run_id: quick.as_ref().ok().map(|q| q.run_id),
+            status: CheckStatus::Ok,
+            summary: line,
+            alerts: Vec::new(),
+        };
+    }
+    tracing::info!("full check of {}", follow.join(", "));
+    let mut report = round(ctx, follow, "quick").await;
+    report.summary = format!("{line}; then {}", report.summary);
+    report
+}
+
 /// The check in a blocking thread (it waits on a child process).
 async fn run_check(ctx: &Ctx, cases: Vec<String>, trigger: &'static str) -> Result<CheckRun> {
     let config = ctx.config.clone();

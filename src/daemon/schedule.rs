@@ -55,11 +55,21 @@ struct Entry {
     cases: Vec<String>,
 }
 
+/// What a tick runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TickKind {
+    /// A full check of the due cases.
+    Check,
+    /// A quick check of every case (`quick_schedule`); the cases it cannot clear get a full one.
+    Quick,
+}
+
 /// Every schedule of a config.
 #[derive(Debug, Clone)]
 pub struct Plan {
     tz: Tz,
     entries: Vec<Entry>,
+    quick: Option<Cron>,
     /// Cases with neither their own nor a global schedule (never run by the daemon).
     pub unscheduled: Vec<String>,
 }
@@ -102,14 +112,45 @@ impl Plan {
                 }),
             }
         }
-        if entries.is_empty() {
-            return Err("schedule: no schedule is set; `monitor run` needs `schedule:` (or a `schedule` on a case), e.g. schedule: \"0 */30 * * * *\"".into());
+        let quick = match &config.quick_schedule {
+            Some(q) => Some(parse_cron(q).map_err(|e| format!("quick_schedule: {e}"))?),
+            None => None,
+        };
+        if entries.is_empty() && quick.is_none() {
+            return Err("schedule: no schedule is set; `monitor run` needs `schedule:` (or a `schedule` on a case, or `quick_schedule:`), e.g. schedule: \"0 */30 * * * *\"".into());
         }
         Ok(Plan {
             tz,
             entries,
+            quick,
             unscheduled,
         })
+    }
+
+    /// The next tick strictly after `after` of either kind. A full check and a quick check due
+    /// at the same second are the full check alone: it sees everything the quick one would.
+    pub fn next_tick_after(
+        &self,
+        after: DateTime<Utc>,
+    ) -> Option<(DateTime<Utc>, TickKind, Vec<String>)> {
+        let full = self.next_after(after);
+        let quick = self.quick.as_ref().and_then(|c| {
+            let local = after.with_timezone(&self.tz);
+            c.find_next_occurrence(&local, false)
+                .ok()
+                .map(|t| t.with_timezone(&Utc))
+        });
+        match (full, quick) {
+            (Some((t, cases)), Some(q)) if t <= q => Some((t, TickKind::Check, cases)),
+            (_, Some(q)) => Some((q, TickKind::Quick, Vec::new())),
+            (Some((t, cases)), None) => Some((t, TickKind::Check, cases)),
+            (None, None) => None,
+        }
+    }
+
+    /// Whether a `quick_schedule` is set.
+    pub fn has_quick(&self) -> bool {
+        self.quick.is_some()
     }
 
     /// The zone schedules are read in.
