@@ -123,6 +123,9 @@ f.addEventListener("load", function () {
     d.querySelector("#case-fox .onion").click();
     out.onion = {clip: cur.style.clipPath, opacity: cur.style.opacity};
     out.env = Array.from(d.querySelectorAll("#case-fox ul.env li")).map(function (l) { return l.textContent; });
+    var dv = d.querySelector("#case-fox .divergence");
+    out.divergence = dv ? dv.textContent : null;
+    out.step_dots = d.querySelectorAll("#case-fox .steps circle").length;
   } catch (e) { out.error = String(e); }
   document.getElementById("result").textContent = JSON.stringify(out);
 });
@@ -217,6 +220,15 @@ fn a_drifting_round_gets_a_report_that_renders_in_chromium() {
     assert_eq!(
         dom["env"],
         serde_json::json!(["onnxruntime.version: 1.24.4 → 1.31.1"]),
+        "{dom}"
+    );
+    // Where it first differs, how far, and a dot per step of the latents' max |Δ|.
+    let fox = common::site::case(&run, "fox");
+    let steps = fox["report"]["divergence"]["step_max_abs"].as_array().unwrap().len();
+    assert!(steps > 0, "{fox}");
+    assert_eq!(dom["step_dots"], steps, "{dom}");
+    assert!(
+        dom["divergence"].as_str().unwrap().contains("latents over max|Δ|"),
         "{dom}"
     );
 
