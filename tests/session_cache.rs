@@ -126,6 +126,30 @@ fn cached_sessions_give_the_bits_of_uncached_ones_and_stale_entries_are_rebuilt(
     let c = check(&site);
     assert_eq!(cache_said(&c), "2 loaded, 1 written");
     assert_eq!(c["report"]["latents"], uncached["report"]["latents"]);
+
+    // Two entries per network are kept, by last use: a third setting evicts the least recently
+    // used one (basic), not the one in use. A temp folder of a dead writer is swept.
+    std::fs::create_dir(cache.join(".tmp-unet-0123-4000000000")).unwrap();
+    site.edit_config("threads: 1,", "threads: 1, graph_optimization: extended,");
+    let c = check(&site);
+    assert_eq!(cache_said(&c), "3 written");
+    let names = entries(&cache);
+    assert_eq!(names.len(), 6, "{names:?}");
+    let mut levels: Vec<String> = names
+        .iter()
+        .filter(|n| n.starts_with("unet-"))
+        .map(|n| {
+            let k: Value =
+                serde_json::from_slice(&std::fs::read(cache.join(n).join("key.json")).unwrap())
+                    .unwrap();
+            k["settings"]["graph_optimization"]
+                .as_str()
+                .unwrap_or("all")
+                .to_string()
+        })
+        .collect();
+    levels.sort();
+    assert_eq!(levels, ["all", "extended"]);
 }
 
 #[test]

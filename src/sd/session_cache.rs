@@ -23,6 +23,10 @@ use super::model::sha256_hex;
 
 /// Bumped when an entry's layout changes: older entries are then simply not found.
 const FORMAT: u32 = 1;
+/// Entries kept per network folder: the one in use and the one before it (an ONNX Runtime
+/// upgrade and its rollback both start warm). Older ones are removed when a new one is written:
+/// a full-size UNet's entry is 3.4 GB.
+const KEEP_PER_NETWORK: usize = 2;
 const KEY_FILE: &str = "key.json";
 /// The optimized graph in an entry.
 pub const MODEL_FILE: &str = "model.onnx";
@@ -48,6 +52,9 @@ struct Key {
     settings: serde_json::Value,
     host: String,
     network: String,
+    /// The network's folder (canonical), for keeping only the newest entries of each.
+    #[serde(default)]
+    model_dir: PathBuf,
     sources: Vec<Source>,
 }
 
@@ -150,18 +157,22 @@ impl SessionCache {
             settings: settings.clone(),
             host: self.host.clone(),
             network: network.clone(),
+            model_dir: std::fs::canonicalize(&network_dir).unwrap_or(network_dir.clone()),
             sources,
         };
         let canonical = serde_json::to_vec(&(
             &key,
             model_file.file_name().map(|n| n.to_string_lossy()),
-            std::fs::canonicalize(&network_dir).unwrap_or(network_dir.clone()),
         ))
         .map_err(std::io::Error::other)?;
         let id = &sha256_hex(&canonical)[..24];
         let entry = self.dir.join(format!("{network}-{id}"));
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         if entry.join(KEY_FILE).is_file() && entry.join(MODEL_FILE).is_file() {
+            // Recently used entries are the ones kept (see KEEP_PER_NETWORK).
+            if let Ok(f) = std::fs::File::options().append(true).open(entry.join(KEY_FILE)) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
             pending.push(Pending {
                 network_dir,
                 entry: entry.clone(),
@@ -171,6 +182,7 @@ impl SessionCache {
             return Ok(Lookup::Hit(entry.join(MODEL_FILE)));
         }
         std::fs::create_dir_all(&self.dir)?;
+        self.sweep_dead_temps();
         let tmp = self.dir.join(format!(
             "{TMP_PREFIX}{network}-{id}-{}",
             std::process::id()
@@ -223,7 +235,10 @@ impl SessionCache {
                         s.sha256 = hashes.get(&s.file).cloned().flatten();
                     }
                     match commit(&tmp, &p.entry, &p.key) {
-                        Ok(()) => out.written += 1,
+                        Ok(()) => {
+                            out.written += 1;
+                            self.evict_older(&p.entry, &p.key);
+                        }
                         Err(e) => {
                             let _ = std::fs::remove_dir_all(&tmp);
                             out.warnings.push(format!(
@@ -260,6 +275,63 @@ impl SessionCache {
         }
         out
     }
+}
+
+impl SessionCache {
+    /// Removes the entries of the same network folder beyond the newest [`KEEP_PER_NETWORK`]
+    /// (by last use), after `kept` was written.
+    fn evict_older(&self, kept: &Path, key: &Key) {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut same: Vec<(std::time::SystemTime, PathBuf)> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p != kept && !is_temp(p))
+            .filter_map(|p| {
+                let k: Key = serde_json::from_slice(&std::fs::read(p.join(KEY_FILE)).ok()?).ok()?;
+                if k.network != key.network || k.model_dir != key.model_dir {
+                    return None;
+                }
+                let used = std::fs::metadata(p.join(KEY_FILE)).ok()?.modified().ok()?;
+                Some((used, p))
+            })
+            .collect();
+        same.sort_by(|a, b| b.0.cmp(&a.0));
+        for (_, p) in same.into_iter().skip(KEEP_PER_NETWORK - 1) {
+            if let Err(e) = std::fs::remove_dir_all(&p) {
+                eprintln!("monitor: warning: session cache: removing old {}: {e}", p.display());
+            }
+        }
+    }
+
+    /// Removes temp folders whose writer is gone (killed while ONNX Runtime wrote its graph).
+    fn sweep_dead_temps(&self) {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for p in rd.flatten().map(|e| e.path()).filter(|p| is_temp(p)) {
+            let pid = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.rsplit('-').next())
+                .and_then(|n| n.parse::<u32>().ok());
+            if pid.is_some_and(|pid| pid != std::process::id() && !alive(pid)) {
+                let _ = std::fs::remove_dir_all(&p);
+            }
+        }
+    }
+}
+
+fn is_temp(p: &Path) -> bool {
+    p.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(TMP_PREFIX))
+}
+
+/// Whether a process `pid` exists (on systems without /proc: assumed, so nothing is removed).
+fn alive(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    !proc.is_dir() || proc.join(pid.to_string()).exists()
 }
 
 /// Writes `key.json` into the temp folder and renames it into place (replacing an entry of the
