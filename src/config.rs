@@ -167,6 +167,9 @@ pub struct Config {
     /// IANA time zone the schedules are read in (default UTC).
     #[serde(default)]
     pub timezone: Option<String>,
+    /// The generation service's HTTP API (`monitor service probe`).
+    #[serde(default)]
+    pub service: Option<crate::service::ServiceConfig>,
     /// When and where to alert.
     #[serde(default)]
     pub alerts: AlertsConfig,

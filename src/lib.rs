@@ -31,6 +31,7 @@ pub mod report;
 pub mod resources;
 pub mod sd;
 pub mod secret;
+pub mod service;
 pub mod snapshot;
 pub mod stage_data;
 pub mod status;

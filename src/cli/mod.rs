@@ -21,6 +21,7 @@ mod progress;
 mod rebaseline;
 mod report;
 mod run;
+mod service;
 mod snapshot;
 mod status;
 mod tokenize;
@@ -90,6 +91,8 @@ enum Command {
     Run(run::RunArgs),
     /// Per case: last verdict, alert state, next run; undelivered alerts, last remediation.
     Status(status::StatusArgs),
+    /// The generation service's HTTP API (`probe`: send cases, show what comes back).
+    Service(service::ServiceArgs),
 }
 
 /// ONNX Runtime location and every setting that can change output bits.
@@ -174,6 +177,7 @@ pub fn main() -> u8 {
         Command::Alerts(a) => alerts::run_alerts(a),
         Command::Run(a) => run::run(a),
         Command::Status(a) => status::run(a),
+        Command::Service(a) => service::run(a),
     };
     match result {
         Ok(code) => code,

@@ -99,6 +99,7 @@ pub fn old_ort_lib() -> PathBuf {
     }
 }
 pub mod peers;
+pub mod sd_servers;
 pub mod site;
 
 /// Numerical Recipes' 64-bit LCG: seeded delays for kill tests, so a failure reproduces (the top
