@@ -61,7 +61,8 @@ pub struct QuickCase {
     /// Environment differences from the baseline (they name a runtime change).
     pub env_differences: Vec<compare::EnvDiff>,
     /// Every differing stage that is a network's own output on the baseline's inputs
-    /// (`text_embeddings`, `step 1 noise_pred`, `decoded`; `tokens`, `initial_noise` and
+    /// (`text_embeddings`, `step 1 noise_pred`, `decoded_tile` — or `decoded` against a baseline
+    /// made before the tile; `tokens`, `initial_noise` and
     /// `timesteps` are the tokenizer, the noise source and the scheduler). Where the baseline kept
     /// no stage tensors the UNet ran on recomputed inputs, so only the first one is the cause.
     #[serde(skip_serializing_if = "Vec::is_empty")]

@@ -727,6 +727,8 @@ struct Reference {
     negative_ids: Option<Vec<u32>>,
     text_embeddings: Option<ndarray::Array3<f32>>,
     initial_noise: Option<ndarray::Array4<f32>>,
+    /// The baseline recorded its latent tile's decode: the replay decodes only that.
+    has_tile: bool,
 }
 
 impl Reference {
@@ -744,12 +746,19 @@ impl Reference {
             .with_context(|| format!("{}: latents", dir.display()))?;
         let tokens = files.metadata.tokens.as_ref();
         let stages = files.stages.as_ref();
+        let has_tile = files
+            .metadata
+            .stages
+            .iter()
+            .flatten()
+            .any(|s| s.stage == "decoded_tile");
         Ok(Reference {
             latents,
             prompt_ids: tokens.and_then(|t| t.prompt.clone()),
             negative_ids: tokens.and_then(|t| t.negative_prompt.clone()),
             text_embeddings: stages.and_then(|s| s.array3("text_embeddings")),
             initial_noise: stages.and_then(|s| s.array4("initial_noise")),
+            has_tile,
         })
     }
 
@@ -760,6 +769,7 @@ impl Reference {
             negative_ids: self.negative_ids.as_deref(),
             text_embeddings: self.text_embeddings.as_ref(),
             initial_noise: self.initial_noise.as_ref(),
+            decode_tile_only: self.has_tile,
         }
     }
 }

@@ -66,6 +66,10 @@ pub struct Timings {
     pub scheduler_s: f64,
     /// VAE decoder call, including tensor conversion.
     pub vae_s: f64,
+    /// VAE decoder on the latent tile ([`TILE`]), when it is not the whole latents (else 0, not
+    /// written).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub vae_tile_s: f64,
     /// Latents → RGB8.
     pub postprocess_s: f64,
     /// Sum of the time spent inside ONNX Runtime `run` calls only.
@@ -173,6 +177,9 @@ pub struct ReplayInputs<'a> {
     pub text_embeddings: Option<&'a Array3<f32>>,
     /// Initial noise for the UNet, `[1, 4, h, w]`.
     pub initial_noise: Option<&'a Array4<f32>>,
+    /// Decode only the latent tile (stage `decoded_tile`), not the whole latents: the reference
+    /// recorded `decoded_tile`, and a full-size decode would cost more than the UNet call.
+    pub decode_tile_only: bool,
 }
 
 impl<'a> ReplayInputs<'a> {
@@ -184,8 +191,27 @@ impl<'a> ReplayInputs<'a> {
             negative_ids: None,
             text_embeddings: None,
             initial_noise: None,
+            decode_tile_only: false,
         }
     }
+}
+
+/// Side of the latent tile every generation also decodes (stage `decoded_tile`): the top-left
+/// 32×32 latents, 256×256 pixels, or the whole latents when smaller. A quick check decodes only
+/// the tile: at 512² a whole decode costs about two UNet calls on a CPU, the tile a quarter of
+/// that. The VAE's kernels are then exercised at one size only; a change that shows only at other
+/// sizes is left to the full check.
+pub const TILE: usize = 32;
+
+fn tile_of(latents: &Array4<f32>) -> Array4<f32> {
+    let (h, w) = (latents.shape()[2], latents.shape()[3]);
+    latents
+        .slice(s![.., .., 0..h.min(TILE), 0..w.min(TILE)])
+        .to_owned()
+}
+
+fn is_whole_tile(latents: &Array4<f32>) -> bool {
+    latents.shape()[2] <= TILE && latents.shape()[3] <= TILE
 }
 
 /// Runs one txt2img generation. `on_step(done, total)` is called after each UNet call.
@@ -492,17 +518,34 @@ fn run(
         }
     };
 
-    let t0 = Instant::now();
     // diffusers multiplies by the Python float 1/0.18215, which numpy applies as a float32 scalar.
     let inv_scale = (1.0 / model.dir().vae_scaling_factor()) as f32;
+    let tile_only = replay.is_some_and(|r| r.decode_tile_only);
+    let latents = if tile_only { tile_of(&latents) } else { latents };
+    let t0 = Instant::now();
     let decoded = model.decode(&(&latents * inv_scale))?;
     timings.vae_s = secs(t0.elapsed());
-    stage("decoded".into(), sha256_f32(decoded.iter()));
+    let decoded_sha = sha256_f32(decoded.iter());
+    if !tile_only {
+        stage("decoded".into(), decoded_sha.clone());
+    }
 
     let t0 = Instant::now();
     let image = latents_to_rgb(&decoded);
     timings.postprocess_s = secs(t0.elapsed());
-    stage("image".into(), sha256_hex(&image.pixels));
+    if !tile_only {
+        stage("image".into(), sha256_hex(&image.pixels));
+    }
+    // The tile's decode, for a quick check to compare with. Latents no larger than the tile are
+    // their own tile: the same call, the same bits.
+    if tile_only || is_whole_tile(&latents) {
+        stage("decoded_tile".into(), decoded_sha);
+    } else {
+        let t0 = Instant::now();
+        let tile = model.decode(&(&tile_of(&latents) * inv_scale))?;
+        timings.vae_tile_s = secs(t0.elapsed());
+        stage("decoded_tile".into(), sha256_f32(tile.iter()));
+    }
 
     timings.ort_run_s = secs(model.take_run_time());
     timings.total_s = secs(total_start.elapsed());
@@ -600,6 +643,10 @@ fn truncation_warning(what: &str, n: usize) -> String {
     format!(
         "{what} is {n} tokens; CLIP keeps only the first 77 (75 + start/end), the rest is ignored"
     )
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 fn secs(d: Duration) -> f64 {
