@@ -3,12 +3,14 @@
 # write-up's three cases (its prompts, seeds, steps 25/30/20, guidance, sizes 512x512, 512x768,
 # 768x512; torch-cpu noise) on MODEL (default the bundled tiny model), R rounds alternating full
 # and quick (default 3). Model time = seconds inside ONNX Runtime `run` calls, summed over cases.
+# R = 0 (for a full-size export on a slow host): the full generations are the rebaseline's own,
+# their model time read from the new baselines' metadata.json, then one quick check.
 #   scripts/bench_quick.sh [MODEL] [R]     (needs target/release/monitor and ./.venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model="$(realpath "${1:-onnx/tiny-sd15}")"
 rounds="${2:-3}"
-bin="$PWD/target/release/monitor"
+bin="${MONITOR_BIN:-$PWD/target/release/monitor}"
 dir="$(mktemp -d)"
 trap 'rm -rf "$dir"' EXIT
 cat > "$dir/c.yaml" <<YAML
@@ -21,8 +23,15 @@ cases:
 YAML
 "$bin" rebaseline --config "$dir/c.yaml" --reason bench --yes --runs 1 > /dev/null
 sum() { python3 -c "import json,sys; d=json.load(sys.stdin); print(sum($1))"; }
-for r in $(seq 1 "$rounds"); do
-  full=$("$bin" check --config "$dir/c.yaml" --json | sum "c['performance']['model_s'] for c in d['cases']")
+full_of_baselines() {
+  python3 -c "import json,glob; print(sum(json.load(open(p))['timings']['ort_run_s'] for p in glob.glob('$dir/b/*/v0001/metadata.json')))"
+}
+for r in $(seq 1 "$([ "$rounds" = 0 ] && echo 1 || echo "$rounds")"); do
+  if [ "$rounds" = 0 ]; then
+    full=$(full_of_baselines)
+  else
+    full=$("$bin" check --config "$dir/c.yaml" --json | sum "c['performance']['model_s'] for c in d['cases']")
+  fi
   "$bin" check --quick --no-follow-up --config "$dir/c.yaml" --json > "$dir/q.json"
   quick=$(sum "c['model_s'] for c in d['quick']['cases'] if c['outcome'] == 'same'" < "$dir/q.json")
   vae=$(sum "c['vae_s'] for c in d['quick']['cases']" < "$dir/q.json")

@@ -371,16 +371,16 @@ impl Drop for HttpPeer {
     }
 }
 
-fn http_session(
-    stream: TcpStream,
-    script: &Mutex<VecDeque<Reply>>,
-    requests: &Mutex<Vec<Request>>,
-) -> std::io::Result<()> {
-    let mut out = stream.try_clone()?;
+/// Reads one HTTP/1.1 request: method, path, headers (names lower-cased) and the body of its
+/// Content-Length; `None` when the client closed without sending one.
+pub type RawRequest = (String, String, Vec<(String, String)>, Vec<u8>);
+
+/// See [`RawRequest`].
+pub fn read_request(stream: TcpStream) -> std::io::Result<Option<RawRequest>> {
     let mut input = BufReader::new(stream);
     let mut line = String::new();
     if input.read_line(&mut line)? == 0 {
-        return Ok(());
+        return Ok(None);
     }
     let mut parts = line.split_whitespace();
     let method = parts.next().unwrap_or("").to_string();
@@ -404,6 +404,18 @@ fn http_session(
         .unwrap_or(0);
     let mut body = vec![0; length];
     input.read_exact(&mut body)?;
+    Ok(Some((method, path, headers, body)))
+}
+
+fn http_session(
+    stream: TcpStream,
+    script: &Mutex<VecDeque<Reply>>,
+    requests: &Mutex<Vec<Request>>,
+) -> std::io::Result<()> {
+    let mut out = stream.try_clone()?;
+    let Some((method, path, headers, body)) = read_request(stream)? else {
+        return Ok(());
+    };
     requests.lock().unwrap().push(Request {
         method,
         path,

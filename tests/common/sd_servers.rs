@@ -4,7 +4,7 @@
 //! (seed, size, prompt); switches perturb them, change the reported model, or make the server
 //! misbehave the ways real ones do.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -156,33 +156,9 @@ fn session(stream: TcpStream, api: Api, state: &Mutex<State>) -> std::io::Result
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut out = stream.try_clone()?;
-    let mut input = BufReader::new(stream);
-    let mut line = String::new();
-    if input.read_line(&mut line)? == 0 {
+    let Some((method, path, headers, raw)) = super::peers::read_request(stream)? else {
         return Ok(());
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or("").to_string();
-    let path = parts.next().unwrap_or("").to_string();
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        input.read_line(&mut line)?;
-        let l = line.trim_end_matches(['\r', '\n']);
-        if l.is_empty() {
-            break;
-        }
-        if let Some((n, v)) = l.split_once(':') {
-            headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
-    }
-    let len: usize = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let mut raw = vec![0; len];
-    input.read_exact(&mut raw)?;
+    };
     let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
     let mode = {
         let mut s = state.lock().unwrap();
