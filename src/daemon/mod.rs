@@ -37,7 +37,7 @@ use crate::worker::Cancel;
 use delivery::{Channels, SharedChannels};
 use notify::Notifier;
 use round::{Ctx, RoundReport};
-use schedule::{Plan, TickKind};
+use schedule::Plan;
 
 /// Everything a loaded config gives the daemon; built whole or not at all, so a reload that
 /// fails leaves the old one in force.
@@ -217,8 +217,8 @@ impl Daemon {
                         // check now, not a burst of skipped ones.
                         after = t.max(Utc::now());
                         match kind {
-                            TickKind::Check => self.start_round(&mut running, cases, "schedule"),
-                            TickKind::Quick => self.start_round(&mut running, cases, "quick_schedule"),
+                            schedule::TickKind::Check => self.start_round(&mut running, cases, "schedule"),
+                            schedule::TickKind::Quick => self.start_round(&mut running, cases, "quick_schedule"),
                         }
                     }
                 }
