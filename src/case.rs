@@ -20,11 +20,13 @@ use crate::generation::{
 use crate::limits::{Capacity, Limits};
 use crate::sd::model::FloatType;
 use crate::sd::noise::{self, NoiseKind};
-use crate::sd::pipeline::{first_difference, GenerateParams, Generation, LoadedModel, ReplayInputs};
-use crate::stage_data::StoredStages;
+use crate::sd::pipeline::{
+    first_difference, GenerateParams, Generation, LoadedModel, ReplayInputs,
+};
 use crate::sd::runtime::ExecutionProvider;
 use crate::sd::runtime::Runtime;
 use crate::sd::scheduler::SchedulerKind;
+use crate::stage_data::StoredStages;
 
 /// One generation's inputs, as config files and the CLI name them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -407,11 +409,24 @@ fn settle_session_cache(
     let names: Vec<String> = settled
         .stale
         .iter()
-        .map(|p| p.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()))
+        .map(|p| {
+            p.file_name()
+                .map_or(String::new(), |n| n.to_string_lossy().into_owned())
+        })
         .collect();
-    let loaded = LoadedModel::load(runtime, model_path)
-        .with_context(|| format!("loading model {} without the session cache", model_path.display()))?;
-    Ok((loaded, Some(format!("stale for {}: rebuilt from the model", names.join(", ")))))
+    let loaded = LoadedModel::load(runtime, model_path).with_context(|| {
+        format!(
+            "loading model {} without the session cache",
+            model_path.display()
+        )
+    })?;
+    Ok((
+        loaded,
+        Some(format!(
+            "stale for {}: rebuilt from the model",
+            names.join(", ")
+        )),
+    ))
 }
 
 /// Writes a generation as a generation folder in `dir`, with its stage tensors (see

@@ -925,7 +925,10 @@ pub fn copy_folder(from: &Path, to: &Path, with_stages: bool) -> anyhow::Result<
     }
     let src = from.join(METADATA_FILE);
     let mut metadata = read_metadata(&src)?;
-    let listed = metadata.outputs.as_ref().is_some_and(|o| o.stages.is_some());
+    let listed = metadata
+        .outputs
+        .as_ref()
+        .is_some_and(|o| o.stages.is_some());
     if listed && with_stages {
         let (s, d) = (from.join(STAGES_FILE), to.join(STAGES_FILE));
         std::fs::copy(&s, &d)

@@ -252,7 +252,9 @@ fn run(
                 latents: &b.latents,
                 image: &b.image,
             };
-            q.divergence = Some(crate::stage_data::divergence(stage, &replayed, &base, limit));
+            q.divergence = Some(crate::stage_data::divergence(
+                stage, &replayed, &base, limit,
+            ));
         }
         // The stage names the network; a changed model file says why it changed.
         q.outcome = match (first, changes.first()) {

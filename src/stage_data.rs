@@ -444,11 +444,17 @@ mod tests {
 
     fn tensors(shift: f32, from_step: usize) -> StageTensors {
         let lat = |k: usize| {
-            let bump = if k + 1 >= from_step { shift * k as f32 } else { 0.0 };
+            let bump = if k + 1 >= from_step {
+                shift * k as f32
+            } else {
+                0.0
+            };
             Array4::from_shape_fn((1, 4, 2, 2), |(_, c, y, x)| (c + y + x) as f32 + bump)
         };
         StageTensors {
-            text_embeddings: Array3::from_shape_fn((2, 3, 4), |(a, b, c)| (a * 12 + b * 4 + c) as f32),
+            text_embeddings: Array3::from_shape_fn((2, 3, 4), |(a, b, c)| {
+                (a * 12 + b * 4 + c) as f32
+            }),
             initial_noise: Array4::from_elem((1, 4, 2, 2), 0.5),
             first_noise_pred: Some(Array4::from_elem((1, 4, 2, 2), -0.25)),
             step_latents: (0..5).map(lat).collect(),
@@ -513,7 +519,8 @@ mod tests {
         assert_eq!(d.step_max_abs[..2], [0.0, 0.0]);
         assert_eq!(d.exceeded_at_step, Some(4));
         assert!(
-            d.describe().ends_with("latents over max|Δ| 8.0e-1 from step 4 of 5"),
+            d.describe()
+                .ends_with("latents over max|Δ| 8.0e-1 from step 4 of 5"),
             "{}",
             d.describe()
         );

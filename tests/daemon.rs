@@ -857,7 +857,10 @@ fn quick_schedule_checks_each_network_and_sends_only_differences_to_a_full_check
     };
     d.wait_for("two quick checks", long, || quick_runs() >= 2);
     // Same bits: no full check, no alert.
-    assert_eq!(count(&site, "SELECT count(*) FROM runs WHERE kind = 'check'"), 0);
+    assert_eq!(
+        count(&site, "SELECT count(*) FROM runs WHERE kind = 'check'"),
+        0
+    );
     assert!(webhook_alerts(&webhook).is_empty());
 
     // The UNet's kernels change (graph optimization off): the next quick check differs at the
@@ -870,7 +873,9 @@ fn quick_schedule_checks_each_network_and_sends_only_differences_to_a_full_check
             "SELECT count(*) FROM runs WHERE kind = 'check' AND trigger = 'quick' AND status = 'finished'",
         ) >= 1
     });
-    d.wait_for("the drift alert", long, || !webhook_alerts(&webhook).is_empty());
+    d.wait_for("the drift alert", long, || {
+        !webhook_alerts(&webhook).is_empty()
+    });
     let alerts = webhook_alerts(&webhook);
     assert_eq!(kinds(&alerts)[0], "firing", "{alerts:?}");
     assert_eq!(alerts[0]["severity"], "drift");
@@ -880,7 +885,10 @@ fn quick_schedule_checks_each_network_and_sends_only_differences_to_a_full_check
         "SELECT r.verdict, r.reasons_json FROM results r JOIN runs u ON u.id = r.run_id WHERE u.kind = 'quick' AND r.verdict = 'drift' LIMIT 1",
     );
     assert!(
-        differs[0][1].as_str().unwrap().contains("step 1 noise_pred"),
+        differs[0][1]
+            .as_str()
+            .unwrap()
+            .contains("step 1 noise_pred"),
         "{differs:?}"
     );
     d.signal(libc::SIGTERM);

@@ -157,11 +157,16 @@ fn row(source: &Source, full: &Value, quick: &Value, quick_code: i32) -> String 
     let qd = &quick["divergence"];
     // (The VAE's is its tile's decode, `decoded_tile`, in the quick check.)
     assert!(
-        qd["stage"].as_str().is_some_and(|s| s.starts_with(diverged)),
+        qd["stage"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(diverged)),
         "{line}\n{quick}"
     );
     if !["tokens", "decoded"].contains(&source.stage) {
-        assert!(qd["max_abs"].as_f64().is_some_and(|m| m > 0.0), "{line}\n{quick}");
+        assert!(
+            qd["max_abs"].as_f64().is_some_and(|m| m > 0.0),
+            "{line}\n{quick}"
+        );
     }
     assert_eq!(full["verdict"], source.verdict, "{line}\n{full}");
     assert!(diverged.starts_with(source.stage), "{line}");
@@ -187,7 +192,9 @@ fn row(source: &Source, full: &Value, quick: &Value, quick_code: i32) -> String 
 fn magnitude(d: &Value) -> String {
     match (d["max_abs"].as_f64(), d["relative"].as_f64()) {
         (Some(m), Some(r)) => {
-            let on = d["measured_on"].as_str().filter(|o| Some(*o) != d["stage"].as_str());
+            let on = d["measured_on"]
+                .as_str()
+                .filter(|o| Some(*o) != d["stage"].as_str());
             format!(
                 "{m:.1e} ({r:.1e} rel.){}",
                 on.map_or(String::new(), |o| format!(" on {o}"))
@@ -202,7 +209,10 @@ fn over_limit(d: &Value) -> String {
     let n = d["step_max_abs"].as_array().map_or(0, Vec::len);
     match d["exceeded_at_step"].as_u64() {
         Some(s) => format!("step {s} of {n}"),
-        None if n > 0 => format!("never (≤ {:.0e})", d["latent_limit"].as_f64().unwrap_or(0.0)),
+        None if n > 0 => format!(
+            "never (≤ {:.0e})",
+            d["latent_limit"].as_f64().unwrap_or(0.0)
+        ),
         None => "-".into(),
     }
 }
@@ -223,13 +233,18 @@ fn check_divergence(source: &Source, full: &Value, line: &str) {
     assert_eq!(steps.len(), 5, "{line}");
     let last = *steps.last().unwrap();
     let final_max = full["report"]["latents"]["max_abs"].as_f64().unwrap();
-    assert!((last - final_max).abs() <= 1e-12 * final_max.max(1.0), "{line}: {last} vs {final_max}");
+    assert!(
+        (last - final_max).abs() <= 1e-12 * final_max.max(1.0),
+        "{line}: {last} vs {final_max}"
+    );
     let limit = d["latent_limit"].as_f64().unwrap();
     let first_over = steps.iter().position(|&m| m > limit).map(|i| i as u64 + 1);
     assert_eq!(d["exceeded_at_step"].as_u64(), first_over, "{line}");
     match source.stage {
         "tokens" => assert!(
-            d["note"].as_str().is_some_and(|n| n.ends_with("ids differ") && !n.starts_with("0 ")),
+            d["note"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("ids differ") && !n.starts_with("0 ")),
             "{line}"
         ),
         "decoded" => {
@@ -242,8 +257,16 @@ fn check_divergence(source: &Source, full: &Value, line: &str) {
             );
         }
         _ => {
-            assert!(d["max_abs"].as_f64().is_some_and(|m| m > 0.0), "{line}\n{d}");
-            assert!(d["relative"].as_f64().is_some_and(|r| r > 0.0 && r.is_finite()), "{line}");
+            assert!(
+                d["max_abs"].as_f64().is_some_and(|m| m > 0.0),
+                "{line}\n{d}"
+            );
+            assert!(
+                d["relative"]
+                    .as_f64()
+                    .is_some_and(|r| r > 0.0 && r.is_finite()),
+                "{line}"
+            );
             // A change before the loop moves the latents from the first step on.
             assert!(steps[0] > 0.0, "{line}");
         }
@@ -481,7 +504,11 @@ fn strip_stage_tensors(site: &Site) {
     std::fs::remove_file(v.join("stages.npy")).unwrap();
     let p = v.join("metadata.json");
     let mut m: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-    m["outputs"].as_object_mut().unwrap().remove("stages").unwrap();
+    m["outputs"]
+        .as_object_mut()
+        .unwrap()
+        .remove("stages")
+        .unwrap();
     std::fs::write(&p, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
 }
 
@@ -498,7 +525,12 @@ fn the_quick_check_feeds_each_network_its_baseline_s_inputs_and_names_each_that_
             "text.embeddings.position_embedding.weight",
         )
     };
-    let vae = |m: &Path| flip_initializer(&m.join("vae_decoder/model.onnx"), "vae.decoder.conv_in.weight");
+    let vae = |m: &Path| {
+        flip_initializer(
+            &m.join("vae_decoder/model.onnx"),
+            "vae.decoder.conv_in.weight",
+        )
+    };
     // One network at a time joins the changed ones; each is judged on the baseline's inputs, so
     // the UNet is not blamed for the text encoder's change, nor the VAE for the UNet's.
     te(&model);
@@ -506,7 +538,11 @@ fn the_quick_check_feeds_each_network_its_baseline_s_inputs_and_names_each_that_
     assert_eq!(differing(&q), ["text_embeddings"], "{q}");
     flip_unet(&model);
     let (q, _) = quick(&site, "monitor.yaml");
-    assert_eq!(differing(&q), ["text_embeddings", "step 1 noise_pred"], "{q}");
+    assert_eq!(
+        differing(&q),
+        ["text_embeddings", "step 1 noise_pred"],
+        "{q}"
+    );
     vae(&model);
     let (q, _) = quick(&site, "monitor.yaml");
     assert_eq!(
@@ -515,7 +551,12 @@ fn the_quick_check_feeds_each_network_its_baseline_s_inputs_and_names_each_that_
         "{q}"
     );
     let text = String::from_utf8_lossy(
-        &monitor(&site, &["check", "--quick", "--no-follow-up"], "monitor.yaml").stdout,
+        &monitor(
+            &site,
+            &["check", "--quick", "--no-follow-up"],
+            "monitor.yaml",
+        )
+        .stdout,
     )
     .into_owned();
     assert!(
@@ -533,12 +574,19 @@ fn the_quick_check_feeds_each_network_its_baseline_s_inputs_and_names_each_that_
     strip_stage_tensors(&site);
     te(&model);
     let (q, _) = quick(&site, "monitor.yaml");
-    assert_eq!(differing(&q), ["text_embeddings", "step 1 noise_pred"], "{q}");
+    assert_eq!(
+        differing(&q),
+        ["text_embeddings", "step 1 noise_pred"],
+        "{q}"
+    );
     let f = full(&site, "monitor.yaml");
     assert_eq!(f["report"]["diverged_at"], "text_embeddings", "{f}");
     let d = &f["report"]["divergence"];
     assert_eq!(d["note"], "no stage tensors in the baseline", "{f}");
-    assert!(d.get("max_abs").is_none() && d["step_max_abs"] == serde_json::json!([]), "{d}");
+    assert!(
+        d.get("max_abs").is_none() && d["step_max_abs"] == serde_json::json!([]),
+        "{d}"
+    );
 }
 
 #[test]
@@ -559,9 +607,20 @@ fn above_the_tile_size_the_quick_check_decodes_only_the_tile_and_still_sees_a_va
         .iter()
         .map(|s| s["stage"].as_str().unwrap())
         .collect();
-    assert_eq!(names[names.len() - 3..], ["decoded", "image", "decoded_tile"]);
+    assert_eq!(
+        names[names.len() - 3..],
+        ["decoded", "image", "decoded_tile"]
+    );
     // The tile is its own decode here, not the whole one's hash.
-    let sha = |n: &str| meta["stages"].as_array().unwrap().iter().find(|s| s["stage"] == n).unwrap()["sha256"].clone();
+    let sha = |n: &str| {
+        meta["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stage"] == n)
+            .unwrap()["sha256"]
+            .clone()
+    };
     assert_ne!(sha("decoded"), sha("decoded_tile"));
     assert!(meta["timings"]["vae_tile_s"].as_f64().unwrap() > 0.0);
 
@@ -572,8 +631,18 @@ fn above_the_tile_size_the_quick_check_decodes_only_the_tile_and_still_sees_a_va
     assert_eq!(q["stages_compared"], 7, "{q}");
     assert!(q["vae_s"].as_f64().unwrap() < meta["timings"]["vae_s"].as_f64().unwrap() * 2.0);
 
-    flip_initializer(&model.join("vae_decoder/model.onnx"), "vae.decoder.conv_in.weight");
+    flip_initializer(
+        &model.join("vae_decoder/model.onnx"),
+        "vae.decoder.conv_in.weight",
+    );
     let (q, code) = quick(&site, "monitor.yaml");
-    assert_eq!((q["stage"].as_str(), code), (Some("decoded_tile (model file changed: vae_decoder/model.onnx)"), 1), "{q}");
+    assert_eq!(
+        (q["stage"].as_str(), code),
+        (
+            Some("decoded_tile (model file changed: vae_decoder/model.onnx)"),
+            1
+        ),
+        "{q}"
+    );
     assert_eq!(differing(&q), ["decoded_tile"]);
 }

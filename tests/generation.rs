@@ -310,9 +310,15 @@ fn writing_then_reading_round_trips_the_metadata() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("out");
     assert!(!generation::is_complete(&dir));
-    let written =
-        generation::write(&dir, &fixture.latents, &fixture.shape, &fixture.image, None, &run)
-            .unwrap();
+    let written = generation::write(
+        &dir,
+        &fixture.latents,
+        &fixture.shape,
+        &fixture.image,
+        None,
+        &run,
+    )
+    .unwrap();
     assert!(generation::is_complete(&dir));
     let back = generation::read(&dir).unwrap();
     assert_eq!(back.metadata, written);
@@ -427,7 +433,12 @@ fn new_generations_have_the_v1_shape() {
     // "no stage data"; an older monitor keeps the block as an unknown field).
     // Likewise per-call UNet times and the worker's memory (issue 10's performance tracking),
     // and the stage tensors file (issue 11), which an older monitor does not read.
-    for added in ["stages", "timings.unet_step_s", "resources", "outputs.stages"] {
+    for added in [
+        "stages",
+        "timings.unet_step_s",
+        "resources",
+        "outputs.stages",
+    ] {
         assert!(a.iter().any(|k| k == added), "{added} missing: {a:?}");
     }
     a.retain(|k| {
@@ -446,7 +457,11 @@ fn stage_tensors_are_written_verified_kept_by_the_store_and_restored() {
     use ndarray::{Array3, Array4};
     let fixture = generation::read(&v1()).unwrap();
     let (h, w) = (fixture.shape[2], fixture.shape[3]);
-    let lat = |k: f32| Array4::from_shape_fn((1, 4, h, w), |(_, c, y, x)| k + (c * 100 + y * 10 + x) as f32);
+    let lat = |k: f32| {
+        Array4::from_shape_fn((1, 4, h, w), |(_, c, y, x)| {
+            k + (c * 100 + y * 10 + x) as f32
+        })
+    };
     let stages = StoredStages::from_tensors(&StageTensors {
         text_embeddings: Array3::from_shape_fn((2, 77, 8), |(a, b, c)| (a + b + c) as f32 * 0.01),
         initial_noise: lat(0.5),
@@ -458,13 +473,23 @@ fn stage_tensors_are_written_verified_kept_by_the_store_and_restored() {
     let dir = t.path().join("out");
     let mut run = fixture.metadata.clone();
     run.baseline = None;
-    generation::write(&dir, &fixture.latents, &fixture.shape, &fixture.image, Some(&stages), &run)
-        .unwrap();
+    generation::write(
+        &dir,
+        &fixture.latents,
+        &fixture.shape,
+        &fixture.image,
+        Some(&stages),
+        &run,
+    )
+    .unwrap();
     let back = generation::read(&dir).unwrap();
     assert_eq!(back.stages.as_ref(), Some(&stages));
     // numpy reads the file: one flat float32 array, the listed tensors one after another.
     let listed = &read_json(&dir.join(METADATA_FILE))["outputs"]["stages"];
-    assert_eq!(listed["tensors"][0], json!({"stage": "text_embeddings", "shape": [2, 77, 8]}));
+    assert_eq!(
+        listed["tensors"][0],
+        json!({"stage": "text_embeddings", "shape": [2, 77, 8]})
+    );
     assert_eq!(listed["tensors"].as_array().unwrap().len(), 6);
 
     // The store keeps the file, verifies it on load and copies it on restore.
@@ -480,24 +505,42 @@ fn stage_tensors_are_written_verified_kept_by_the_store_and_restored() {
         restored_from: None,
     };
     let v1 = store.write("lighthouse", &nb).unwrap();
-    assert_eq!(store.load("lighthouse", v1).unwrap().stages.as_ref(), Some(&stages));
+    assert_eq!(
+        store.load("lighthouse", v1).unwrap().stages.as_ref(),
+        Some(&stages)
+    );
     // A version written without them does not claim them.
     let v2 = store
-        .write("lighthouse", &NewBaseline { stages: None, ..nb.clone() })
+        .write(
+            "lighthouse",
+            &NewBaseline {
+                stages: None,
+                ..nb.clone()
+            },
+        )
         .unwrap();
     let b2 = store.load("lighthouse", v2).unwrap();
     assert!(b2.stages.is_none() && !b2.dir.join(STAGES_FILE).exists());
     let v3 = store.restore("lighthouse", v1, "tester", "undo").unwrap();
-    assert_eq!(store.load("lighthouse", v3).unwrap().stages.as_ref(), Some(&stages));
+    assert_eq!(
+        store.load("lighthouse", v3).unwrap().stages.as_ref(),
+        Some(&stages)
+    );
 
     // Damage is named.
-    let f = store.version_dir("lighthouse", v1).unwrap().join(STAGES_FILE);
+    let f = store
+        .version_dir("lighthouse", v1)
+        .unwrap()
+        .join(STAGES_FILE);
     let mut bytes = std::fs::read(&f).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x40;
     std::fs::write(&f, bytes).unwrap();
     let e = store.load("lighthouse", v1).unwrap_err().to_string();
-    assert!(e.contains("stages.npy") && e.contains("sha256") && !e.contains('\n'), "{e}");
+    assert!(
+        e.contains("stages.npy") && e.contains("sha256") && !e.contains('\n'),
+        "{e}"
+    );
     std::fs::remove_file(&f).unwrap();
     let e = store.load("lighthouse", v1).unwrap_err().to_string();
     assert!(e.contains("stages.npy"), "{e}");

@@ -224,11 +224,17 @@ fn a_drifting_round_gets_a_report_that_renders_in_chromium() {
     );
     // Where it first differs, how far, and a dot per step of the latents' max |Δ|.
     let fox = common::site::case(&run, "fox");
-    let steps = fox["report"]["divergence"]["step_max_abs"].as_array().unwrap().len();
+    let steps = fox["report"]["divergence"]["step_max_abs"]
+        .as_array()
+        .unwrap()
+        .len();
     assert!(steps > 0, "{fox}");
     assert_eq!(dom["step_dots"], steps, "{dom}");
     assert!(
-        dom["divergence"].as_str().unwrap().contains("latents over max|Δ|"),
+        dom["divergence"]
+            .as_str()
+            .unwrap()
+            .contains("latents over max|Δ|"),
         "{dom}"
     );
 

@@ -52,15 +52,25 @@ fn a1111_images_come_back_bit_for_bit_and_changes_are_seen() {
     let (code, v, err) = probe(&site);
     assert_eq!(code, 0, "{err}\n{v:?}");
     let fox = &v[0];
-    assert_eq!(fox["pixels_sha256"], sha_of_expected(7, 64, 48, "a red fox"), "{fox}");
-    assert_eq!((fox["width"].as_u64(), fox["height"].as_u64()), (Some(64), Some(48)));
+    assert_eq!(
+        fox["pixels_sha256"],
+        sha_of_expected(7, 64, 48, "a red fox"),
+        "{fox}"
+    );
+    assert_eq!(
+        (fox["width"].as_u64(), fox["height"].as_u64()),
+        (Some(64), Some(48))
+    );
     assert_eq!(fox["sampler"], "Euler a");
     assert_eq!(v[1]["sampler"], "LMS Karras");
     assert_eq!(fox["info"]["a1111.sd_model_hash"], "6ce0161689");
     assert_eq!(fox["info"]["a1111.version"], "v1.10.1");
     // What the server received: the case's parameters, the secret in the auth header.
     let req = &server.seen()[0];
-    assert_eq!((req.method.as_str(), req.path.as_str()), ("POST", "/sdapi/v1/txt2img"));
+    assert_eq!(
+        (req.method.as_str(), req.path.as_str()),
+        ("POST", "/sdapi/v1/txt2img")
+    );
     for (k, want) in [
         ("prompt", Value::from("a red fox")),
         ("negative_prompt", "blurry".into()),
@@ -74,7 +84,11 @@ fn a1111_images_come_back_bit_for_bit_and_changes_are_seen() {
     ] {
         assert_eq!(req.body[k], want, "{k}: {}", req.body);
     }
-    let auth = req.headers.iter().find(|(n, _)| n == "authorization").map(|(_, v)| v.as_str());
+    let auth = req
+        .headers
+        .iter()
+        .find(|(n, _)| n == "authorization")
+        .map(|(_, v)| v.as_str());
     assert_eq!(auth, Some(SECRET));
 
     // Same request, same pixels; a perturbed server, other pixels; a swapped model, named.
@@ -93,15 +107,26 @@ fn a1111_images_come_back_bit_for_bit_and_changes_are_seen() {
     // --out keeps the image and what the service said.
     let out = site.path("probe");
     let o = site
-        .command(&["service", "probe", "--case", "fox", "--out", out.to_str().unwrap()])
+        .command(&[
+            "service",
+            "probe",
+            "--case",
+            "fox",
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .env("SD_TOKEN", SECRET)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let png = std::fs::read(out.join("fox/image.png")).unwrap();
     let img = monitor::sd::image::RgbImage::from_png(&png).unwrap();
-    assert_eq!(sha256_hex(&img.pixels), sha_of_expected(7, 64, 48, "a red fox"));
-    let info: Value = serde_json::from_slice(&std::fs::read(out.join("fox/info.json")).unwrap()).unwrap();
+    assert_eq!(
+        sha256_hex(&img.pixels),
+        sha_of_expected(7, 64, 48, "a red fox")
+    );
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(out.join("fox/info.json")).unwrap()).unwrap();
     assert_eq!(info["info"]["a1111.sd_model_hash"], "e1441589a6");
 }
 
@@ -114,24 +139,46 @@ fn comfyui_runs_the_filled_workflow_and_fetches_its_image() {
     ));
     let (code, v, err) = probe(&site);
     assert_eq!(code, 0, "{err}\n{v:?}");
-    assert_eq!(v[0]["pixels_sha256"], sha_of_expected(7, 64, 48, "a red fox"), "{v:?}");
+    assert_eq!(
+        v[0]["pixels_sha256"],
+        sha_of_expected(7, 64, 48, "a red fox"),
+        "{v:?}"
+    );
     assert_eq!(v[1]["pixels_sha256"], sha_of_expected(9, 32, 32, "an owl"));
-    assert_eq!(v[0]["info"]["comfyui.ckpt_name"], "v1-5-pruned-emaonly.safetensors");
+    assert_eq!(
+        v[0]["info"]["comfyui.ckpt_name"],
+        "v1-5-pruned-emaonly.safetensors"
+    );
     assert_eq!(v[0]["info"]["comfyui.comfyui_version"], "0.3.40");
     let seen = server.seen();
-    let queued: Vec<&Value> = seen.iter().filter(|s| s.path == "/prompt").map(|s| &s.body["prompt"]).collect();
+    let queued: Vec<&Value> = seen
+        .iter()
+        .filter(|s| s.path == "/prompt")
+        .map(|s| &s.body["prompt"])
+        .collect();
     assert_eq!(queued.len(), 2);
     // Whole placeholders became typed values; the KSampler got ComfyUI's names.
     let k = &queued[0]["3"]["inputs"];
-    assert_eq!((k["seed"].as_u64(), k["steps"].as_u64(), k["cfg"].as_f64()), (Some(7), Some(4), Some(7.5)));
-    assert_eq!((k["sampler_name"].as_str(), k["scheduler"].as_str()), (Some("euler_ancestral"), Some("normal")));
+    assert_eq!(
+        (k["seed"].as_u64(), k["steps"].as_u64(), k["cfg"].as_f64()),
+        (Some(7), Some(4), Some(7.5))
+    );
+    assert_eq!(
+        (k["sampler_name"].as_str(), k["scheduler"].as_str()),
+        (Some("euler_ancestral"), Some("normal"))
+    );
     assert_eq!(queued[1]["3"]["inputs"]["scheduler"], "karras");
     assert_eq!(queued[0]["5"]["inputs"]["width"], 64);
     assert_eq!(queued[0]["7"]["inputs"]["text"], "blurry");
     // It waited for the run: /history was asked until it was done, then /view.
-    let polls = seen.iter().filter(|s| s.path.starts_with("/history/p1")).count();
+    let polls = seen
+        .iter()
+        .filter(|s| s.path.starts_with("/history/p1"))
+        .count();
     assert!(polls >= 2, "{polls}");
-    assert!(seen.iter().any(|s| s.path.starts_with("/view?filename=ComfyUI_p1_.png")));
+    assert!(seen
+        .iter()
+        .any(|s| s.path.starts_with("/view?filename=ComfyUI_p1_.png")));
 
     server.set_mode(Mode::Perturbed);
     let (_, p, _) = probe(&site);
@@ -149,11 +196,31 @@ fn a_service_that_fails_in_any_way_is_a_one_line_error() {
     let ok = base(&server.url(), ", max_response_mb: 1");
     let cases: Vec<(Site, Option<Mode>, &str)> = vec![
         (base(&dead_url(), ""), None, "connection refused"),
-        (base(&server.url(), ""), Some(Mode::Slow(std::time::Duration::from_secs(3))), "no image within 1s (service.timeout)"),
-        (base(&server.url(), ""), Some(Mode::Error500), "HTTP 500: Internal Server Error RuntimeError: CUDA out of memory"),
-        (base(&server.url(), ""), Some(Mode::Malformed), "the answer is not JSON"),
-        (base(&server.url(), ""), Some(Mode::Jpeg), "not a PNG: it is a JPEG"),
-        (ok, Some(Mode::Oversized(3 << 20)), "over the 1 MiB limit (service.max_response_mb)"),
+        (
+            base(&server.url(), ""),
+            Some(Mode::Slow(std::time::Duration::from_secs(3))),
+            "no image within 1s (service.timeout)",
+        ),
+        (
+            base(&server.url(), ""),
+            Some(Mode::Error500),
+            "HTTP 500: Internal Server Error RuntimeError: CUDA out of memory",
+        ),
+        (
+            base(&server.url(), ""),
+            Some(Mode::Malformed),
+            "the answer is not JSON",
+        ),
+        (
+            base(&server.url(), ""),
+            Some(Mode::Jpeg),
+            "not a PNG: it is a JPEG",
+        ),
+        (
+            ok,
+            Some(Mode::Oversized(3 << 20)),
+            "over the 1 MiB limit (service.max_response_mb)",
+        ),
         (
             base(&server.url(), ""),
             Some(Mode::RedirectElsewhere("http://127.0.0.2:9".into())),
@@ -166,8 +233,13 @@ fn a_service_that_fails_in_any_way_is_a_one_line_error() {
         }
         let (code, v, err) = probe(&site);
         assert_eq!(code, 2, "{want}: {v:?} {err}");
-        let e = v[0]["error"].as_str().unwrap_or_else(|| panic!("{want}: {v:?}"));
-        assert!(e.contains(want) && !e.contains('\n'), "want {want:?}, got {e:?}");
+        let e = v[0]["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{want}: {v:?}"));
+        assert!(
+            e.contains(want) && !e.contains('\n'),
+            "want {want:?}, got {e:?}"
+        );
         server.set_mode(Mode::Normal);
     }
 }
@@ -176,32 +248,88 @@ fn a_service_that_fails_in_any_way_is_a_one_line_error() {
 fn service_config_mistakes_are_named_before_any_request() {
     let server = FakeService::start(Api::ComfyUi);
     for (yaml, want) in [
-        (format!("{{kind: comfyui, url: \"{}\"}}", server.url()), "service.workflow: required for kind comfyui"),
-        ("{kind: a1111, url: \"ftp://host\"}".to_string(), "service.url: must be an http or https URL"),
-        (format!("{{kind: a1111, url: \"{}\", auth: x, auth_file: y}}", server.url()), "give auth or auth_file, not both"),
-        (format!("{{kind: a1111, url: \"{}\", auth: \"${{NOT_SET_ANYWHERE}}\"}}", server.url()), "service.auth: environment variable NOT_SET_ANYWHERE is not set"),
-        (format!("{{kind: http-json, url: \"{}\", request: comfyui-workflow.json}}", server.url()), "service.image_pointer: required"),
-        (format!("{{kind: a1111, url: \"{}\", samplers: {{plms: PLMS}}}}", server.url()), "service.samplers.plms"),
+        (
+            format!("{{kind: comfyui, url: \"{}\"}}", server.url()),
+            "service.workflow: required for kind comfyui",
+        ),
+        (
+            "{kind: a1111, url: \"ftp://host\"}".to_string(),
+            "service.url: must be an http or https URL",
+        ),
+        (
+            format!(
+                "{{kind: a1111, url: \"{}\", auth: x, auth_file: y}}",
+                server.url()
+            ),
+            "give auth or auth_file, not both",
+        ),
+        (
+            format!(
+                "{{kind: a1111, url: \"{}\", auth: \"${{NOT_SET_ANYWHERE}}\"}}",
+                server.url()
+            ),
+            "service.auth: environment variable NOT_SET_ANYWHERE is not set",
+        ),
+        (
+            format!(
+                "{{kind: http-json, url: \"{}\", request: comfyui-workflow.json}}",
+                server.url()
+            ),
+            "service.image_pointer: required",
+        ),
+        (
+            format!(
+                "{{kind: a1111, url: \"{}\", samplers: {{plms: PLMS}}}}",
+                server.url()
+            ),
+            "service.samplers.plms",
+        ),
     ] {
         let s = site(&yaml);
         let o = s.run(&["service", "probe"]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{yaml}: {err}");
-        assert!(err.contains(want) && err.lines().count() == 1, "{yaml}: want {want:?}: {err}");
+        assert!(
+            err.contains(want) && err.lines().count() == 1,
+            "{yaml}: want {want:?}: {err}"
+        );
     }
     // An unknown placeholder in the template is named with the file.
-    let s = site(&format!("{{kind: comfyui, url: \"{}\", workflow: wf.json}}", server.url()));
-    std::fs::write(s.path("wf.json"), r#"{"3": {"inputs": {"seed": "{{sede}}"}}}"#).unwrap();
+    let s = site(&format!(
+        "{{kind: comfyui, url: \"{}\", workflow: wf.json}}",
+        server.url()
+    ));
+    std::fs::write(
+        s.path("wf.json"),
+        r#"{"3": {"inputs": {"seed": "{{sede}}"}}}"#,
+    )
+    .unwrap();
     let err = String::from_utf8_lossy(&s.run(&["service", "probe"]).stderr).into_owned();
-    assert!(err.contains("wf.json has unknown placeholders {{sede}}"), "{err}");
+    assert!(
+        err.contains("wf.json has unknown placeholders {{sede}}"),
+        "{err}"
+    );
     // PNDM has no ComfyUI sampler of its name: the case says so and the others run.
     let s = Site::with_cases(
         None,
         &["{name: plms, prompt: p, seed: 1, steps: 2, width: 32, height: 32, scheduler: pndm}"],
-        &format!("service: {{kind: comfyui, url: \"{}\", workflow: wf.json}}\n", server.url()),
+        &format!(
+            "service: {{kind: comfyui, url: \"{}\", workflow: wf.json}}\n",
+            server.url()
+        ),
     );
-    std::fs::copy(common::repo_path("configs/comfyui-workflow.json"), s.path("wf.json")).unwrap();
+    std::fs::copy(
+        common::repo_path("configs/comfyui-workflow.json"),
+        s.path("wf.json"),
+    )
+    .unwrap();
     let (code, v, _) = probe(&s);
     assert_eq!(code, 2);
-    assert!(v[0]["error"].as_str().unwrap().contains("set service.samplers.pndm"), "{v:?}");
+    assert!(
+        v[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("set service.samplers.pndm"),
+        "{v:?}"
+    );
 }

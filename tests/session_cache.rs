@@ -51,7 +51,10 @@ fn cached_sessions_give_the_bits_of_uncached_ones_and_stale_entries_are_rebuilt(
     site.rebaseline();
     assert!(entries(&cache).is_empty());
     let c = check(&site);
-    assert_eq!((c["verdict"].as_str(), cache_said(&c).as_str()), (Some("identical"), "(absent)"));
+    assert_eq!(
+        (c["verdict"].as_str(), cache_said(&c).as_str()),
+        (Some("identical"), "(absent)")
+    );
 
     // First cached check writes one entry per network; the second loads them. Both are
     // identical to the uncached baseline under thresholds that call any bit drift.

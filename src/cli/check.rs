@@ -127,7 +127,10 @@ fn print_quick(q: &crate::quick::QuickRun) {
             println!("    {reason}");
         }
         if c.differing.len() > 1 {
-            println!("    each on the baseline's inputs, these differ: {}", c.differing.join(", "));
+            println!(
+                "    each on the baseline's inputs, these differ: {}",
+                c.differing.join(", ")
+            );
         }
         if let Some(d) = c.divergence.as_ref().map(|d| d.describe()) {
             if !d.is_empty() {

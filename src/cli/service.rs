@@ -52,7 +52,10 @@ fn probe(a: ProbeArgs) -> Result<u8> {
     let path = a.config.path();
     let config = Config::load(&path)?;
     let section = config.service.as_ref().with_context(|| {
-        format!("{}: no `service:` section (see the README, Watching the generation service)", path.display())
+        format!(
+            "{}: no `service:` section (see the README, Watching the generation service)",
+            path.display()
+        )
     })?;
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
     let service = Service::from_config(section, dir)
@@ -61,7 +64,10 @@ fn probe(a: ProbeArgs) -> Result<u8> {
     let mut code = super::EXIT_OK;
     let mut docs = Vec::new();
     if !a.json {
-        println!("{:<20} {:<10} {:<20} {:>10}  what the service says", "case", "size", "pixels sha256", "time");
+        println!(
+            "{:<20} {:<10} {:<20} {:>10}  what the service says",
+            "case", "size", "pixels sha256", "time"
+        );
     }
     for case in cases {
         let req = ServiceRequest::of(case);
@@ -70,11 +76,14 @@ fn probe(a: ProbeArgs) -> Result<u8> {
                 let sha = sha256_hex(&img.image.pixels);
                 if let Some(out) = &a.out {
                     let d = out.join(&case.name);
-                    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+                    std::fs::create_dir_all(&d)
+                        .with_context(|| format!("creating {}", d.display()))?;
                     let png = img.image.to_png().context("encoding image.png")?;
                     crate::fsutil::atomic_write(&d.join("image.png"), &png)
                         .with_context(|| format!("writing {}", d.join("image.png").display()))?;
-                    let info = serde_json::to_vec_pretty(&json!({"sampler": img.sampler, "info": img.info}))?;
+                    let info = serde_json::to_vec_pretty(
+                        &json!({"sampler": img.sampler, "info": img.info}),
+                    )?;
                     crate::fsutil::atomic_write(&d.join("info.json"), &info)
                         .with_context(|| format!("writing {}", d.join("info.json").display()))?;
                 }
@@ -88,7 +97,8 @@ fn probe(a: ProbeArgs) -> Result<u8> {
                     docs.push(json!({"case": case.name, "ok": true, "width": img.image.width, "height": img.image.height,
                         "pixels_sha256": sha, "sampler": img.sampler, "seconds": img.seconds, "info": img.info}));
                 } else {
-                    let said: Vec<String> = img.info.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let said: Vec<String> =
+                        img.info.iter().map(|(k, v)| format!("{k}={v}")).collect();
                     println!(
                         "{:<20} {:<10} {:<20} {:>9.2}s  sampler {:?}{}{}",
                         case.name,

@@ -489,12 +489,18 @@ fn run(
         latents = sched.step(&noise_pred, i, &latents, &mut *noises[0])?;
         sched_time += t0.elapsed();
         let pred0 = noise_pred.slice(s![0..1, .., .., ..]);
-        stage(format!("step {} noise_pred", i + 1), sha256_f32(pred0.iter()));
+        stage(
+            format!("step {} noise_pred", i + 1),
+            sha256_f32(pred0.iter()),
+        );
         if i == 0 {
             tensors.first_noise_pred = Some(pred0.to_owned());
         }
         let latents0 = latents.slice(s![0..1, .., .., ..]);
-        stage(format!("step {} latents", i + 1), sha256_f32(latents0.iter()));
+        stage(
+            format!("step {} latents", i + 1),
+            sha256_f32(latents0.iter()),
+        );
         tensors.step_latents.push(latents0.to_owned());
         on_step(i + 1, timesteps.len());
     }
@@ -521,7 +527,11 @@ fn run(
     // diffusers multiplies by the Python float 1/0.18215, which numpy applies as a float32 scalar.
     let inv_scale = (1.0 / model.dir().vae_scaling_factor()) as f32;
     let tile_only = replay.is_some_and(|r| r.decode_tile_only);
-    let latents = if tile_only { tile_of(&latents) } else { latents };
+    let latents = if tile_only {
+        tile_of(&latents)
+    } else {
+        latents
+    };
     let t0 = Instant::now();
     let decoded = model.decode(&(&latents * inv_scale))?;
     timings.vae_s = secs(t0.elapsed());
@@ -779,7 +789,11 @@ mod stage_tests {
             Some("step 1 noise_pred".into())
         );
         assert_eq!(first_difference(&base, &base), None);
-        let two = [s("tokens", "A"), s("step 1 noise_pred", "b"), s("decoded", "C")];
+        let two = [
+            s("tokens", "A"),
+            s("step 1 noise_pred", "b"),
+            s("decoded", "C"),
+        ];
         assert_eq!(
             differing_stages(&two, &base),
             (3, vec!["tokens".to_string(), "decoded".to_string()])

@@ -339,15 +339,17 @@ impl Runtime {
         use super::session_cache::Lookup;
         let settings = serde_json::to_value(&self.settings).unwrap_or_default();
         match cache.lookup(model_file, &self.info.version, &settings) {
-            Ok(Lookup::Hit(optimized)) => match self.build_session(&optimized, Some(Lookup::Hit(optimized.clone()))) {
-                Ok(s) => Ok(s),
-                Err(e) => {
-                    // An entry that will not load is rebuilt, never trusted.
-                    eprintln!("monitor: warning: session cache entry {} did not load ({e}); rebuilding it", optimized.display());
-                    cache.forget(&optimized);
-                    self.session(model_file)
+            Ok(Lookup::Hit(optimized)) => {
+                match self.build_session(&optimized, Some(Lookup::Hit(optimized.clone()))) {
+                    Ok(s) => Ok(s),
+                    Err(e) => {
+                        // An entry that will not load is rebuilt, never trusted.
+                        eprintln!("monitor: warning: session cache entry {} did not load ({e}); rebuilding it", optimized.display());
+                        cache.forget(&optimized);
+                        self.session(model_file)
+                    }
                 }
-            },
+            }
             Ok(miss @ Lookup::Miss(_)) => {
                 let r = self.build_session(model_file, Some(miss));
                 if r.is_err() {
@@ -356,7 +358,10 @@ impl Runtime {
                 r
             }
             Err(e) => {
-                eprintln!("monitor: warning: session cache not used for {}: {e}", model_file.display());
+                eprintln!(
+                    "monitor: warning: session cache not used for {}: {e}",
+                    model_file.display()
+                );
                 self.build_session(model_file, None)
             }
         }

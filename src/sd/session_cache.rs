@@ -130,10 +130,7 @@ impl SessionCache {
         onnxruntime: &str,
         settings: &serde_json::Value,
     ) -> std::io::Result<Lookup> {
-        let network_dir = model_file
-            .parent()
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
+        let network_dir = model_file.parent().unwrap_or(Path::new(".")).to_path_buf();
         let mut sources = Vec::new();
         for e in std::fs::read_dir(&network_dir)? {
             let e = e?;
@@ -160,17 +157,18 @@ impl SessionCache {
             model_dir: std::fs::canonicalize(&network_dir).unwrap_or(network_dir.clone()),
             sources,
         };
-        let canonical = serde_json::to_vec(&(
-            &key,
-            model_file.file_name().map(|n| n.to_string_lossy()),
-        ))
-        .map_err(std::io::Error::other)?;
+        let canonical =
+            serde_json::to_vec(&(&key, model_file.file_name().map(|n| n.to_string_lossy())))
+                .map_err(std::io::Error::other)?;
         let id = &sha256_hex(&canonical)[..24];
         let entry = self.dir.join(format!("{network}-{id}"));
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         if entry.join(KEY_FILE).is_file() && entry.join(MODEL_FILE).is_file() {
             // Recently used entries are the ones kept (see KEEP_PER_NETWORK).
-            if let Ok(f) = std::fs::File::options().append(true).open(entry.join(KEY_FILE)) {
+            if let Ok(f) = std::fs::File::options()
+                .append(true)
+                .open(entry.join(KEY_FILE))
+            {
                 let _ = f.set_modified(std::time::SystemTime::now());
             }
             pending.push(Pending {
@@ -183,10 +181,9 @@ impl SessionCache {
         }
         std::fs::create_dir_all(&self.dir)?;
         self.sweep_dead_temps();
-        let tmp = self.dir.join(format!(
-            "{TMP_PREFIX}{network}-{id}-{}",
-            std::process::id()
-        ));
+        let tmp = self
+            .dir
+            .join(format!("{TMP_PREFIX}{network}-{id}-{}", std::process::id()));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp)?;
         }
@@ -206,9 +203,7 @@ impl SessionCache {
         let dir = model_file.parent().unwrap_or(Path::new("."));
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         pending.retain(|p| {
-            let this = p.network_dir == dir
-                || p.tmp.as_deref() == Some(dir)
-                || p.entry == dir;
+            let this = p.network_dir == dir || p.tmp.as_deref() == Some(dir) || p.entry == dir;
             if this {
                 let _ = std::fs::remove_dir_all(p.tmp.as_deref().unwrap_or(&p.entry));
             }
@@ -241,10 +236,8 @@ impl SessionCache {
                         }
                         Err(e) => {
                             let _ = std::fs::remove_dir_all(&tmp);
-                            out.warnings.push(format!(
-                                "session cache: writing {}: {e}",
-                                p.entry.display()
-                            ));
+                            out.warnings
+                                .push(format!("session cache: writing {}: {e}", p.entry.display()));
                         }
                     }
                 }
@@ -300,7 +293,10 @@ impl SessionCache {
         same.sort_by(|a, b| b.0.cmp(&a.0));
         for (_, p) in same.into_iter().skip(KEEP_PER_NETWORK - 1) {
             if let Err(e) = std::fs::remove_dir_all(&p) {
-                eprintln!("monitor: warning: session cache: removing old {}: {e}", p.display());
+                eprintln!(
+                    "monitor: warning: session cache: removing old {}: {e}",
+                    p.display()
+                );
             }
         }
     }

@@ -22,7 +22,11 @@ const INFO_KEYS: [&str; 9] = [
     "extra_generation_params",
 ];
 
-pub async fn generate(client: &Client<'_>, r: &ServiceRequest, sampler: &str) -> Result<Output, String> {
+pub async fn generate(
+    client: &Client<'_>,
+    r: &ServiceRequest,
+    sampler: &str,
+) -> Result<Output, String> {
     let body = json!({
         "prompt": r.prompt,
         "negative_prompt": r.negative_prompt,
@@ -58,6 +62,10 @@ fn info_of(v: &Value) -> BTreeMap<String, Value> {
     };
     INFO_KEYS
         .iter()
-        .filter_map(|k| info.get(*k).filter(|x| !x.is_null()).map(|x| (format!("a1111.{k}"), x.clone())))
+        .filter_map(|k| {
+            info.get(*k)
+                .filter(|x| !x.is_null())
+                .map(|x| (format!("a1111.{k}"), x.clone()))
+        })
         .collect()
 }

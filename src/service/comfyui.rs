@@ -19,7 +19,9 @@ pub async fn generate(
 ) -> Result<Output, String> {
     let graph = super::fill(workflow, r, sampler);
     let body = json!({"prompt": graph, "client_id": format!("monitor-{}", std::process::id())});
-    let queued = client.send_json(Method::POST, "/prompt", Some(&body)).await?;
+    let queued = client
+        .send_json(Method::POST, "/prompt", Some(&body))
+        .await?;
     if let Some(errors) = queued.get("node_errors").and_then(Value::as_object) {
         if !errors.is_empty() {
             return Err(format!(
@@ -31,16 +33,31 @@ pub async fn generate(
     let id = queued
         .get("prompt_id")
         .and_then(Value::as_str)
-        .ok_or_else(|| format!("POST /prompt: the answer has no prompt_id: {}", one_line(&queued)))?
+        .ok_or_else(|| {
+            format!(
+                "POST /prompt: the answer has no prompt_id: {}",
+                one_line(&queued)
+            )
+        })?
         .to_string();
     let entry = loop {
-        let h = client.send_json(Method::GET, &format!("/history/{id}"), None).await?;
+        let h = client
+            .send_json(Method::GET, &format!("/history/{id}"), None)
+            .await?;
         if let Some(e) = h.get(&id) {
             let status = e.get("status");
-            if status.and_then(|s| s.get("status_str")).and_then(Value::as_str) == Some("error") {
+            if status
+                .and_then(|s| s.get("status_str"))
+                .and_then(Value::as_str)
+                == Some("error")
+            {
                 return Err(format!(
                     "ComfyUI run {id} failed: {}",
-                    one_line(status.and_then(|s| s.get("messages")).unwrap_or(&Value::Null))
+                    one_line(
+                        status
+                            .and_then(|s| s.get("messages"))
+                            .unwrap_or(&Value::Null)
+                    )
                 ));
             }
             let done = status
@@ -59,14 +76,26 @@ pub async fn generate(
     nodes.sort_by_key(|(k, _)| (k.parse::<u64>().unwrap_or(u64::MAX), (*k).clone()));
     let image = nodes
         .iter()
-        .find_map(|(_, o)| o.get("images").and_then(Value::as_array).and_then(|a| a.first()))
-        .ok_or_else(|| format!("ComfyUI run {id} has no output image (does the workflow end in a SaveImage node?)"))?;
+        .find_map(|(_, o)| {
+            o.get("images")
+                .and_then(Value::as_array)
+                .and_then(|a| a.first())
+        })
+        .ok_or_else(|| {
+            format!(
+                "ComfyUI run {id} has no output image (does the workflow end in a SaveImage node?)"
+            )
+        })?;
     let field = |k: &str| image.get(k).and_then(Value::as_str).unwrap_or("");
     let query = format!(
         "/view?filename={}&subfolder={}&type={}",
         encode(field("filename")),
         encode(field("subfolder")),
-        encode(if field("type").is_empty() { "output" } else { field("type") })
+        encode(if field("type").is_empty() {
+            "output"
+        } else {
+            field("type")
+        })
     );
     let png = client.send(Method::GET, &query, None).await?;
     let mut info = BTreeMap::new();
@@ -81,7 +110,11 @@ pub async fn generate(
                 info.insert(format!("comfyui.{k}"), v.clone());
             }
         }
-        if let Some(d) = stats.get("devices").and_then(Value::as_array).and_then(|a| a.first()) {
+        if let Some(d) = stats
+            .get("devices")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+        {
             if let Some(n) = d.get("name") {
                 info.insert("comfyui.device".into(), n.clone());
             }
@@ -111,7 +144,9 @@ fn one_line(v: &Value) -> String {
 fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -30,7 +30,9 @@ impl<'a> Client<'a> {
                 && u.port_or_known_default() == origin.port_or_known_default();
             if !same {
                 let host = u.host_str().unwrap_or("?").to_string();
-                attempt.error(format!("the service redirected to another host ({host}); not followed"))
+                attempt.error(format!(
+                    "the service redirected to another host ({host}); not followed"
+                ))
             } else if attempt.previous().len() >= 5 {
                 attempt.error("more than 5 redirects")
             } else {
@@ -61,7 +63,12 @@ impl<'a> Client<'a> {
     }
 
     /// Sends a request and returns the body of a 2xx answer (at most `max_response_mb`).
-    pub async fn send(&self, method: Method, path: &str, json: Option<&Value>) -> Result<Vec<u8>, String> {
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        json: Option<&Value>,
+    ) -> Result<Vec<u8>, String> {
         let url = self.url(path)?;
         let what = format!("{method} {}", url.path());
         let mut rb = self.inner.request(method, url);
@@ -97,14 +104,23 @@ impl<'a> Client<'a> {
             return Err(self.service.redact(&format!(
                 "{what}: HTTP {}{}",
                 status.as_u16(),
-                if text.trim().is_empty() { String::new() } else { format!(": {}", text.trim()) }
+                if text.trim().is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", text.trim())
+                }
             )));
         }
         Ok(body)
     }
 
     /// [`Client::send`] with a JSON answer.
-    pub async fn send_json(&self, method: Method, path: &str, json: Option<&Value>) -> Result<Value, String> {
+    pub async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        json: Option<&Value>,
+    ) -> Result<Value, String> {
         let body = self.send(method, path, json).await?;
         serde_json::from_slice(&body).map_err(|e| {
             let path = path.split('?').next().unwrap_or(path);
@@ -121,9 +137,13 @@ impl<'a> Client<'a> {
             parts.push(next.to_string());
             inner = next;
         }
-        let io = inner.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
+        let io = inner
+            .downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind);
         let reason = match io {
-            Some(std::io::ErrorKind::ConnectionRefused) => "connection refused (is the service running?)".to_string(),
+            Some(std::io::ErrorKind::ConnectionRefused) => {
+                "connection refused (is the service running?)".to_string()
+            }
             Some(std::io::ErrorKind::ConnectionReset) => "connection reset".to_string(),
             _ => {
                 parts.dedup();

@@ -24,7 +24,9 @@ pub async fn generate(
     let b64 = v
         .pointer(image_pointer)
         .and_then(Value::as_str)
-        .ok_or_else(|| format!("{path}: the answer has no string at {image_pointer} (service.image_pointer)"))?;
+        .ok_or_else(|| {
+            format!("{path}: the answer has no string at {image_pointer} (service.image_pointer)")
+        })?;
     let png = super::base64_decode(b64).map_err(|e| format!("{path}: {image_pointer}: {e}"))?;
     let mut info = BTreeMap::new();
     if let Some(p) = info_pointer {

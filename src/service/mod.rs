@@ -202,7 +202,10 @@ impl Service {
             Some(s) => {
                 let name = reqwest::header::HeaderName::from_bytes(c.auth_header.as_bytes())
                     .map_err(|_| {
-                        format!("service.auth_header: {:?} is not a header name", c.auth_header)
+                        format!(
+                            "service.auth_header: {:?} is not a header name",
+                            c.auth_header
+                        )
                     })?;
                 if reqwest::header::HeaderValue::from_str(s.expose()).is_err() {
                     return Err("service.auth: the secret is not a valid header value (control characters?)".into());
@@ -238,7 +241,11 @@ impl Service {
                 return Err(format!(
                     "service.{key}: {} has unknown placeholders {}; known: {}",
                     p.display(),
-                    unknown.iter().map(|u| format!("{{{{{u}}}}}")).collect::<Vec<_>>().join(", "),
+                    unknown
+                        .iter()
+                        .map(|u| format!("{{{{{u}}}}}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     PLACEHOLDERS.join(", ")
                 ));
             }
@@ -248,9 +255,10 @@ impl Service {
             ServiceKind::A1111 => (None, String::new()),
             ServiceKind::ComfyUi => (Some(read_template("workflow", &c.workflow)?), String::new()),
             ServiceKind::HttpJson => {
-                let ptr = c.image_pointer.clone().ok_or(
-                    "service.image_pointer: required for kind http-json (e.g. /images/0)",
-                )?;
+                let ptr = c
+                    .image_pointer
+                    .clone()
+                    .ok_or("service.image_pointer: required for kind http-json (e.g. /images/0)")?;
                 if !ptr.is_empty() && !ptr.starts_with('/') {
                     return Err(format!(
                         "service.image_pointer: {ptr:?} is not a JSON pointer (it starts with /)"

@@ -74,14 +74,18 @@ pub fn image_for(seed: u64, width: u32, height: u32, prompt: &str) -> RgbImage {
     for y in 0..height {
         for x in 0..width {
             for c in 0..3u64 {
-                let v = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(u64::from(x) * 31 + u64::from(y) * 17 + c * 7 + prompt.len() as u64);
+                let v = seed.wrapping_mul(6364136223846793005).wrapping_add(
+                    u64::from(x) * 31 + u64::from(y) * 17 + c * 7 + prompt.len() as u64,
+                );
                 pixels.push((v >> 24) as u8);
             }
         }
     }
-    RgbImage { width, height, pixels }
+    RgbImage {
+        width,
+        height,
+        pixels,
+    }
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -149,7 +153,12 @@ struct Reply {
 }
 
 fn reply(status: u16, ct: &'static str, body: Vec<u8>) -> Reply {
-    Reply { status, content_type: ct, headers: Vec::new(), body }
+    Reply {
+        status,
+        content_type: ct,
+        headers: Vec::new(),
+        body,
+    }
 }
 
 fn session(stream: TcpStream, api: Api, state: &Mutex<State>) -> std::io::Result<()> {
@@ -162,14 +171,23 @@ fn session(stream: TcpStream, api: Api, state: &Mutex<State>) -> std::io::Result
     let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
     let mode = {
         let mut s = state.lock().unwrap();
-        s.seen.push(Seen { method: method.clone(), path: path.clone(), headers, body: body.clone() });
+        s.seen.push(Seen {
+            method: method.clone(),
+            path: path.clone(),
+            headers,
+            body: body.clone(),
+        });
         s.mode.clone()
     };
     if let Mode::Slow(d) = &mode {
         thread::sleep(*d);
     }
     let r = match &mode {
-        Mode::Error500 => reply(500, "text/plain", b"Internal Server Error\nRuntimeError: CUDA out of memory".to_vec()),
+        Mode::Error500 => reply(
+            500,
+            "text/plain",
+            b"Internal Server Error\nRuntimeError: CUDA out of memory".to_vec(),
+        ),
         Mode::Malformed => reply(200, "application/json", b"{\"images\": [\"iVBOR".to_vec()),
         Mode::RedirectElsewhere(to) => Reply {
             status: 302,
@@ -222,10 +240,17 @@ fn image_bytes(seed: u64, w: u32, h: u32, prompt: &str, mode: &Mode) -> Vec<u8> 
 
 fn a1111(method: &str, path: &str, body: &Value, mode: &Mode, state: &Mutex<State>) -> Reply {
     if method != "POST" || path != "/sdapi/v1/txt2img" {
-        return reply(404, "application/json", br#"{"detail":"Not Found"}"#.to_vec());
+        return reply(
+            404,
+            "application/json",
+            br#"{"detail":"Not Found"}"#.to_vec(),
+        );
     }
     let seed = body["seed"].as_u64().unwrap_or(0);
-    let (w, h) = (body["width"].as_u64().unwrap_or(8) as u32, body["height"].as_u64().unwrap_or(8) as u32);
+    let (w, h) = (
+        body["width"].as_u64().unwrap_or(8) as u32,
+        body["height"].as_u64().unwrap_or(8) as u32,
+    );
     let prompt = body["prompt"].as_str().unwrap_or("");
     let png = image_bytes(seed, w, h, prompt, mode);
     let hash = state.lock().unwrap().model_hash.clone();
@@ -278,7 +303,10 @@ fn comfyui(method: &str, path: &str, body: &Value, mode: &Mode, state: &Mutex<St
         let seed = find("KSampler", "seed").as_u64().unwrap_or(0);
         let w = find("EmptyLatentImage", "width").as_u64().unwrap_or(8) as u32;
         let h = find("EmptyLatentImage", "height").as_u64().unwrap_or(8) as u32;
-        let prompt_len = wf.as_object().into_iter().flatten()
+        let prompt_len = wf
+            .as_object()
+            .into_iter()
+            .flatten()
             .filter(|(_, n)| n["class_type"] == "CLIPTextEncode")
             .map(|(_, n)| n["inputs"]["text"].as_str().unwrap_or("").to_string())
             .next()
@@ -286,8 +314,10 @@ fn comfyui(method: &str, path: &str, body: &Value, mode: &Mode, state: &Mutex<St
         return reply(200, "image/png", image_bytes(seed, w, h, &prompt_len, mode));
     }
     if method == "GET" && path == "/system_stats" {
-        return json_reply(json!({"system": {"os": "posix", "comfyui_version": "0.3.40", "python_version": "3.12.3", "pytorch_version": "2.7.1+cu128"},
-            "devices": [{"name": "cuda:0 NVIDIA H100 80GB HBM3 : cudaMallocAsync", "type": "cuda"}]}));
+        return json_reply(
+            json!({"system": {"os": "posix", "comfyui_version": "0.3.40", "python_version": "3.12.3", "pytorch_version": "2.7.1+cu128"},
+            "devices": [{"name": "cuda:0 NVIDIA H100 80GB HBM3 : cudaMallocAsync", "type": "cuda"}]}),
+        );
     }
     reply(404, "text/plain", b"404: Not Found".to_vec())
 }
