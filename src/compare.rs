@@ -938,13 +938,10 @@ impl CompareReport {
     /// that is not identical.
     pub fn diverged_line(&self) -> Option<String> {
         let stage = self.diverged_at.as_ref()?;
-        let more = self
-            .divergence
-            .as_ref()
-            .map(|d| d.describe())
-            .filter(|d| !d.is_empty())
-            .map_or(String::new(), |d| format!(" ({d})"));
-        Some(format!("first differs at: {stage}{more}"))
+        Some(crate::stage_data::diverged_line(
+            stage,
+            self.divergence.as_ref(),
+        ))
     }
 }
 

@@ -288,16 +288,22 @@ impl Divergence {
     }
 }
 
-/// The `first differs at: …` line of a stored result's `reasons` JSON (history, reports).
-pub fn diverged_line_of(reasons: &serde_json::Value) -> Option<String> {
-    let stage = reasons.get("diverged_at")?.as_str()?;
-    let more = reasons
-        .get("divergence")
-        .and_then(|d| serde_json::from_value::<Divergence>(d.clone()).ok())
-        .map(|d| d.describe())
+/// `first differs at: STAGE (…)`: the stage, and what its divergence says when known.
+pub fn diverged_line(stage: &str, divergence: Option<&Divergence>) -> String {
+    let more = divergence
+        .map(Divergence::describe)
         .filter(|d| !d.is_empty())
         .map_or(String::new(), |d| format!(" ({d})"));
-    Some(format!("first differs at: {stage}{more}"))
+    format!("first differs at: {stage}{more}")
+}
+
+/// [`diverged_line`] of a stored result's `reasons` JSON (history, reports).
+pub fn diverged_line_of(reasons: &serde_json::Value) -> Option<String> {
+    let stage = reasons.get("diverged_at")?.as_str()?;
+    let divergence = reasons
+        .get("divergence")
+        .and_then(|d| serde_json::from_value::<Divergence>(d.clone()).ok());
+    Some(diverged_line(stage, divergence.as_ref()))
 }
 
 fn sci(v: f64) -> String {
