@@ -170,3 +170,41 @@ fn the_cache_is_on_by_default_on_cpu_and_a_cache_folder_that_cannot_be_written_i
     let (_, v, _) = parse_check(o);
     assert_eq!(case(&v, "fox")["verdict"], "identical", "{v}");
 }
+
+#[test]
+fn a_full_disk_under_the_cache_costs_only_the_cache() {
+    let site = Site::with_cases(None, &[FOX], TIGHT);
+    site.edit_config("threads: 1}", "threads: 1, session_cache: false}");
+    site.rebaseline();
+    site.edit_config("session_cache: false}", "session_cache: true}");
+    let cache = site.path("session-cache");
+    std::fs::create_dir(&cache).unwrap();
+    // 16 KiB free: ONNX Runtime cannot write a single optimized graph with its weights.
+    let Some(o) = common::site::on_full_disk(&cache, 16 << 10, site.command(&["check", "--json"]))
+    else {
+        println!(
+            "FAULT | full disk under the session cache | NOT RUN: no mount namespace here | - |"
+        );
+        return;
+    };
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let (code, v, _) = parse_check(o);
+    assert_eq!(code, 0, "{err}\n{v}");
+    let c = case(&v, "fox");
+    assert_eq!(c["verdict"], "identical", "{c}");
+    // ONNX Runtime's write of the optimized graph fails, so each session is built again
+    // without the cache (before the fallback, the check failed with an error).
+    assert_eq!(
+        err.matches("session cache not written for").count(),
+        3,
+        "{err}"
+    );
+    // Nothing half-written was left as an entry, and no temp folder stays behind.
+    let left = entries(&cache);
+    assert!(
+        left.iter()
+            .all(|n| cache.join(n).join("key.json").is_file()),
+        "{left:?}"
+    );
+    assert!(left.iter().all(|n| !n.starts_with(".tmp-")), "{left:?}");
+}

@@ -350,13 +350,20 @@ impl Runtime {
                     }
                 }
             }
-            Ok(miss @ Lookup::Miss(_)) => {
-                let r = self.build_session(model_file, Some(miss));
-                if r.is_err() {
+            Ok(miss @ Lookup::Miss(_)) => match self.build_session(model_file, Some(miss)) {
+                Ok(s) => Ok(s),
+                Err(e) => {
+                    // Writing the optimized graph can fail on its own (a full disk): the session
+                    // is then built without the cache, and a broken model fails there too.
                     cache.forget(model_file);
+                    let s = self.build_session(model_file, None)?;
+                    eprintln!(
+                        "monitor: warning: session cache not written for {}: {e}",
+                        model_file.display()
+                    );
+                    Ok(s)
                 }
-                r
-            }
+            },
             Err(e) => {
                 eprintln!(
                     "monitor: warning: session cache not used for {}: {e}",
