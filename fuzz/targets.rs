@@ -227,3 +227,60 @@ pub fn snapshot(data: &[u8]) {
         Err(e) => assert!(!format!("{e:#}").contains('\n'), "{e:#}"),
     }
 }
+
+/// `stages.npy` with the record `metadata.json` gives it (the record's JSON, then the file's
+/// bytes; the record's sha256 is set to the bytes' own, so the parser gets past it): a hostile
+/// tensor list (huge or overflowing shapes, more than the file holds) must give an error, and
+/// what parses must be readable tensor by tensor.
+pub fn stages(data: &[u8]) {
+    if data.len() < 2 {
+        return;
+    }
+    let n = usize::from(u16::from_le_bytes([data[0], data[1]])).min(data.len() - 2);
+    let (json, bytes) = data[2..].split_at(n);
+    let Ok(mut record) = serde_json::from_slice::<monitor::stage_data::StagesRecord>(json) else {
+        return;
+    };
+    record.sha256 = Some(monitor::sd::model::sha256_hex(bytes));
+    match monitor::stage_data::StoredStages::parse(bytes.to_vec(), &record, Path::new("stages.npy"))
+    {
+        Ok(s) => {
+            for t in &record.tensors {
+                let (shape, values) = s.get(&t.stage).expect("a listed tensor");
+                assert_eq!(values.len(), shape.iter().product::<usize>());
+                let _ = (s.array3(&t.stage), s.array4(&t.stage));
+            }
+            let _ = s.step_latents();
+        }
+        Err(e) => assert!(!e.contains('\n'), "{e}"),
+    }
+}
+
+/// A generation service's answer: an A1111 txt2img JSON document (base64 image, `info` as a JSON
+/// string), the image it carries, and the same bytes as a request template.
+pub fn service_answer(data: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    match monitor::service::parse_a1111_answer(&v) {
+        Ok((png, _info)) => {
+            if let Err(e) = monitor::service::decode_png(&png) {
+                assert!(!e.contains('\n'), "{e}");
+            }
+        }
+        Err(e) => assert!(!e.contains('\n'), "{e}"),
+    }
+    let _ = monitor::service::placeholders(&v);
+    let req = monitor::service::ServiceRequest {
+        prompt: "a \"fox\"".into(),
+        negative_prompt: String::new(),
+        seed: 1,
+        steps: 2,
+        cfg: 7.5,
+        width: 64,
+        height: 64,
+        scheduler: SchedulerKind::Pndm,
+        karras: false,
+    };
+    let _ = monitor::service::fill(&v, &req, "PLMS");
+}

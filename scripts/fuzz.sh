@@ -3,7 +3,8 @@
 # target at a time, one process, and prints one summary line per target.
 #
 # Usage: scripts/fuzz.sh [TARGET|all] [SECONDS]     (defaults: all, 60)
-#   TARGET: npy png scheduler_config tokenizer config generation onnx_graph journal snapshot
+#   TARGET: npy png scheduler_config tokenizer config generation onnx_graph journal snapshot stages
+#           service_answer
 # Output: one line per target: seconds actually run (less than SECONDS when it stopped on a
 # crash), executions, libFuzzer's last cov/ft/corp (corpus entries in use), files in the corpus
 # folder, and the crash/hang/oom inputs saved by this run.
@@ -19,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all_targets=(npy png scheduler_config tokenizer config generation onnx_graph journal snapshot)
+all_targets=(npy png scheduler_config tokenizer config generation onnx_graph journal snapshot stages service_answer)
 which="${1:-all}"
 seconds="${2:-60}"
 timeout_s="${FUZZ_TIMEOUT:-10}"

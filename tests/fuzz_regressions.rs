@@ -93,6 +93,16 @@ fn snapshot() {
     each("snapshot", targets::snapshot);
 }
 
+#[test]
+fn stages() {
+    each("stages", targets::stages);
+}
+
+#[test]
+fn service_answer() {
+    each("service_answer", targets::service_answer);
+}
+
 /// The seeds meant to be valid stay valid, so the fuzzers start from inputs that get deep.
 #[test]
 fn valid_seeds_load() {

@@ -41,8 +41,14 @@ pub async fn generate(
         "send_images": true,
         "save_images": false,
     });
-    const PATH: &str = "/sdapi/v1/txt2img";
     let v = client.send_json(Method::POST, PATH, Some(&body)).await?;
+    parse_answer(&v)
+}
+
+const PATH: &str = "/sdapi/v1/txt2img";
+
+/// The PNG bytes and facts of a txt2img answer (the image is not decoded here).
+pub fn parse_answer(v: &Value) -> Result<Output, String> {
     let first = v
         .get("images")
         .and_then(Value::as_array)
@@ -50,7 +56,7 @@ pub async fn generate(
         .and_then(Value::as_str)
         .ok_or_else(|| format!("{PATH}: the answer has no images[0] string"))?;
     let png = super::base64_decode(first).map_err(|e| format!("{PATH}: images[0]: {e}"))?;
-    Ok((png, info_of(&v)))
+    Ok((png, info_of(v)))
 }
 
 /// The facts in `info`, which A1111 sends as a JSON string (some forks as an object).

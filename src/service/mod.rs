@@ -27,6 +27,7 @@ use crate::sd::image::RgbImage;
 use crate::sd::scheduler::SchedulerKind;
 use crate::secret::{Secret, SecretSource};
 
+pub use a1111::parse_answer as parse_a1111_answer;
 pub use template::{fill, placeholders, PLACEHOLDERS};
 
 /// Which API the service speaks.
