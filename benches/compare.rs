@@ -72,15 +72,14 @@ fn main() {
     let md = monitor::generation::Metadata::from_value(&serde_json::json!({"onnxruntime": {"version": "1.31.1"}, "execution_provider": {"execution_provider": "cpu"}}))
         .expect("metadata");
     let base = Outputs {
-        latents: &base_lat,
-        latent_shape: &SHAPE,
+        latents: Some((&base_lat, &SHAPE)),
         image: &baseline_img,
         model_files: &files,
         metadata: &md,
+        stages: None,
     };
     let run = Outputs {
-        latents: &run_lat,
-        latent_shape: &SHAPE,
+        latents: Some((&run_lat, &SHAPE)),
         image: &run_img,
         ..base
     };

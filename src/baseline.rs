@@ -49,7 +49,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::generation::{
-    self, latent_hw, BaselineRecord, GenerationError, GenerationFiles, Metadata,
+    self, latent_hw, BaselineRecord, GenerationError, GenerationFiles, Latents, Metadata,
 };
 use crate::sd::image::RgbImage;
 use crate::sd::model::sha256_hex;
@@ -192,11 +192,9 @@ pub struct Baseline {
     pub version: u32,
     /// Its folder.
     pub dir: PathBuf,
-    /// Latents, C order.
-    pub latents: Vec<f32>,
-    /// `[1, 4, h, w]`.
-    pub shape: Vec<usize>,
-    /// The decoded image, `(8w) x (8h)`.
+    /// Final latents (`None`: an image-only version, a generation service's answer).
+    pub latents: Option<Latents>,
+    /// The image (`(8w) x (8h)` of the latents, when there are some).
     pub image: RgbImage,
     /// The whole `metadata.json`, `baseline` block included.
     pub metadata: Metadata,
@@ -207,11 +205,10 @@ pub struct Baseline {
 /// A new baseline to write.
 #[derive(Debug, Clone)]
 pub struct NewBaseline<'a> {
-    /// Latents, C order.
-    pub latents: &'a [f32],
-    /// `[1, 4, h, w]`.
-    pub shape: &'a [usize],
-    /// Image, `(8w) x (8h)`.
+    /// Final latents (`None`: image-only, for a generation service's answer, whose metadata
+    /// must then have a `service` block).
+    pub latents: Option<&'a Latents>,
+    /// Image, `(8w) x (8h)` of the latents when there are some.
     pub image: &'a RgbImage,
     /// The run's metadata; a `baseline` block is added (replacing any present).
     pub metadata: Metadata,
@@ -350,7 +347,8 @@ fn not_a_folder(path: &Path) -> Option<&'static str> {
 /// A version's files encoded and ready to be written.
 struct Encoded {
     case: String,
-    npy: Vec<u8>,
+    /// latents.npy (`None`: an image-only version).
+    npy: Option<Vec<u8>>,
     png: Vec<u8>,
     stages: Option<Vec<u8>>,
     image_rgb_sha256: String,
@@ -394,6 +392,19 @@ pub const JOURNAL_FILE: &str = ".journal.json";
 #[derive(Debug)]
 pub struct ReadLock {
     _file: Option<File>,
+}
+
+impl Baseline {
+    /// What a comparison reads of this version.
+    pub fn outputs(&self) -> crate::compare::Outputs<'_> {
+        crate::compare::Outputs {
+            latents: self.latents.as_ref().map(Latents::view),
+            image: &self.image,
+            model_files: self.metadata.model_files(),
+            metadata: &self.metadata,
+            stages: self.stages.as_ref(),
+        }
+    }
 }
 
 impl BaselineStore {
@@ -551,7 +562,6 @@ impl BaselineStore {
         }
         let GenerationFiles {
             latents,
-            shape,
             image,
             metadata,
             stages,
@@ -560,7 +570,6 @@ impl BaselineStore {
             version,
             dir,
             latents,
-            shape,
             image,
             metadata,
             stages,
@@ -617,7 +626,10 @@ impl BaselineStore {
         let old = self.load(case, version)?;
         let lat = old.dir.join(LATENTS_FILE);
         let img = old.dir.join(IMAGE_FILE);
-        let npy = fs::read(&lat).map_err(read_err(&lat))?;
+        let npy = match old.latents {
+            Some(_) => Some(fs::read(&lat).map_err(read_err(&lat))?),
+            None => None,
+        };
         let png = fs::read(&img).map_err(read_err(&img))?;
         let written = self.commit(vec![Encoded {
             case: case.to_string(),
@@ -878,7 +890,7 @@ impl BaselineStore {
             who: Some(it.who.clone()),
             why: Some(it.why.clone()),
             restored_from: it.restored_from,
-            latents_npy_sha256: Some(sha256_hex(&it.npy)),
+            latents_npy_sha256: it.npy.as_deref().map(sha256_hex),
             image_rgb_sha256: Some(it.image_rgb_sha256.clone()),
             extra: Default::default(),
         });
@@ -897,11 +909,15 @@ impl BaselineStore {
             if let Some(bytes) = &it.stages {
                 self.write_file(&it.case, &tmp.join(STAGES_FILE), STAGES_FILE, bytes)?;
             }
-            for (name, bytes) in generation::FILES
-                .into_iter()
-                .zip([&it.npy, &it.png, &meta_bytes])
-            {
-                self.write_file(&it.case, &tmp.join(name), name, bytes)?;
+            let files = [
+                (LATENTS_FILE, it.npy.as_ref()),
+                (IMAGE_FILE, Some(&it.png)),
+                (METADATA_FILE, Some(&meta_bytes)),
+            ];
+            for (name, bytes) in files {
+                if let Some(bytes) = bytes {
+                    self.write_file(&it.case, &tmp.join(name), name, bytes)?;
+                }
             }
             fsync_dir(&tmp).map_err(write_err(&tmp, "syncing temp folder"))
         })();
@@ -980,26 +996,36 @@ fn encode(case: &str, new: &NewBaseline<'_>) -> Result<Encoded> {
         reason,
     };
     validate_case(case)?;
-    let Some((h, w)) = latent_hw(new.shape) else {
-        return Err(invalid(format!(
-            "latents shape {:?} is not [1, 4, h, w]",
-            new.shape
-        )));
-    };
-    if new.image.width as usize != w * 8 || new.image.height as usize != h * 8 {
-        return Err(invalid(format!(
-            "image is {}x{} but the latents ({w}x{h}) need {}x{}",
-            new.image.width,
-            new.image.height,
-            w * 8,
-            h * 8
-        )));
-    }
-    let non_finite = new.latents.iter().filter(|v| !v.is_finite()).count();
-    if non_finite > 0 {
-        return Err(invalid(format!(
-            "latents contain {non_finite} NaN/inf values; a baseline must be finite"
-        )));
+    match new.latents {
+        Some(latents) => {
+            let Some((h, w)) = latent_hw(&latents.shape) else {
+                return Err(invalid(format!(
+                    "latents shape {:?} is not [1, 4, h, w]",
+                    latents.shape
+                )));
+            };
+            if new.image.width as usize != w * 8 || new.image.height as usize != h * 8 {
+                return Err(invalid(format!(
+                    "image is {}x{} but the latents ({w}x{h}) need {}x{}",
+                    new.image.width,
+                    new.image.height,
+                    w * 8,
+                    h * 8
+                )));
+            }
+            let non_finite = latents.values.iter().filter(|v| !v.is_finite()).count();
+            if non_finite > 0 {
+                return Err(invalid(format!(
+                    "latents contain {non_finite} NaN/inf values; a baseline must be finite"
+                )));
+            }
+        }
+        None if !new.metadata.is_image_only() => {
+            return Err(invalid(
+                "no latents, and the metadata has no service block (only a generation service's answer is image-only)".into(),
+            ));
+        }
+        None => {}
     }
     let want_len = new.image.width as usize * new.image.height as usize * 3;
     if new.image.pixels.len() != want_len {
@@ -1019,8 +1045,13 @@ fn encode(case: &str, new: &NewBaseline<'_>) -> Result<Encoded> {
         file,
         reason,
     };
-    let npy_bytes = generation::encode_latents(new.shape, new.latents)
-        .map_err(|e| encode_err(LATENTS_FILE, e.to_string()))?;
+    let npy_bytes = match new.latents {
+        Some(l) => Some(
+            generation::encode_latents(&l.shape, &l.values)
+                .map_err(|e| encode_err(LATENTS_FILE, e.to_string()))?,
+        ),
+        None => None,
+    };
     let png = new
         .image
         .to_png()

@@ -108,6 +108,8 @@ impl CaseSpec {
                 .noise_file
                 .as_ref()
                 .map(|p| p.to_string_lossy().into_owned()),
+            target: None,
+            sampler: None,
             extra: Default::default(),
         }
     }

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::baseline::{Baseline, BaselineStore};
 use crate::case::{pretty_json, CaseSpec};
-use crate::compare::{self, CompareReport, Outputs, Thresholds, Verdict};
+use crate::compare::{self, CompareReport, Thresholds, Verdict};
 use crate::config::{Case, Config};
 use crate::fingerprint::Environment;
 use crate::fsutil::atomic_write;
@@ -568,23 +568,7 @@ pub fn compare_with(
     baseline: &Baseline,
     thresholds: &Thresholds,
 ) -> (CompareReport, Option<compare::DiffHeatmap>) {
-    let a = Outputs {
-        latents: &run.latents,
-        latent_shape: &run.shape,
-        image: &run.image,
-        model_files: run.metadata.model_files(),
-        metadata: &run.metadata,
-        stages: run.stages.as_ref(),
-    };
-    let b = Outputs {
-        latents: &baseline.latents,
-        latent_shape: &baseline.shape,
-        image: &baseline.image,
-        model_files: baseline.metadata.model_files(),
-        metadata: &baseline.metadata,
-        stages: baseline.stages.as_ref(),
-    };
-    compare::compare(&a, &b, thresholds)
+    compare::compare(&run.outputs(), &baseline.outputs(), thresholds)
 }
 
 /// The first parameter where a case differs from what its baseline was made with, if any.

@@ -22,6 +22,9 @@ use crate::sd::image::RgbImage;
 /// Why two outputs could not be compared at all.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CompareError {
+    /// One side is an image-only generation (a service's answer): there are no latents to compare.
+    #[error("no latents to compare (an image-only generation)")]
+    NoLatents,
     /// The latent tensors have different shapes.
     #[error("latent shapes differ: run {run:?} vs baseline {baseline:?}")]
     LatentShape {
@@ -662,16 +665,17 @@ impl Classification {
     }
 }
 
-/// The metrics of a completed comparison, or why there are none.
-pub type MetricsOrError<'a> = Result<(&'a LatentMetrics, &'a ImageMetrics), &'a str>;
+/// The metrics of a completed comparison (no latent metrics for image-only generations), or why
+/// there are none.
+pub type MetricsOrError<'a> = Result<(Option<&'a LatentMetrics>, &'a ImageMetrics), &'a str>;
 
 /// Decides the verdict. Precedence, first match wins:
 /// 1. `metrics` is an error → `error`;
-/// 2. NaN or ±inf in the run's latents → `error`: the pipeline did not produce an image to judge
+/// 2. NaN or ±inf in the run's latents (when it has some) → `error`: the pipeline did not produce an image to judge
 ///    (a broken scheduler config, an overflowing fp16 model), which is a fault to fix, not drift;
 /// 3. any model file added, removed or changed → `model_changed` (a new model is expected to give
 ///    new outputs, so it is never reported as drift, whatever the metrics say);
-/// 4. latent bytes and image bytes identical → `identical`;
+/// 4. latent bytes (when compared) and image pixels identical → `identical`;
 /// 5. every threshold met → `within_tolerance`;
 /// 6. otherwise `drift`, listing each failed threshold.
 pub fn classify(
@@ -689,12 +693,12 @@ pub fn classify(
             }
         }
     };
-    if latents.run_non_finite > 0 {
+    if let Some(l) = latents.filter(|l| l.run_non_finite > 0) {
         return Classification {
             error: Some(format!(
                 "the run's latents contain {} NaN/inf values (of {}): the pipeline produced no valid output",
-                latents.run_non_finite,
-                latents.shape.iter().product::<usize>()
+                l.run_non_finite,
+                l.shape.iter().product::<usize>()
             )),
             failures: threshold_failures(latents, image, thresholds),
             ..Classification::plain(Verdict::Error)
@@ -708,7 +712,7 @@ pub fn classify(
         };
     }
     let failures = threshold_failures(latents, image, thresholds);
-    if latents.identical && image.identical {
+    if latents.is_none_or(|l| l.identical) && image.identical {
         return Classification::plain(Verdict::Identical);
     }
     if failures.is_empty() {
@@ -736,13 +740,24 @@ pub fn model_changes(
         .collect()
 }
 
-/// Every failed threshold. A NaN metric is incomparable, so it fails every check.
+/// Every failed threshold (the latent ones only where latents were compared). A NaN metric is
+/// incomparable, so it fails every check.
 pub fn threshold_failures(
-    latents: &LatentMetrics,
+    latents: Option<&LatentMetrics>,
     image: &ImageMetrics,
     t: &Thresholds,
 ) -> Vec<ThresholdFailure> {
     let mut out = Vec::new();
+    if let Some(latents) = latents {
+        latent_failures(latents, t, &mut out);
+    }
+    if !at_least(image.ssim, t.ssim_min) {
+        out.push(below("ssim_min", "image SSIM", image.ssim, t.ssim_min));
+    }
+    out
+}
+
+fn latent_failures(latents: &LatentMetrics, t: &Thresholds, out: &mut Vec<ThresholdFailure>) {
     if latents.run_non_finite > 0 {
         out.push(ThresholdFailure {
             check: "latent_non_finite",
@@ -775,10 +790,6 @@ pub fn threshold_failures(
             t.latent_cosine_min,
         ));
     }
-    if !at_least(image.ssim, t.ssim_min) {
-        out.push(below("ssim_min", "image SSIM", image.ssim, t.ssim_min));
-    }
-    out
 }
 
 /// `value <= limit`, false when either is NaN.
@@ -919,10 +930,9 @@ fn lookup<'a>(doc: &'a serde_json::Value, dotted: &str) -> Option<&'a serde_json
 /// One side of a comparison: what a run (or the baseline) produced and recorded.
 #[derive(Debug, Clone, Copy)]
 pub struct Outputs<'a> {
-    /// Final latents, flat row-major.
-    pub latents: &'a [f32],
-    /// Their shape, e.g. `[1, 4, 64, 64]`.
-    pub latent_shape: &'a [usize],
+    /// Final latents, flat row-major, and their shape (e.g. `[1, 4, 64, 64]`); `None` for an
+    /// image-only generation (a service's answer).
+    pub latents: Option<(&'a [f32], &'a [usize])>,
     /// The decoded image.
     pub image: &'a RgbImage,
     /// sha256 of every model file, keyed by relative path (`metadata.model.files_sha256`).
@@ -950,7 +960,9 @@ impl<'a> Outputs<'a> {
         crate::stage_data::Side {
             stages: self.stages,
             metadata: self.metadata,
-            latents: self.latents,
+            // Stage divergence is only measured from stage hashes, which image-only
+            // generations do not have.
+            latents: self.latents.map_or(&[][..], |l| l.0),
             image: self.image,
         }
     }
@@ -1004,7 +1016,7 @@ pub fn compare(
 ) -> (CompareReport, Option<DiffHeatmap>) {
     let measured = measure(run, baseline);
     let metrics: MetricsOrError<'_> = match &measured {
-        Ok((l, i, _)) => Ok((l, i)),
+        Ok((l, i, _)) => Ok((l.as_ref(), i)),
         Err(e) => Err(e.as_str()),
     };
     let mut classification = classify(run.model_files, baseline.model_files, metrics, thresholds);
@@ -1017,7 +1029,7 @@ pub fn compare(
         }
     }
     let (latents, image, heatmap) = match measured {
-        Ok((l, i, h)) => (Some(l), Some(i), h),
+        Ok((l, i, h)) => (l, Some(i), h),
         Err(_) => (None, None, None),
     };
     let first = (classification.verdict != Verdict::Identical)
@@ -1052,16 +1064,26 @@ pub fn compare(
     (report, heatmap)
 }
 
-type Measured = (LatentMetrics, ImageMetrics, Option<DiffHeatmap>);
+type Measured = (Option<LatentMetrics>, ImageMetrics, Option<DiffHeatmap>);
 
 fn measure(run: &Outputs<'_>, baseline: &Outputs<'_>) -> Result<Measured, String> {
-    let l = latent_metrics(
-        run.latents,
-        run.latent_shape,
-        baseline.latents,
-        baseline.latent_shape,
-    )
-    .map_err(|e| e.to_string())?;
+    let l = match (run.latents, baseline.latents) {
+        (Some((r, rs)), Some((b, bs))) => {
+            Some(latent_metrics(r, rs, b, bs).map_err(|e| e.to_string())?)
+        }
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(
+                "the baseline is a generation service's image and the run is the pipeline's".into(),
+            )
+        }
+        (None, Some(_)) => {
+            return Err(
+                "the baseline is the pipeline's output and the run is a generation service's image"
+                    .into(),
+            )
+        }
+    };
     let i = image_metrics(run.image, baseline.image).map_err(|e| e.to_string())?;
     let h = if i.identical {
         None

@@ -315,7 +315,7 @@ pub fn assess(
     for (label, f) in &loaded {
         out.runs.push(RunSummary {
             label: label.clone(),
-            latents_sha256: crate::compare::latent_sha256(&f.latents),
+            latents_sha256: crate::generation::Latents::sha256_of(f.latents.as_ref()),
             image_sha256: f
                 .metadata
                 .outputs
@@ -358,12 +358,12 @@ fn spread(reference: &GenerationFiles, others: &[(String, GenerationFiles)]) -> 
         settings_differ: Vec::new(),
     };
     for (label, f) in others {
-        let lat = crate::compare::latent_metrics(
-            &f.latents,
-            &f.shape,
-            &reference.latents,
-            &reference.shape,
-        );
+        let lat = match (&f.latents, &reference.latents) {
+            (Some(a), Some(b)) => {
+                crate::compare::latent_metrics(&a.values, &a.shape, &b.values, &b.shape)
+            }
+            _ => Err(crate::compare::CompareError::NoLatents),
+        };
         let same_image = f.image == reference.image;
         if same_image && lat.as_ref().is_ok_and(|l| l.identical) {
             continue;

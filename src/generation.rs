@@ -3,6 +3,11 @@
 //! completeness rule. A run's output and a baseline version are both generation folders (a
 //! baseline's metadata carries one more block, [`BaselineRecord`], added by the store).
 //!
+//! A generation service's answer is an *image-only* folder: `image.png` and `metadata.json`
+//! with a `service` block ([`ServiceRecord`]) and no latents, since the service returns only
+//! pixels. The `service` block is what makes a folder image-only; a pipeline folder without
+//! latents is damaged.
+//!
 //! # The metadata format
 //!
 //! [`Metadata`] mirrors, field for field and in the same order, the JSON the monitor has always
@@ -122,6 +127,9 @@ pub struct Metadata {
     /// Memory the worker used (peak RSS; GPU memory on CUDA runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<crate::resources::ResourcesRecord>,
+    /// The generation service that made it (an image-only generation; absent for the pipeline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceRecord>,
     /// Shapes and hashes of the other two files, added by [`write`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<OutputsRecord>,
@@ -153,6 +161,7 @@ impl Default for Metadata {
             stages: None,
             batch: None,
             resources: None,
+            service: None,
             outputs: None,
             baseline: None,
             extra: Extra::new(),
@@ -218,6 +227,12 @@ pub struct ParametersRecord {
     /// The `.npy` of `noise: file` (`null` otherwise).
     #[serde(default)]
     pub noise_file: Option<String>,
+    /// What generated it: `service` (absent: the monitor's pipeline, as in every older file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The sampler name sent to the service (service generations only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampler: Option<String>,
     /// Fields this monitor does not know.
     #[serde(flatten)]
     pub extra: Extra,
@@ -225,8 +240,9 @@ pub struct ParametersRecord {
 
 impl ParametersRecord {
     /// The parameters a baseline must share with a case to be comparable, as JSON values (absent
-    /// ones as `null`), in the order they are checked and reported.
-    pub fn comparable(&self) -> [(&'static str, Value); 10] {
+    /// ones as `null`, an absent target as `pipeline`), in the order they are checked and
+    /// reported.
+    pub fn comparable(&self) -> [(&'static str, Value); 12] {
         fn v<T: Into<Value>>(x: Option<T>) -> Value {
             x.map_or(Value::Null, Into::into)
         }
@@ -241,6 +257,13 @@ impl ParametersRecord {
             ("scheduler", v(self.scheduler.clone())),
             ("karras_sigmas", v(self.karras_sigmas)),
             ("noise", v(self.noise.clone())),
+            (
+                "target",
+                v(Some(
+                    self.target.clone().unwrap_or_else(|| "pipeline".into()),
+                )),
+            ),
+            ("sampler", v(self.sampler.clone())),
         ]
     }
 }
@@ -489,6 +512,28 @@ pub struct ImageRecord {
     pub extra: Extra,
 }
 
+/// `service`: the generation service that answered, and what it said about the generation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    /// Its API: a1111, comfyui, http-json.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Scheme, host and port (no credentials, path or query).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// sha256 of the request template (ComfyUI workflow, http-json body) before filling: an
+    /// edited template changes the outputs without any case parameter changing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_sha256: Option<String>,
+    /// What the service reported, by source (`a1111`: `sd_model_hash`, `version`, …), so a
+    /// swapped model or an upgraded server shows in the environment differences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Map<String, Value>>,
+    /// Fields this monitor does not know.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
 /// `baseline`: the store's record of one version.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BaselineRecord {
@@ -524,8 +569,8 @@ pub struct BaselineRecord {
 /// The sha256s a generation's metadata records for its other two files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedHashes {
-    /// Of latents.npy's bytes.
-    pub latents_npy: String,
+    /// Of latents.npy's bytes (`None`: an image-only generation).
+    pub latents_npy: Option<String>,
     /// Of the image's RGB8 pixels.
     pub image_rgb: String,
 }
@@ -592,8 +637,14 @@ impl Metadata {
             .unwrap_or(&NONE)
     }
 
+    /// True for a generation service's answer: an image, no latents (see the module docs).
+    pub fn is_image_only(&self) -> bool {
+        self.service.is_some()
+    }
+
     /// The hashes to verify the other two files against: the store's `baseline` block, else
-    /// (early baselines, run outputs) the `outputs` block. The error says what is missing.
+    /// (early baselines, run outputs) the `outputs` block. The error says what is missing; only
+    /// an image-only generation may lack the latents' hash.
     pub fn recorded_hashes(&self) -> Result<RecordedHashes, String> {
         let b = self.baseline.as_ref();
         let o = self.outputs.as_ref();
@@ -606,14 +657,19 @@ impl Metadata {
                     format!("no sha256 of {what} recorded (baseline.{key} or outputs.*)")
                 })
         };
+        let latents_npy = pick(
+            b.and_then(|b| b.latents_npy_sha256.as_ref()),
+            o.and_then(|o| o.latents.as_ref())
+                .and_then(|l| l.sha256.as_ref()),
+            "latents_npy_sha256",
+            LATENTS_FILE,
+        );
         Ok(RecordedHashes {
-            latents_npy: pick(
-                b.and_then(|b| b.latents_npy_sha256.as_ref()),
-                o.and_then(|o| o.latents.as_ref())
-                    .and_then(|l| l.sha256.as_ref()),
-                "latents_npy_sha256",
-                LATENTS_FILE,
-            )?,
+            latents_npy: match latents_npy {
+                Ok(h) => Some(h),
+                Err(_) if self.is_image_only() => None,
+                Err(e) => return Err(e),
+            },
             image_rgb: pick(
                 b.and_then(|b| b.image_rgb_sha256.as_ref()),
                 o.and_then(|o| o.image.as_ref())
@@ -731,19 +787,65 @@ fn read_err(path: &Path) -> impl FnOnce(std::io::Error) -> GenerationError + '_ 
     }
 }
 
+/// Final latents as read from `latents.npy`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Latents {
+    /// Values, flat, C order.
+    pub values: Vec<f32>,
+    /// Their shape, `[1, 4, h, w]`.
+    pub shape: Vec<usize>,
+}
+
 /// A generation folder's files, read and verified.
 #[derive(Debug, Clone)]
 pub struct GenerationFiles {
-    /// Final latents, flat.
-    pub latents: Vec<f32>,
-    /// Their shape, `[1, 4, h, w]`.
-    pub shape: Vec<usize>,
-    /// The image, `(8w) x (8h)`.
+    /// Final latents (`None`: an image-only generation, see [`Metadata::is_image_only`]).
+    pub latents: Option<Latents>,
+    /// The image, `(8w) x (8h)` for a pipeline generation.
     pub image: RgbImage,
     /// metadata.json.
     pub metadata: Metadata,
     /// stages.npy, verified, when the metadata lists one.
     pub stages: Option<StoredStages>,
+}
+
+impl Latents {
+    /// Values and shape, as a comparison takes them.
+    pub fn view(&self) -> (&[f32], &[usize]) {
+        (&self.values, &self.shape)
+    }
+
+    /// [`crate::compare::latent_sha256`] of `latents`, or `image only` for a generation without.
+    pub fn sha256_of(latents: Option<&Latents>) -> String {
+        latents.map_or_else(
+            || "image only".to_string(),
+            |l| crate::compare::latent_sha256(&l.values),
+        )
+    }
+}
+
+impl GenerationFiles {
+    /// What a comparison reads of this generation.
+    pub fn outputs(&self) -> crate::compare::Outputs<'_> {
+        crate::compare::Outputs {
+            latents: self.latents.as_ref().map(Latents::view),
+            image: &self.image,
+            model_files: self.metadata.model_files(),
+            metadata: &self.metadata,
+            stages: self.stages.as_ref(),
+        }
+    }
+
+    /// The latents, or an error naming `dir` for an image-only generation (a service's answer)
+    /// where the pipeline's outputs are needed.
+    pub fn pipeline_latents(&self, dir: &Path) -> Result<&Latents, String> {
+        self.latents.as_ref().ok_or_else(|| {
+            format!(
+                "{}: a generation service's image-only output, not the pipeline's (no latents)",
+                dir.display()
+            )
+        })
+    }
 }
 
 /// Checks `shape` is `[1, 4, h, w]` (h, w > 0) and returns `(h, w)`.
@@ -785,40 +887,26 @@ pub fn read(dir: &Path) -> Result<GenerationFiles, GenerationError> {
             path: meta_path.clone(),
             reason,
         })?;
-    let lat_path = dir.join(LATENTS_FILE);
-    let npy_bytes = std::fs::read(&lat_path).map_err(read_err(&lat_path))?;
-    let arr = npy::parse_npy(&npy_bytes, &lat_path)?;
-    let Some((h, w)) = latent_hw(&arr.shape) else {
-        return Err(GenerationError::LatentShape {
-            path: lat_path,
-            shape: arr.shape,
-        });
+    let latents = match &want.latents_npy {
+        Some(hash) => Some(read_latents(&dir.join(LATENTS_FILE), hash)?),
+        None => None,
     };
-    let got = sha256_hex(&npy_bytes);
-    if !got.eq_ignore_ascii_case(&want.latents_npy) {
-        return Err(GenerationError::Damaged {
-            path: lat_path,
-            reason: format!(
-                "sha256 {}… differs from the {}… recorded in {METADATA_FILE}",
-                short(&got),
-                short(&want.latents_npy)
-            ),
-        });
-    }
     let img_path = dir.join(IMAGE_FILE);
     let png = std::fs::read(&img_path).map_err(read_err(&img_path))?;
     let image = RgbImage::from_png(&png).map_err(|e| GenerationError::Png {
         path: img_path.clone(),
         reason: e.to_string(),
     })?;
-    if image.width as usize != w * 8 || image.height as usize != h * 8 {
-        return Err(GenerationError::ImageSize {
-            path: img_path,
-            width: image.width,
-            height: image.height,
-            latent_w: w,
-            latent_h: h,
-        });
+    if let Some((h, w)) = latents.as_ref().and_then(|l| latent_hw(&l.shape)) {
+        if image.width as usize != w * 8 || image.height as usize != h * 8 {
+            return Err(GenerationError::ImageSize {
+                path: img_path,
+                width: image.width,
+                height: image.height,
+                latent_w: w,
+                latent_h: h,
+            });
+        }
     }
     let got = sha256_hex(&image.pixels);
     if !got.eq_ignore_ascii_case(&want.image_rgb) {
@@ -843,11 +931,37 @@ pub fn read(dir: &Path) -> Result<GenerationFiles, GenerationError> {
         None => None,
     };
     Ok(GenerationFiles {
-        latents: arr.data,
-        shape: arr.shape,
+        latents,
         image,
         metadata,
         stages,
+    })
+}
+
+/// Reads `latents.npy`: a float `[1,4,h,w]` array whose bytes have sha256 `want`.
+fn read_latents(lat_path: &Path, want: &str) -> Result<Latents, GenerationError> {
+    let npy_bytes = std::fs::read(lat_path).map_err(read_err(lat_path))?;
+    let arr = npy::parse_npy(&npy_bytes, lat_path)?;
+    if latent_hw(&arr.shape).is_none() {
+        return Err(GenerationError::LatentShape {
+            path: lat_path.to_path_buf(),
+            shape: arr.shape,
+        });
+    }
+    let got = sha256_hex(&npy_bytes);
+    if !got.eq_ignore_ascii_case(want) {
+        return Err(GenerationError::Damaged {
+            path: lat_path.to_path_buf(),
+            reason: format!(
+                "sha256 {}… differs from the {}… recorded in {METADATA_FILE}",
+                short(&got),
+                short(want)
+            ),
+        });
+    }
+    Ok(Latents {
+        values: arr.data,
+        shape: arr.shape,
     })
 }
 
@@ -859,10 +973,11 @@ pub fn encode_latents(shape: &[usize], latents: &[f32]) -> std::io::Result<Vec<u
 }
 
 impl OutputsRecord {
-    /// The record of latents encoded as `npy_bytes` with `shape`, and of `image`.
-    pub fn of(shape: &[usize], npy_bytes: &[u8], image: &RgbImage) -> OutputsRecord {
+    /// The record of latents encoded as `npy_bytes` with `shape` (none: image-only), and of
+    /// `image`.
+    pub fn of(latents: Option<(&[usize], &[u8])>, image: &RgbImage) -> OutputsRecord {
         OutputsRecord {
-            latents: Some(LatentsRecord {
+            latents: latents.map(|(shape, npy_bytes)| LatentsRecord {
                 file: Some(LATENTS_FILE.to_string()),
                 shape: Some(shape.to_vec()),
                 dtype: Some("float32".to_string()),
@@ -899,7 +1014,7 @@ pub fn write(
     let npy_bytes = encode_latents(shape, latents).context("encoding latents.npy")?;
     let png = image.to_png().context("encoding image.png")?;
     let mut metadata = metadata.clone();
-    let mut outputs = OutputsRecord::of(shape, &npy_bytes, image);
+    let mut outputs = OutputsRecord::of(Some((shape, &npy_bytes)), image);
     if let Some(st) = stages {
         let p = dir.join(STAGES_FILE);
         atomic_write(&p, &st.bytes).with_context(|| format!("writing {}", p.display()))?;
@@ -914,17 +1029,42 @@ pub fn write(
     Ok(metadata)
 }
 
-/// Copies the generation folder `from` into the existing folder `to`: its three files, and
+/// Writes an image-only generation folder (a service's answer): `image.png`, then
+/// `metadata.json` with its `outputs` block; `metadata` must carry a `service` block.
+pub fn write_image_only(dir: &Path, image: &RgbImage, metadata: &Metadata) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        metadata.is_image_only(),
+        "an image-only generation needs a service block"
+    );
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating output folder {}", dir.display()))?;
+    let png = image.to_png().context("encoding image.png")?;
+    let mut metadata = metadata.clone();
+    metadata.outputs = Some(OutputsRecord::of(None, image));
+    let json = metadata.to_json().context("encoding metadata.json")?;
+    for (name, bytes) in [(IMAGE_FILE, png), (METADATA_FILE, json)] {
+        let p = dir.join(name);
+        atomic_write(&p, &bytes).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Copies the generation folder `from` into the existing folder `to`: its three files (two for
+/// an image-only generation), and
 /// `stages.npy` when `with_stages` (else the copy's metadata no longer lists one, so that it
 /// stays a complete folder; reports keep the copy without the 2 MB of tensors).
 pub fn copy_folder(from: &Path, to: &Path, with_stages: bool) -> anyhow::Result<()> {
-    for f in [LATENTS_FILE, IMAGE_FILE] {
+    let src = from.join(METADATA_FILE);
+    let mut metadata = read_metadata(&src)?;
+    let files: &[&str] = match metadata.is_image_only() {
+        true => &[IMAGE_FILE],
+        false => &[LATENTS_FILE, IMAGE_FILE],
+    };
+    for f in files {
         let (src, dst) = (from.join(f), to.join(f));
         std::fs::copy(&src, &dst)
             .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
     }
-    let src = from.join(METADATA_FILE);
-    let mut metadata = read_metadata(&src)?;
     let listed = metadata
         .outputs
         .as_ref()
@@ -1018,7 +1158,7 @@ mod tests {
         }))
         .unwrap();
         let h = m.recorded_hashes().unwrap();
-        assert_eq!((h.latents_npy, h.image_rgb), (c, b));
+        assert_eq!((h.latents_npy, h.image_rgb), (Some(c), b));
         let e = Metadata::default().recorded_hashes().unwrap_err();
         assert!(e.contains("baseline.latents_npy_sha256"), "{e}");
     }

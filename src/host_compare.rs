@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::baseline::Baseline;
 use crate::check::CheckStatus;
-use crate::compare::{self, Outputs, Thresholds, Verdict};
+use crate::compare::{self, Thresholds, Verdict};
+use crate::generation::Latents;
 use crate::snapshot::Snapshot;
 
 /// One host: where it came from and what it is.
@@ -132,12 +133,12 @@ pub fn compare_hosts(
                 },
                 (0, Some(b), _) => Cell {
                     status: "reference".into(),
-                    latents_sha256: Some(short(&compare::latent_sha256(&b.latents))),
+                    latents_sha256: Some(short(&Latents::sha256_of(b.latents.as_ref()))),
                     ..empty()
                 },
                 (_, Some(b), None) => Cell {
                     status: "error".into(),
-                    latents_sha256: Some(short(&compare::latent_sha256(&b.latents))),
+                    latents_sha256: Some(short(&Latents::sha256_of(b.latents.as_ref()))),
                     error: Some(format!("no reference: case {name} is missing from host A")),
                     ..empty()
                 },
@@ -238,7 +239,7 @@ fn compare_case(
     reference: &Baseline,
     thresholds: &Thresholds,
 ) -> (Cell, Vec<String>) {
-    let sha = Some(short(&compare::latent_sha256(&host.latents)));
+    let sha = Some(short(&Latents::sha256_of(host.latents.as_ref())));
     if let Some(diff) = parameter_difference(host, reference) {
         return (
             Cell {
@@ -252,8 +253,7 @@ fn compare_case(
             Vec::new(),
         );
     }
-    let a = outputs(host);
-    let b = outputs(reference);
+    let (a, b) = (host.outputs(), reference.outputs());
     let (report, _) = compare::compare(&a, &b, thresholds);
     let verdict = report.classification.verdict;
     let mut diffs: Vec<String> = report
@@ -283,17 +283,6 @@ fn compare_case(
 fn describe_model_change(m: &compare::ModelFileChange) -> String {
     let show = |v: &Option<String>| v.as_deref().map_or("(absent)".to_string(), short);
     format!("{}: {} → {}", m.file, show(&m.baseline), show(&m.run))
-}
-
-fn outputs(b: &Baseline) -> Outputs<'_> {
-    Outputs {
-        latents: &b.latents,
-        latent_shape: &b.shape,
-        image: &b.image,
-        model_files: b.metadata.model_files(),
-        metadata: &b.metadata,
-        stages: b.stages.as_ref(),
-    }
 }
 
 /// The first generation parameter that differs between two hosts' outputs of a case (`b` the

@@ -243,13 +243,13 @@ fn run(
             let replayed = crate::stage_data::Side {
                 stages: run.stages.as_ref(),
                 metadata: &run.metadata,
-                latents: &run.latents,
+                latents: run.latents.as_ref().map_or(&[][..], |l| &l.values),
                 image: &run.image,
             };
             let base = crate::stage_data::Side {
                 stages: b.stages.as_ref(),
                 metadata: &b.metadata,
-                latents: &b.latents,
+                latents: b.latents.as_ref().map_or(&[][..], |l| &l.values),
                 image: &b.image,
             };
             q.divergence = Some(crate::stage_data::divergence(

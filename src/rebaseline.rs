@@ -65,7 +65,12 @@ pub fn propose(
                         continue;
                     }
                 };
-                let non_finite = files.latents.iter().filter(|v| !v.is_finite()).count();
+                let non_finite = files
+                    .latents
+                    .iter()
+                    .flat_map(|l| &l.values)
+                    .filter(|v| !v.is_finite())
+                    .count();
                 if non_finite > 0 {
                     p.error = Some(format!(
                         "the generated latents contain {non_finite} NaN/inf values; refusing to accept them as a baseline (check the model and its scheduler config)"
@@ -204,7 +209,7 @@ pub fn accept(
                 .map_or(Verdict::New, |r| r.classification.verdict);
             CaseResult {
                 baseline_version: Some(i64::from(*version)),
-                latents_sha256: Some(latents_sha256.clone()),
+                latents_sha256: latents_sha256.clone(),
                 reasons: Some(
                     json!({"reason": why, "who": who, "replaces": p.and_then(|p| p.previous)}),
                 ),
@@ -236,7 +241,7 @@ fn write_all(
     proposals: &[Proposal],
     who: &str,
     why: &str,
-) -> Result<Vec<(String, u32, String)>> {
+) -> Result<Vec<(String, u32, Option<String>)>> {
     let mut outputs = Vec::new();
     for p in proposals {
         let dir = p
@@ -251,8 +256,7 @@ fn write_all(
             (
                 *name,
                 NewBaseline {
-                    latents: &files.latents,
-                    shape: &files.shape,
+                    latents: files.latents.as_ref(),
                     image: &files.image,
                     metadata: files.metadata.clone(),
                     stages: files.stages.as_ref(),
@@ -268,7 +272,11 @@ fn write_all(
         .into_iter()
         .zip(&outputs)
         .map(|((name, version), (_, files))| {
-            (name, version, crate::compare::latent_sha256(&files.latents))
+            let sha = files
+                .latents
+                .as_ref()
+                .map(|l| crate::compare::latent_sha256(&l.values));
+            (name, version, sha)
         })
         .collect())
 }

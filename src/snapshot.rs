@@ -416,7 +416,6 @@ fn baseline_of(files: GenerationFiles, dir: PathBuf, version: u32) -> Baseline {
         version,
         dir,
         latents: files.latents,
-        shape: files.shape,
         image: files.image,
         metadata: files.metadata,
         stages: files.stages,

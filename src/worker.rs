@@ -735,14 +735,15 @@ impl Reference {
     fn read(dir: &Path) -> Result<Reference> {
         let files = crate::generation::read(dir)
             .with_context(|| format!("reading the baseline in {}", dir.display()))?;
-        let [n, c, h, w] = files.shape[..] else {
+        let final_latents = files.pipeline_latents(dir).map_err(anyhow::Error::msg)?;
+        let [n, c, h, w] = final_latents.shape[..] else {
             anyhow::bail!(
                 "{}: latents shape {:?} is not [1, 4, h, w]",
                 dir.display(),
-                files.shape
+                final_latents.shape
             );
         };
-        let latents = ndarray::Array4::from_shape_vec((n, c, h, w), files.latents)
+        let latents = ndarray::Array4::from_shape_vec((n, c, h, w), final_latents.values.clone())
             .with_context(|| format!("{}: latents", dir.display()))?;
         let tokens = files.metadata.tokens.as_ref();
         let stages = files.stages.as_ref();

@@ -12,7 +12,7 @@ use common::Lcg;
 use monitor::baseline::{
     BaselineError, BaselineStore, NewBaseline, IMAGE_FILE, LATENTS_FILE, METADATA_FILE,
 };
-use monitor::generation::{BaselineRecord, Metadata};
+use monitor::generation::{BaselineRecord, Latents, Metadata};
 use monitor::sd::image::RgbImage;
 use monitor::sd::npy::write_npy_f32;
 use serde_json::json;
@@ -37,6 +37,14 @@ fn data(k: u32, h: usize, w: usize) -> (Vec<f32>, Vec<usize>, RgbImage) {
     )
 }
 
+/// Latents as the store takes them.
+fn lat(values: &[f32], shape: &[usize]) -> Latents {
+    Latents {
+        values: values.to_vec(),
+        shape: shape.to_vec(),
+    }
+}
+
 /// Metadata as the store sees it: any object, read as a generation's metadata.
 fn metadata(v: serde_json::Value) -> Metadata {
     Metadata::from_value(&v).unwrap()
@@ -52,8 +60,7 @@ fn write(store: &BaselineStore, case: &str, k: u32) -> Result<u32, BaselineError
     store.write(
         case,
         &NewBaseline {
-            latents: &latents,
-            shape: &shape,
+            latents: Some(&lat(&latents, &shape)),
             image: &image,
             metadata: metadata(
                 json!({"parameters": {"seed": k, "prompt": "a fox"}, "onnxruntime": {"version": "1.31.1"}}),
@@ -105,9 +112,10 @@ fn write_current_load_round_trip() {
     let b = store.current("fox").unwrap().unwrap();
     assert_eq!(b.version, 1);
     assert_eq!(b.dir, d.path().join("baselines/fox/v0001"));
-    assert_eq!(b.shape, shape);
+    let got = b.latents.as_ref().unwrap();
+    assert_eq!(got.shape, shape);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    assert_eq!(bits(&b.latents), bits(&latents));
+    assert_eq!(bits(&got.values), bits(&latents));
     assert_eq!(b.image, image);
     // Files on disk are exactly what the encoders produce.
     let mut npy = Vec::new();
@@ -430,14 +438,15 @@ fn write_batch(
     store: &BaselineStore,
     items: &[(String, Vec<f32>, Vec<usize>, RgbImage)],
 ) -> Result<Vec<(String, u32)>, BaselineError> {
+    let latents: Vec<Latents> = items.iter().map(|(_, l, s, _)| lat(l, s)).collect();
     let batch: Vec<(&str, NewBaseline<'_>)> = items
         .iter()
-        .map(|(c, l, s, i)| {
+        .zip(&latents)
+        .map(|((c, _, _, i), l)| {
             (
                 c.as_str(),
                 NewBaseline {
-                    latents: l,
-                    shape: s,
+                    latents: Some(l),
                     image: i,
                     metadata: metadata(json!({"parameters": {"prompt": c}})),
                     stages: None,
@@ -574,33 +583,41 @@ fn invalid_new_baselines_write_nothing() {
         height: 8,
         pixels: vec![0; 8 * 8 * 3],
     };
-    let nb = |latents, shape, image, metadata| NewBaseline {
-        latents,
-        shape,
-        image,
-        metadata,
-        stages: None,
-        who: "t".into(),
-        why: "t".into(),
-        restored_from: None,
-    };
+    fn nb<'a>(latents: &'a Latents, image: &'a RgbImage, metadata: Metadata) -> NewBaseline<'a> {
+        NewBaseline {
+            latents: Some(latents),
+            image,
+            metadata,
+            stages: None,
+            who: "t".into(),
+            why: "t".into(),
+            restored_from: None,
+        }
+    }
+    let good = lat(&latents, &shape);
+    let three_d = lat(&latents, &[1, 4, 2]);
+    let too_few = lat(&latents[1..], &shape);
     // (Metadata that is not a JSON object can no longer be handed to the store: it is typed.)
     let cases = [
         (
-            nb(&latents, &shape, &short, Metadata::default()),
+            nb(&good, &short, Metadata::default()),
             "cannot encode image.png",
         ),
+        (nb(&good, &wrong_size, Metadata::default()), "need 24x16"),
         (
-            nb(&latents, &shape, &wrong_size, Metadata::default()),
-            "need 24x16",
-        ),
-        (
-            nb(&latents, &[1, 4, 2], &image, Metadata::default()),
+            nb(&three_d, &image, Metadata::default()),
             "not [1, 4, h, w]",
         ),
         (
-            nb(&latents[1..], &shape, &image, Metadata::default()),
+            nb(&too_few, &image, Metadata::default()),
             "cannot encode latents.npy",
+        ),
+        (
+            NewBaseline {
+                latents: None,
+                ..nb(&good, &image, Metadata::default())
+            },
+            "no latents, and the metadata has no service block",
         ),
     ];
     for (new, expect) in cases {
@@ -785,7 +802,7 @@ fn kill_9_during_writes_leaves_only_complete_baselines() {
         let b = store
             .load("crash", v)
             .unwrap_or_else(|e| panic!("v{v:04} incomplete after kill: {e}"));
-        assert_eq!(b.shape, [1, 4, 16, 16]);
+        assert_eq!(b.latents.as_ref().unwrap().shape, [1, 4, 16, 16]);
         assert_eq!((b.image.width, b.image.height), (128, 128));
         assert_eq!(block(&b.metadata).version, Some(v));
     };

@@ -217,13 +217,18 @@ fn nan_in_run_is_error_with_metrics_reported() {
         latent_cosine_min: -1.0,
         ssim_min: -1.0,
     };
-    let c = classify(&BTreeMap::new(), &BTreeMap::new(), Ok((&m, &im)), &loose);
+    let c = classify(
+        &BTreeMap::new(),
+        &BTreeMap::new(),
+        Ok((Some(&m), &im)),
+        &loose,
+    );
     assert_eq!(c.verdict, Verdict::Error);
     let msg = c.error.as_deref().unwrap_or_default();
     assert!(msg.contains("1 NaN/inf values (of 256)"), "{msg}");
     // Even a changed model does not hide it: the run produced nothing to judge.
     let changed = BTreeMap::from([("unet/model.onnx".to_string(), "a".repeat(64))]);
-    let c2 = classify(&changed, &BTreeMap::new(), Ok((&m, &im)), &loose);
+    let c2 = classify(&changed, &BTreeMap::new(), Ok((Some(&m), &im)), &loose);
     assert_eq!(c2.verdict, Verdict::Error);
     let checks: Vec<_> = c.failures.iter().map(|f| f.check).collect();
     assert_eq!(
@@ -246,7 +251,7 @@ fn nan_in_both_is_error_not_identical() {
     let c = classify(
         &BTreeMap::new(),
         &BTreeMap::new(),
-        Ok((&m, &im)),
+        Ok((Some(&m), &im)),
         &Thresholds::default(),
     );
     assert_eq!(c.verdict, Verdict::Error);
@@ -557,7 +562,7 @@ fn verdict(
     base: &BTreeMap<String, String>,
     t: &Thresholds,
 ) -> Classification {
-    classify(run, base, Ok((&c.latents, &c.image)), t)
+    classify(run, base, Ok((Some(&c.latents), &c.image)), t)
 }
 
 #[test]
@@ -864,8 +869,7 @@ fn compare_bundles_everything_and_returns_heatmap_only_when_images_differ() {
     let files = models(&[("unet/model.onnx", "u")]);
     let md = typed(meta("1.31.1", ep(), None));
     let side = Outputs {
-        latents: &lat,
-        latent_shape: &SHAPE,
+        latents: Some((&lat, &SHAPE)),
         image: &img,
         model_files: &files,
         metadata: &md,
@@ -901,15 +905,14 @@ fn compare_shape_mismatch_is_error_unless_the_model_changed() {
     let files = models(&[("unet/model.onnx", "u")]);
     let md = Metadata::default();
     let base = Outputs {
-        latents: &lat,
-        latent_shape: &SHAPE,
+        latents: Some((&lat, &SHAPE)),
         image: &img,
         model_files: &files,
         metadata: &md,
         stages: None,
     };
     let run = Outputs {
-        latent_shape: &[1, 4, 4, 16],
+        latents: Some((&lat, &[1, 4, 4, 16])),
         ..base
     };
     let (r, _) = compare(&run, &base, &Thresholds::default());

@@ -63,15 +63,15 @@ fn lighthouse() -> CaseSpec {
 fn v1_folder_loads_with_every_field_typed_and_verifies() {
     let GenerationFiles {
         latents,
-        shape,
         image,
         metadata: m,
         stages,
     } = generation::read(&v1()).unwrap();
     // Written before stage tensors: none listed, none read.
     assert!(stages.is_none());
-    assert_eq!(shape, [1, 4, 12, 8]);
-    assert_eq!(latents.len(), 4 * 12 * 8);
+    let latents = latents.expect("a pipeline generation has latents");
+    assert_eq!(latents.shape, [1, 4, 12, 8]);
+    assert_eq!(latents.values.len(), 4 * 12 * 8);
     assert_eq!((image.width, image.height), (64, 96));
 
     assert_eq!(m.metadata_version, 1);
@@ -312,8 +312,8 @@ fn writing_then_reading_round_trips_the_metadata() {
     assert!(!generation::is_complete(&dir));
     let written = generation::write(
         &dir,
-        &fixture.latents,
-        &fixture.shape,
+        &fixture.latents.as_ref().unwrap().values,
+        &fixture.latents.as_ref().unwrap().shape,
         &fixture.image,
         None,
         &run,
@@ -342,8 +342,7 @@ fn writing_then_reading_round_trips_the_metadata() {
         .write(
             "lighthouse",
             &NewBaseline {
-                latents: &back.latents,
-                shape: &back.shape,
+                latents: back.latents.as_ref(),
                 image: &back.image,
                 metadata: back.metadata.clone(),
                 stages: None,
@@ -456,7 +455,8 @@ fn stage_tensors_are_written_verified_kept_by_the_store_and_restored() {
     use monitor::stage_data::{StoredStages, STAGES_FILE};
     use ndarray::{Array3, Array4};
     let fixture = generation::read(&v1()).unwrap();
-    let (h, w) = (fixture.shape[2], fixture.shape[3]);
+    let shape = &fixture.latents.as_ref().unwrap().shape;
+    let (h, w) = (shape[2], shape[3]);
     let lat = |k: f32| {
         Array4::from_shape_fn((1, 4, h, w), |(_, c, y, x)| {
             k + (c * 100 + y * 10 + x) as f32
@@ -475,8 +475,8 @@ fn stage_tensors_are_written_verified_kept_by_the_store_and_restored() {
     run.baseline = None;
     generation::write(
         &dir,
-        &fixture.latents,
-        &fixture.shape,
+        &fixture.latents.as_ref().unwrap().values,
+        &fixture.latents.as_ref().unwrap().shape,
         &fixture.image,
         Some(&stages),
         &run,
@@ -495,8 +495,7 @@ fn stage_tensors_are_written_verified_kept_by_the_store_and_restored() {
     // The store keeps the file, verifies it on load and copies it on restore.
     let store = BaselineStore::new(t.path().join("store"));
     let nb = NewBaseline {
-        latents: &back.latents,
-        shape: &back.shape,
+        latents: back.latents.as_ref(),
         image: &back.image,
         metadata: back.metadata.clone(),
         stages: back.stages.as_ref(),

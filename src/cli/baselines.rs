@@ -248,8 +248,15 @@ fn show(a: ShowArgs) -> Result<u8> {
         );
     }
     println!(
-        "outputs:    latents {:?} float32, image {}x{}",
-        b.shape, b.image.width, b.image.height
+        "outputs:    {}, image {}x{}",
+        b.latents
+            .as_ref()
+            .map_or("no latents (a service's image)".to_string(), |l| format!(
+                "latents {:?} float32",
+                l.shape
+            )),
+        b.image.width,
+        b.image.height
     );
     Ok(0)
 }
@@ -275,8 +282,10 @@ fn stress_write(a: StressArgs) -> Result<u8> {
         let v = store.write(
             &a.case,
             &NewBaseline {
-                latents: &latents,
-                shape: &shape,
+                latents: Some(&crate::generation::Latents {
+                    values: latents,
+                    shape: shape.to_vec(),
+                }),
                 image: &image,
                 metadata: synthetic_metadata(i),
                 stages: None,
