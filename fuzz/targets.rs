@@ -285,6 +285,7 @@ pub fn service_answer(data: &[u8]) {
         height: 64,
         scheduler: SchedulerKind::Pndm,
         karras: false,
+        sampler: None,
     };
     let _ = monitor::service::fill(&v, &req, "PLMS");
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::baseline::{Baseline, BaselineStore};
 use crate::case::{pretty_json, CaseSpec};
 use crate::compare::{self, CompareReport, Thresholds, Verdict};
-use crate::config::{Case, Config};
+use crate::config::{Case, Config, Target};
 use crate::fingerprint::Environment;
 use crate::fsutil::atomic_write;
 use crate::generation::{self, GenerationFiles, Metadata, ParametersRecord, METADATA_FILE};
@@ -168,8 +168,40 @@ pub fn select_cases<'c>(config: &'c Config, names: &[String]) -> Result<Vec<&'c 
         .collect()
 }
 
-/// Runs `cases` in a worker with the config's model and runtime settings, holding the model
-/// device's lock (waiting up to `timeout` for another monitor process to finish with it).
+/// [`select_cases`] for a command that runs the monitor's own pipeline only (`what`: the quick
+/// check, determinism, snapshots): service cases are left out, and naming one is an error.
+pub fn pipeline_cases<'c>(
+    config: &'c Config,
+    names: &[String],
+    what: &str,
+) -> Result<Vec<&'c Case>> {
+    let cases = select_cases(config, names)?;
+    if let Some(c) = cases
+        .iter()
+        .find(|c| c.target == Target::Service && !names.is_empty())
+    {
+        anyhow::bail!(
+            "case {} targets the generation service; {what} runs the monitor's own pipeline only",
+            c.name
+        );
+    }
+    let cases: Vec<&Case> = cases
+        .into_iter()
+        .filter(|c| c.target == Target::Pipeline)
+        .collect();
+    if cases.is_empty() {
+        anyhow::bail!(
+            "{}: no pipeline cases; {what} runs the monitor's own pipeline only",
+            config.source.display()
+        );
+    }
+    Ok(cases)
+}
+
+/// Generates `cases` into `out_dir/<case>/`: pipeline cases in a worker with the config's model
+/// and runtime settings, holding the model device's lock (waiting up to `timeout` for another
+/// monitor process to finish with it); service cases by asking the generation service, after
+/// the worker (the service often shares the GPU). Outcomes come back in `cases` order.
 pub fn run_worker(
     config: &Config,
     cases: &[&Case],
@@ -178,16 +210,59 @@ pub fn run_worker(
     timeout: Duration,
     cancel: &Cancel,
 ) -> Result<WorkerRun> {
-    let specs: Vec<CaseSpec> = cases.iter().map(|c| c.spec()).collect();
-    run_specs(
+    let runtime = config.model.runtime_settings();
+    run_cases(
         config,
-        specs,
-        config.model.runtime_settings(),
+        cases,
+        runtime,
         environment,
         out_dir,
         timeout,
         cancel,
     )
+}
+
+/// [`run_worker`] with runtime settings the caller chose for the pipeline cases (a
+/// determinism re-run's fresh workers).
+pub fn run_cases(
+    config: &Config,
+    cases: &[&Case],
+    runtime: crate::sd::runtime::RuntimeSettings,
+    environment: &Environment,
+    out_dir: &Path,
+    timeout: Duration,
+    cancel: &Cancel,
+) -> Result<WorkerRun> {
+    let (service, pipeline): (Vec<&Case>, Vec<&Case>) =
+        cases.iter().partition(|c| c.target == Target::Service);
+    let mut run = if pipeline.is_empty() {
+        WorkerRun {
+            outcomes: Vec::new(),
+            report: Default::default(),
+            wall_s: 0.0,
+        }
+    } else {
+        let specs: Vec<CaseSpec> = pipeline.iter().map(|c| c.spec()).collect();
+        run_specs(
+            config,
+            specs,
+            runtime,
+            environment,
+            out_dir,
+            timeout,
+            cancel,
+        )?
+    };
+    if !service.is_empty() {
+        std::fs::create_dir_all(out_dir)
+            .with_context(|| format!("creating output folder {}", out_dir.display()))?;
+        run.outcomes.extend(crate::service::cases::run(
+            config, &service, out_dir, cancel,
+        ));
+        run.outcomes
+            .sort_by_key(|(name, _)| cases.iter().position(|c| &c.name == name));
+    }
+    Ok(run)
 }
 
 /// [`run_worker`] for case specs and runtime settings the caller chose (repeated runs under
@@ -480,6 +555,10 @@ fn check_case(
         performance: None,
         report_page: None,
     };
+    if case.target == Target::Service {
+        // Read by the history, reports and alerts to tell the service's results apart.
+        out.details = Some(json!({"target": "service"}));
+    }
     let dir = match outcome {
         Outcome::Failed(e) => {
             out.error = Some(e.clone());
@@ -524,9 +603,16 @@ fn check_case(
         return out;
     }
     if let Some(batch) = &run.metadata.batch {
-        out.details = Some(json!({ "batch": batch }));
+        out.details.get_or_insert_with(|| json!({}))["batch"] = json!(batch);
     }
-    if let Some(diff) = parameter_difference(&case.spec(), &baseline.metadata) {
+    // A service case's parameters include the sampler the service was sent, which only the run
+    // knows (it comes from the service section's mapping).
+    let now = match case.target {
+        Target::Service => run.metadata.parameters.clone().unwrap_or_default(),
+        Target::Pipeline => case.spec().parameters(),
+    };
+    let then = baseline.metadata.parameters.clone().unwrap_or_default();
+    if let Some(diff) = parameters_difference(&then, &now) {
         out.error = Some(format!(
             "case {} no longer matches baseline v{:04}: {diff}; accept the new parameters with `monitor rebaseline --case {}`",
             case.name, baseline.version, case.name

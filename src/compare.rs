@@ -880,28 +880,43 @@ pub const ENV_KEYS: [&str; 8] = [
 ];
 
 /// Environment differences between a run's and the baseline's metadata: the [`ENV_KEYS`] plus
-/// every field of `execution_provider` (union of both sides, nested objects flattened to dotted
-/// keys). A key absent on both sides is not a difference; absent on one side is (and an explicit
+/// every field of `execution_provider` and of `service` (what a generation service reported:
+/// its model hash, version, …) (union of both sides, nested objects flattened to dotted keys).
+/// A key absent on both sides is not a difference; absent on one side is (and an explicit
 /// `null` differs from absent, since it means the field was recorded).
 pub fn env_differences(run: &serde_json::Value, baseline: &serde_json::Value) -> Vec<EnvDiff> {
-    let mut keys: Vec<String> = ENV_KEYS.iter().map(|k| k.to_string()).collect();
-    let mut ep_keys = std::collections::BTreeSet::new();
-    for doc in [run, baseline] {
-        if let Some(ep) = doc.get("execution_provider") {
-            flatten_keys("execution_provider", ep, &mut ep_keys);
-        }
-    }
-    keys.extend(ep_keys);
-    keys.into_iter()
+    let mut out: Vec<EnvDiff> = ENV_KEYS
+        .iter()
         .filter_map(|key| {
-            let (b, r) = (lookup(baseline, &key), lookup(run, &key));
+            let (b, r) = (lookup(baseline, key), lookup(run, key));
             (b != r).then(|| EnvDiff {
-                key,
+                key: key.to_string(),
                 baseline: b.cloned(),
                 run: r.cloned(),
             })
         })
-        .collect()
+        .collect();
+    for block in ["execution_provider", "service"] {
+        // Leaves are collected by walking, not looked up by dotted key: a service's own keys
+        // may contain dots.
+        let (mut b, mut r) = (BTreeMap::new(), BTreeMap::new());
+        if let Some(v) = baseline.get(block) {
+            leaves(block, v, &mut b);
+        }
+        if let Some(v) = run.get(block) {
+            leaves(block, v, &mut r);
+        }
+        let keys: std::collections::BTreeSet<&String> = b.keys().chain(r.keys()).collect();
+        out.extend(keys.into_iter().filter_map(|key| {
+            let (bv, rv) = (b.get(key), r.get(key));
+            (bv != rv).then(|| EnvDiff {
+                key: key.clone(),
+                baseline: bv.map(|v| (*v).clone()),
+                run: rv.map(|v| (*v).clone()),
+            })
+        }));
+    }
+    out
 }
 
 /// [`env_differences`] between two generations' metadata.
@@ -909,13 +924,17 @@ pub fn metadata_env_differences(run: &Metadata, baseline: &Metadata) -> Vec<EnvD
     env_differences(&run.to_value(), &baseline.to_value())
 }
 
-fn flatten_keys(prefix: &str, v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+fn leaves<'a>(
+    prefix: &str,
+    v: &'a serde_json::Value,
+    out: &mut BTreeMap<String, &'a serde_json::Value>,
+) {
     match v.as_object() {
         Some(map) => map
             .iter()
-            .for_each(|(k, v)| flatten_keys(&format!("{prefix}.{k}"), v, out)),
+            .for_each(|(k, v)| leaves(&format!("{prefix}.{k}"), v, out)),
         None => {
-            out.insert(prefix.to_string());
+            out.insert(prefix.to_string(), v);
         }
     }
 }

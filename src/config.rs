@@ -78,6 +78,9 @@
 //!     batch_size: 1                   # also run as element 0 of a batch, 1..=16 (default 1)
 //!     thresholds: {ssim_min: 0.98}    # per-case overrides                  (default none)
 //!     schedule: "0 0 * * * *"         # this case's own schedule             (default the global)
+//!     target: pipeline                # pipeline, or service (the `service:` API) (default pipeline)
+//!     sampler: null                   # service: sampler name sent instead of the mapped one
+//!     parity: false                   # service: also run on the pipeline, report the distance
 //! ```
 //!
 //! Errors are one line: `FILE:LINE:COLUMN: KEY: MESSAGE` (line and column when known, key when
@@ -422,6 +425,54 @@ pub struct Case {
     /// This case's own schedule (else the global `schedule`).
     #[serde(default)]
     pub schedule: Option<String>,
+    /// What generates it: the monitor's own pipeline, or the generation service (`service:`).
+    #[serde(default, deserialize_with = "from_str_value")]
+    pub target: Target,
+    /// Service cases: the sampler name to send instead of the one mapped from `scheduler`.
+    #[serde(default, deserialize_with = "strict_opt_string")]
+    pub sampler: Option<String>,
+    /// Service cases: also generate on the pipeline and report how far the service's image is
+    /// from it (informational, never a verdict).
+    #[serde(default)]
+    pub parity: bool,
+}
+
+/// What generates a case's outputs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Target {
+    /// The monitor's own ONNX pipeline, in a worker: latents and image.
+    #[default]
+    Pipeline,
+    /// The generation service's HTTP API (`service:`): an image only.
+    Service,
+}
+
+impl Target {
+    /// The name in configs, metadata and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Pipeline => "pipeline",
+            Target::Service => "service",
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Target {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pipeline" => Ok(Target::Pipeline),
+            "service" => Ok(Target::Service),
+            _ => Err(format!("unknown target {s:?}; use pipeline or service")),
+        }
+    }
 }
 
 impl Case {
@@ -807,6 +858,7 @@ impl Config {
                     v.error(&k("schedule"), e);
                 }
             }
+            self.validate_target(&mut v, case, &k);
             check_thresholds(
                 &mut v,
                 &k("thresholds"),
@@ -815,6 +867,32 @@ impl Config {
             );
         }
         v.errors
+    }
+
+    /// What only one target accepts: a service case needs the `service:` section and runs as
+    /// a batch of one; `sampler` and `parity` mean nothing to the pipeline.
+    fn validate_target(&self, v: &mut Validator<'_>, case: &Case, k: &dyn Fn(&str) -> String) {
+        match case.target {
+            Target::Service => {
+                if self.service.is_none() {
+                    v.error(&k("target"), "target service needs a `service:` section (the generation service's URL and API kind)".into());
+                }
+                if case.batch_size > 1 {
+                    v.error(&k("batch_size"), format!("batch_size {} is the pipeline's batch invariance check; a service case is asked for one image", case.batch_size));
+                }
+                if case.sampler.as_deref() == Some("") {
+                    v.error(&k("sampler"), "sampler is empty".into());
+                }
+            }
+            Target::Pipeline => {
+                if case.sampler.is_some() {
+                    v.error(&k("sampler"), "sampler is the name sent to the generation service; it needs target: service (the pipeline uses scheduler)".into());
+                }
+                if case.parity {
+                    v.error(&k("parity"), "parity compares a service case with the pipeline; it needs target: service".into());
+                }
+            }
+        }
     }
 
     /// `schedule`, `timezone`, `alerts`, `remediation` and `daemon` (what `monitor run` needs;

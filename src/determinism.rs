@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::case::CaseSpec;
-use crate::check::{run_specs, select_cases, CheckStatus};
+use crate::check::{pipeline_cases, run_specs, CheckStatus};
 use crate::compare::Verdict;
 use crate::config::{Case, Config};
 use crate::fingerprint::Environment;
@@ -128,7 +128,7 @@ pub fn verify(config: &Config, names: &[String], runs: usize) -> Result<VerifyRu
         bail!("--runs {runs}: a determinism test needs at least 2 runs");
     }
     let start = Instant::now();
-    let cases = select_cases(config, names)?;
+    let cases = pipeline_cases(config, names, "a determinism test")?;
     let (mut history, environment, run_id) = crate::check::begin_run(config, "verify", "manual")?;
     let work = crate::worker::work_dir("verify")?;
     let results = match test_cases(config, &cases, &environment, work.path(), runs) {
@@ -219,7 +219,8 @@ fn outcome_of(outcomes: &[(String, Outcome)], name: &str) -> Result<PathBuf, Str
     }
 }
 
-/// Workers 2..=`runs`, each a new process running every case once, into `base/worker-N`.
+/// Workers 2..=`runs`, each a new process running every case once (service cases: a new
+/// request), into `base/worker-N`.
 fn run_fresh_workers(
     config: &Config,
     cases: &[&Case],
@@ -231,9 +232,11 @@ fn run_fresh_workers(
     let settings = fresh_settings(&config.model.runtime_settings())?;
     (2..=runs)
         .map(|w| {
-            run_specs(
+            // Service cases are asked again: a service that does not reproduce its own image
+            // would drift against the baseline it gives.
+            crate::check::run_cases(
                 config,
-                cases.iter().map(|c| c.spec()).collect(),
+                cases,
                 settings.clone(),
                 environment,
                 &base.join(format!("worker-{w}")),
@@ -358,19 +361,24 @@ fn spread(reference: &GenerationFiles, others: &[(String, GenerationFiles)]) -> 
         settings_differ: Vec::new(),
     };
     for (label, f) in others {
+        // Two image-only runs (a service's answers) have no latents to differ: `None`.
         let lat = match (&f.latents, &reference.latents) {
-            (Some(a), Some(b)) => {
-                crate::compare::latent_metrics(&a.values, &a.shape, &b.values, &b.shape)
-            }
-            _ => Err(crate::compare::CompareError::NoLatents),
+            (Some(a), Some(b)) => Some(crate::compare::latent_metrics(
+                &a.values, &a.shape, &b.values, &b.shape,
+            )),
+            (None, None) => None,
+            _ => Some(Err(crate::compare::CompareError::NoLatents)),
         };
         let same_image = f.image == reference.image;
-        if same_image && lat.as_ref().is_ok_and(|l| l.identical) {
+        let same_latents = lat
+            .as_ref()
+            .is_none_or(|l| l.as_ref().is_ok_and(|l| l.identical));
+        if same_image && same_latents {
             continue;
         }
         s.identical = false;
         // NaN (a NaN difference, or shapes that cannot be compared) stays NaN.
-        let max_abs = lat.map_or(f64::NAN, |l| l.max_abs);
+        let max_abs = lat.map_or(0.0, |l| l.map_or(f64::NAN, |l| l.max_abs));
         if max_abs.is_nan() || max_abs > s.latent_max_abs {
             s.latent_max_abs = max_abs;
         }

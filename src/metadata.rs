@@ -2,7 +2,8 @@
 //!
 //! A baseline's metadata decides how its outputs are judged: its `parameters` must match the
 //! case, its `model.files_sha256` decides `model_changed`, its `execution_provider` and
-//! `onnxruntime` feed the environment differences. A block that is missing or malformed would
+//! `onnxruntime` feed the environment differences (a service's image-only answer has a `service`
+//! block instead of those three). A block that is missing or malformed would
 //! otherwise be misread as a real change (every model file "changed", a rebaseline advised), so
 //! damaged metadata is an `error` that names the field, never a verdict about the model.
 //!
@@ -44,6 +45,12 @@ pub fn validate(meta: &Metadata, case: &str) -> Result<(), String> {
     positive(p.height, "parameters.height")?;
     required(p.scheduler.as_ref(), "parameters.scheduler")?;
     required(p.noise.as_ref(), "parameters.noise")?;
+    // A service's answer has no model files or runtime of the monitor's: what made it is the
+    // service, which it names.
+    if let Some(service) = &meta.service {
+        required(service.kind.as_ref(), "service.kind")?;
+        return Ok(());
+    }
     let files = required(
         meta.model.as_ref().and_then(|m| m.files_sha256.as_ref()),
         "model.files_sha256",

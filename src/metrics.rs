@@ -22,11 +22,15 @@ type F64Gauge = Gauge<f64, AtomicU64>;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CaseLabel {
     case: String,
+    /// pipeline or service: what generated the case.
+    target: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CaseVerdict {
     case: String,
+    /// pipeline or service: what generated the case.
+    target: String,
     verdict: String,
 }
 
@@ -57,12 +61,16 @@ struct Build {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CaseStage {
     case: String,
+    /// pipeline or service: what generated the case.
+    target: String,
     stage: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CaseMemory {
     case: String,
+    /// pipeline or service: what generated the case.
+    target: String,
     kind: String,
 }
 
@@ -196,6 +204,7 @@ pub fn render(config: &Config, history: &History) -> Result<String> {
                     stages
                         .get_or_create(&CaseStage {
                             case: case.name.clone(),
+                            target: case.target.as_str().into(),
                             stage: stage.into(),
                         })
                         .set(v);
@@ -206,6 +215,7 @@ pub fn render(config: &Config, history: &History) -> Result<String> {
                     memory
                         .get_or_create(&CaseMemory {
                             case: case.name.clone(),
+                            target: case.target.as_str().into(),
                             kind: kind.into(),
                         })
                         .set(v as f64);
@@ -213,6 +223,7 @@ pub fn render(config: &Config, history: &History) -> Result<String> {
             }
             let label = CaseLabel {
                 case: case.name.clone(),
+                target: case.target.as_str().into(),
             };
             if let Some(r) = p.slowdown {
                 slowdown.get_or_create(&label).set(r);
@@ -224,12 +235,14 @@ pub fn render(config: &Config, history: &History) -> Result<String> {
             verdict
                 .get_or_create(&CaseVerdict {
                     case: case.name.clone(),
+                    target: case.target.as_str().into(),
                     verdict: v.as_str().into(),
                 })
                 .set(if v.as_str() == last { 1.0 } else { 0.0 });
         }
         let label = CaseLabel {
             case: case.name.clone(),
+            target: case.target.as_str().into(),
         };
         for ((_, _, fam), value) in per_case.iter().zip(values) {
             if let Some(x) = value {

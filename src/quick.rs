@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::baseline::BaselineStore;
-use crate::check::{parameter_difference, select_cases, CheckOptions};
+use crate::check::{parameter_difference, pipeline_cases, CheckOptions};
 use crate::compare::{self, Verdict};
 use crate::config::Config;
 use crate::generation;
@@ -97,7 +97,7 @@ pub struct QuickRun {
 /// (which alerts, metrics and reports never count as a check).
 pub fn quick_check(config: &Config, opts: &CheckOptions) -> Result<QuickRun> {
     let start = Instant::now();
-    let cases = select_cases(config, &opts.cases)?;
+    let cases = pipeline_cases(config, &opts.cases, "the quick check")?;
     let (mut history, environment, run_id) =
         crate::check::begin_run(config, "quick", opts.trigger)?;
     let result = run(config, opts, &cases, &environment);

@@ -487,7 +487,7 @@ pub fn take(
         );
     }
     let as_tar = out.extension().is_some_and(|e| e == "tar");
-    let cases = crate::check::select_cases(config, names)?;
+    let cases = crate::check::pipeline_cases(config, names, "a snapshot")?;
     let environment = crate::fingerprint::collect();
     let work = crate::worker::work_dir("snapshot")?;
     let run = crate::check::run_worker(

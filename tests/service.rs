@@ -333,3 +333,349 @@ fn service_config_mistakes_are_named_before_any_request() {
         "{v:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Service cases (`target: service`) through check, rebaseline, run --once, history and metrics.
+
+/// A service case: the same request as FOX, asked of the service.
+const SVC: &str = "{name: svc, prompt: \"a red fox\", negative_prompt: \"blurry\", seed: 7, steps: 4, guidance_scale: 7.5, width: 64, height: 48, scheduler: euler-a, noise: torch-cpu, target: service}";
+/// A pipeline case on the tiny model beside it.
+const CANARY: &str = "{name: canary, prompt: \"a lighthouse\", seed: 1, steps: 2, width: 32, height: 32, scheduler: pndm, noise: numpy}";
+
+/// A site with the pipeline canary and the service case against `service_yaml`, `extra` after.
+fn service_site(service_yaml: &str, extra: &str) -> Site {
+    let site = Site::with_cases(
+        None,
+        &[CANARY, SVC],
+        &format!("service: {service_yaml}\n{extra}"),
+    );
+    std::fs::copy(
+        common::repo_path("configs/comfyui-workflow.json"),
+        site.path("comfyui-workflow.json"),
+    )
+    .unwrap();
+    site
+}
+
+/// `monitor ARGS` with the service's secret in the environment; the secret must not leak.
+fn run_with_secret(site: &Site, args: &[&str]) -> std::process::Output {
+    let o = site.command(args).env("SD_TOKEN", SECRET).output().unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!all.contains("s3cret"), "the secret leaked: {all}");
+    o
+}
+
+fn check_json(site: &Site) -> (i32, Value, String) {
+    common::site::parse_check(run_with_secret(site, &["check", "--json"]))
+}
+
+fn rebaseline(site: &Site) {
+    let o = run_with_secret(
+        site,
+        &["rebaseline", "--reason", "service baselines", "--yes"],
+    );
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn webhook_alerts(peer: &common::peers::HttpPeer) -> Vec<Value> {
+    peer.requests()
+        .iter()
+        .filter_map(|r| serde_json::from_slice(&r.body).ok())
+        .collect()
+}
+
+#[test]
+fn a1111_service_cases_are_baselined_checked_alerted_and_restarted_like_any_case() {
+    use common::site::{case, verdicts};
+    let server = FakeService::start(Api::A1111);
+    let webhook = common::peers::HttpPeer::start(vec![]);
+    let restarts = tempfile::NamedTempFile::new().unwrap();
+    let site = service_site(
+        &format!(
+            "{{kind: a1111, url: \"{}\", auth: \"${{SD_TOKEN}}\"}}",
+            server.url()
+        ),
+        &format!(
+            "alerts: {{retry_initial: 200ms, webhook: {{url: \"{}/hook\"}}}}\nremediation: {{restart: {{command: [sh, -c, \"echo restarted >> {}\"]}}, recheck_delay: 100ms}}\n",
+            webhook.base_url(),
+            restarts.path().display()
+        ),
+    );
+
+    // The service's baseline is its image alone, with what the service said made it.
+    rebaseline(&site);
+    let v1 = site.path("baselines/svc/v0001");
+    assert!(v1.join("image.png").is_file() && !v1.join("latents.npy").exists());
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(v1.join("metadata.json")).unwrap()).unwrap();
+    assert_eq!(meta["parameters"]["target"], "service");
+    assert_eq!(meta["parameters"]["sampler"], "Euler a");
+    assert_eq!(meta["service"]["kind"], "a1111");
+    assert_eq!(
+        meta["service"]["info"]["a1111"]["sd_model_hash"],
+        "6ce0161689"
+    );
+    assert_eq!(
+        meta["outputs"]["image"]["sha256_rgb"],
+        sha_of_expected(7, 64, 48, "a red fox")
+    );
+    assert!(site.path("baselines/canary/v0001/latents.npy").is_file());
+
+    // Same answer: identical, judged on the image alone.
+    let (code, v, err) = check_json(&site);
+    assert_eq!(code, 0, "{err}\n{v}");
+    assert_eq!(verdicts(&v), ["identical", "identical"]);
+    let svc = case(&v, "svc");
+    assert_eq!(svc["details"]["target"], "service");
+    assert!(svc["report"]["latents"].is_null(), "{svc}");
+    assert_eq!(svc["report"]["image"]["ssim"], 1.0);
+
+    // A model swapped behind the same name: the environment differences name its hash.
+    server.set_model_hash("e1441589a6");
+    let (code, v, _) = check_json(&site);
+    assert_eq!(code, 0);
+    let diffs = case(&v, "svc")["report"]["env_differences"].clone();
+    assert!(
+        diffs
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["key"] == "service.info.a1111.sd_model_hash"
+                && d["baseline"] == "6ce0161689"
+                && d["run"] == "e1441589a6"),
+        "{diffs}"
+    );
+    server.set_model_hash("6ce0161689");
+
+    // One level on one pixel: within tolerance, the heatmap kept.
+    server.set_mode(Mode::Perturbed);
+    let (code, v, _) = check_json(&site);
+    assert_eq!(code, 0);
+    let svc = case(&v, "svc");
+    assert_eq!(svc["verdict"], "within_tolerance", "{svc}");
+    let kept = std::path::PathBuf::from(svc["artifacts"].as_str().unwrap());
+    assert!(kept.join("diff.png").is_file() && kept.join("baseline.png").is_file());
+
+    // A real drift: the round alerts and restarts the service, as for the pipeline.
+    server.set_mode(Mode::Drifted);
+    let o = run_with_secret(&site, &["run", "--once"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let alerts = webhook_alerts(&webhook);
+    let firing = alerts
+        .iter()
+        .find(|a| a["kind"] == "firing")
+        .unwrap_or_else(|| panic!("no firing alert: {alerts:?}"));
+    assert!(
+        firing["title"].as_str().unwrap().contains("DRIFT"),
+        "{firing}"
+    );
+    assert!(firing.to_string().contains("svc"), "{firing}");
+    assert!(
+        std::fs::read_to_string(restarts.path())
+            .unwrap()
+            .contains("restarted"),
+        "no restart on a confirmed service drift"
+    );
+    // History and metrics carry the verdict, marked as the service's.
+    let rows = site.history();
+    let svc_row = rows
+        .iter()
+        .find(|r| r["run_kind"] == "check" && r["case_name"] == "svc")
+        .unwrap_or_else(|| panic!("no check of svc in the history: {rows:?}"));
+    assert_eq!(svc_row["verdict"], "drift", "{svc_row}");
+    assert_eq!(svc_row["details"]["target"], "service", "{svc_row}");
+    let prom = site.path("monitor.prom");
+    let o = run_with_secret(
+        &site,
+        &["check", "--metrics-textfile", prom.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        text.contains("monitor_case_verdict{case=\"svc\",target=\"service\",verdict=\"drift\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "monitor_case_verdict{case=\"canary\",target=\"pipeline\",verdict=\"identical\"} 1"
+        ),
+        "{text}"
+    );
+
+    // Accepting the drifted image is a rebaseline like any other; it then checks identical.
+    rebaseline(&site);
+    let (code, v, _) = check_json(&site);
+    assert_eq!((code, verdicts(&v)), (0, vec!["identical".to_string(); 2]));
+    assert_eq!(case(&v, "svc")["baseline_version"], 2);
+}
+
+#[test]
+fn a_service_that_does_not_answer_properly_is_an_error_never_drift_and_never_restarted() {
+    use common::site::case;
+    let server = FakeService::start(Api::A1111);
+    let restarts = tempfile::NamedTempFile::new().unwrap();
+    let site = service_site(
+        &format!(
+            "{{kind: a1111, url: \"{}\", auth: \"${{SD_TOKEN}}\", timeout: 1s, max_response_mb: 1}}",
+            server.url()
+        ),
+        &format!(
+            "remediation: {{restart: {{command: [sh, -c, \"echo restarted >> {}\"]}}, recheck_delay: 100ms}}\n",
+            restarts.path().display()
+        ),
+    );
+    rebaseline(&site);
+    for (mode, want) in [
+        (
+            Mode::Slow(std::time::Duration::from_secs(3)),
+            "no image within 1s (service.timeout)",
+        ),
+        (
+            Mode::Error500,
+            "HTTP 500: Internal Server Error RuntimeError: CUDA out of memory",
+        ),
+        (Mode::Malformed, "the answer is not JSON"),
+        (Mode::Jpeg, "not a PNG: it is a JPEG"),
+        (
+            Mode::Oversized(3 << 20),
+            "over the 1 MiB limit (service.max_response_mb)",
+        ),
+    ] {
+        server.set_mode(mode);
+        let (code, v, err) = check_json(&site);
+        assert_eq!(code, 2, "{want}: {err}\n{v}");
+        let svc = case(&v, "svc");
+        assert_eq!(svc["verdict"], "error", "{svc}");
+        let e = svc["error"].as_str().unwrap();
+        assert!(
+            e.contains(want) && !e.contains('\n'),
+            "want {want:?}, got {e:?}"
+        );
+        // The pipeline's own case is judged as usual beside it.
+        assert_eq!(case(&v, "canary")["verdict"], "identical");
+    }
+    // A round with a failing service: error, and nothing restarted.
+    server.set_mode(Mode::Error500);
+    let o = run_with_secret(&site, &["run", "--once"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    site.edit_config(&server.url(), &dead_url());
+    let (code, v, _) = check_json(&site);
+    assert_eq!(code, 2);
+    let e = case(&v, "svc")["error"].as_str().unwrap().to_string();
+    assert!(e.contains("connection refused") && !e.contains('\n'), "{e}");
+    let o = run_with_secret(&site, &["run", "--once"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(std::fs::read_to_string(restarts.path()).unwrap(), "");
+}
+
+#[test]
+fn comfyui_service_cases_check_identical_and_see_drift() {
+    use common::site::{case, verdicts};
+    let server = FakeService::start(Api::ComfyUi);
+    let site = service_site(
+        &format!(
+            "{{kind: comfyui, url: \"{}\", workflow: comfyui-workflow.json, poll_interval: 20ms}}",
+            server.url()
+        ),
+        "",
+    );
+    rebaseline(&site);
+    let meta: Value = serde_json::from_slice(
+        &std::fs::read(site.path("baselines/svc/v0001/metadata.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["service"]["kind"], "comfyui");
+    assert_eq!(
+        meta["service"]["info"]["comfyui"]["ckpt_name"],
+        "v1-5-pruned-emaonly.safetensors"
+    );
+    assert_eq!(meta["parameters"]["sampler"], "euler_ancestral");
+    let (code, v, err) = check_json(&site);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(verdicts(&v), ["identical", "identical"]);
+    server.set_mode(Mode::Drifted);
+    let (code, v, _) = check_json(&site);
+    assert_eq!(code, 1);
+    let svc = case(&v, "svc");
+    assert_eq!(svc["verdict"], "drift", "{svc}");
+    let failed: Vec<&str> = svc["report"]["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["ssim_min"]);
+    // An edited workflow is a different request: the environment differences say so.
+    server.set_mode(Mode::Normal);
+    let wf = site.path("comfyui-workflow.json");
+    let text = std::fs::read_to_string(&wf).unwrap();
+    std::fs::write(
+        &wf,
+        text.replacen("\"denoise\": 1.0", "\"denoise\": 0.99", 1),
+    )
+    .unwrap();
+    let (_, v, _) = check_json(&site);
+    let diffs = case(&v, "svc")["report"]["env_differences"].to_string();
+    assert!(diffs.contains("service.template_sha256"), "{diffs}");
+}
+
+#[test]
+fn service_case_config_mistakes_are_named() {
+    for (cases, extra, want) in [
+        (SVC, "", "cases[0].target: target service needs a `service:` section"),
+        (
+            "{name: a, prompt: p, seed: 1, sampler: Euler}",
+            "",
+            "cases[0].sampler: sampler is the name sent to the generation service; it needs target: service",
+        ),
+        (
+            "{name: a, prompt: p, seed: 1, parity: true}",
+            "",
+            "cases[0].parity: parity compares a service case with the pipeline",
+        ),
+        (
+            "{name: a, prompt: p, seed: 1, target: servise}",
+            "",
+            "unknown target \"servise\"; use pipeline or service",
+        ),
+        (
+            "{name: a, prompt: p, seed: 1, target: service, batch_size: 2}",
+            "service: {kind: a1111, url: \"http://127.0.0.1:9\"}\n",
+            "cases[0].batch_size: batch_size 2 is the pipeline's batch invariance check",
+        ),
+    ] {
+        let site = Site::with_cases(None, &[cases], extra);
+        let o = site.run(&["check"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(want), "want {want:?}: {err}");
+    }
+    // Commands that replay the pipeline say a service case is not theirs.
+    let server = FakeService::start(Api::A1111);
+    let site = service_site(&format!("{{kind: a1111, url: \"{}\"}}", server.url()), "");
+    let o = site.run(&["check", "--quick", "--case", "svc"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("case svc targets the generation service; the quick check runs the monitor's own pipeline only"),
+        "{err}"
+    );
+}

@@ -116,6 +116,13 @@ impl Plan {
             Some(q) => Some(parse_cron(q).map_err(|e| format!("quick_schedule: {e}"))?),
             None => None,
         };
+        let any_pipeline = config
+            .cases
+            .iter()
+            .any(|c| c.target == crate::config::Target::Pipeline);
+        if quick.is_some() && !any_pipeline {
+            return Err("quick_schedule: every case targets the generation service, and a quick check replays the monitor's own pipeline only; remove quick_schedule".into());
+        }
         if entries.is_empty() && quick.is_none() {
             return Err("schedule: no schedule is set; `monitor run` needs `schedule:` (or a `schedule` on a case, or `quick_schedule:`), e.g. schedule: \"0 */30 * * * *\"".into());
         }

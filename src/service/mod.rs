@@ -10,6 +10,7 @@
 //! and every failure one line that names what was asked and never holds the secret.
 
 mod a1111;
+pub mod cases;
 mod comfyui;
 mod http;
 mod http_json;
@@ -127,6 +128,8 @@ pub struct ServiceRequest {
     pub scheduler: SchedulerKind,
     /// Karras sigmas.
     pub karras: bool,
+    /// The case's own sampler name, sent as is (else mapped from the scheduler).
+    pub sampler: Option<String>,
 }
 
 impl ServiceRequest {
@@ -142,6 +145,7 @@ impl ServiceRequest {
             height: case.height,
             scheduler: case.scheduler,
             karras: case.karras,
+            sampler: case.sampler.clone(),
         }
     }
 }
@@ -283,9 +287,12 @@ impl Service {
         })
     }
 
-    /// The sampler name sent for `req`: the config's `samplers` entry, else the service's usual
-    /// name for the scheduler.
+    /// The sampler name sent for `req`: the case's own, else the config's `samplers` entry, else
+    /// the service's usual name for the scheduler.
     pub fn sampler_for(&self, req: &ServiceRequest) -> Result<String, String> {
+        if let Some(s) = &req.sampler {
+            return Ok(s.clone());
+        }
         if let Some(s) = self.samplers.get(req.scheduler.name()) {
             return Ok(s.clone());
         }
@@ -357,6 +364,22 @@ impl Service {
                 .await
             }
         }
+    }
+
+    /// The API kind's config name.
+    pub fn kind_name(&self) -> &'static str {
+        kind_name(self.kind)
+    }
+
+    /// Scheme, host and port of the service (never credentials, path or query).
+    pub fn origin(&self) -> String {
+        self.base.origin().ascii_serialization()
+    }
+
+    /// sha256 of the request template as read (ComfyUI workflow, http-json body), if any.
+    pub fn template_sha256(&self) -> Option<String> {
+        let t = self.template.as_ref()?;
+        Some(crate::sd::model::sha256_hex(t.to_string().as_bytes()))
     }
 
     /// The secret, for redacting it from anything the service echoes.

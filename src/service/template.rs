@@ -116,6 +116,7 @@ mod tests {
             height: 768,
             scheduler: SchedulerKind::EulerAncestral,
             karras: true,
+            sampler: None,
         }
     }
 

@@ -22,6 +22,8 @@ pub enum Mode {
     Normal,
     /// One pixel of every image changed by one level.
     Perturbed,
+    /// The top half of every image changed by 40 levels (what another sampler or fp16 gives).
+    Drifted,
     /// HTTP 500 with a Python traceback's last line.
     Error500,
     /// A body that is not JSON.
@@ -232,6 +234,12 @@ fn image_bytes(seed: u64, w: u32, h: u32, prompt: &str, mode: &Mode) -> Vec<u8> 
             let mut img = image_for(seed, w, h, prompt);
             if *mode == Mode::Perturbed {
                 img.pixels[0] = img.pixels[0].wrapping_add(1);
+            }
+            if *mode == Mode::Drifted {
+                let half = img.pixels.len() / 2;
+                for p in &mut img.pixels[..half] {
+                    *p = p.wrapping_add(40);
+                }
             }
             img.to_png().unwrap()
         }
