@@ -1068,7 +1068,9 @@ pub fn compare(
             thresholds.latent_max_abs,
         )
     });
-    let diverged = (classification.verdict != Verdict::Identical)
+    // A service reports no stages: its image is all there is to say where it differs.
+    let staged = !run.metadata.is_image_only() && !baseline.metadata.is_image_only();
+    let diverged = (classification.verdict != Verdict::Identical && staged)
         .then(|| diverged_at(run.metadata, baseline.metadata));
     let report = CompareReport {
         classification,

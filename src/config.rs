@@ -814,12 +814,16 @@ impl Config {
                     size_ok = false;
                 }
             }
-            if size_ok {
+            // The host's limits and the noise sources are the pipeline's; a service brings its own.
+            let pipeline = case.target == Target::Pipeline;
+            if size_ok && pipeline {
                 if let Err((field, message)) = self.limits.check_size(case.width, case.height) {
                     v.error(&k(field), message);
                 }
             }
-            if case.scheduler == SchedulerKind::EulerAncestral && !case.noise.supports_step_noise()
+            if pipeline
+                && case.scheduler == SchedulerKind::EulerAncestral
+                && !case.noise.supports_step_noise()
             {
                 let why = match case.noise {
                     NoiseKind::File => "a noise file holds only the initial latents",

@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::case::CaseSpec;
 use crate::check::{pipeline_cases, run_specs, CheckStatus};
 use crate::compare::Verdict;
-use crate::config::{Case, Config};
+use crate::config::{Case, Config, Target};
 use crate::fingerprint::Environment;
 use crate::generation::{self, GenerationFiles};
 use crate::history::CaseResult;
@@ -471,6 +471,19 @@ pub fn recheck_for_rebaseline(
         let d = assess(name, &same, &others, &settings);
         if let Some(e) = d.error {
             refused.push((name.clone(), format!("the determinism re-run failed: {e}")));
+        } else if d.deterministic() == Some(false) && case.target == Target::Service {
+            // An image is all a service returns: no latents, no stages to report.
+            let (n, px) = d
+                .fresh_workers
+                .as_ref()
+                .map_or((0, 0), |s| (s.differing.len(), s.image_max_abs));
+            refused.push((
+                name.clone(),
+                format!(
+                    "the generation service did not return the same image twice for this case ({n} of {} repeated requests differ, max |Δ pixel| {px}); a baseline from it would drift against itself (make the service deterministic, or --runs 1 to store it anyway)",
+                    runs - 1
+                ),
+            ));
         } else if d.deterministic() == Some(false) {
             refused.push((
                 name.clone(),

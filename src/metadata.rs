@@ -44,7 +44,9 @@ pub fn validate(meta: &Metadata, case: &str) -> Result<(), String> {
     positive(p.width, "parameters.width")?;
     positive(p.height, "parameters.height")?;
     required(p.scheduler.as_ref(), "parameters.scheduler")?;
-    required(p.noise.as_ref(), "parameters.noise")?;
+    if meta.service.is_none() {
+        required(p.noise.as_ref(), "parameters.noise")?;
+    }
     // A service's answer has no model files or runtime of the monitor's: what made it is the
     // service, which it names.
     if let Some(service) = &meta.service {

@@ -304,6 +304,12 @@ pub fn describe(p: &Proposal) -> String {
                         s.push_str(&format!(", SSIM {:.4}", i.ssim));
                     }
                     s.push(')');
+                } else if let Some(i) = &r.image {
+                    // An image-only (service) result.
+                    s.push_str(&format!(
+                        " (SSIM {:.4}, PSNR {:.1} dB, {} pixels differ)",
+                        i.ssim, i.psnr_db, i.pixels_differing
+                    ));
                 }
             }
             for m in &r.classification.model_changes {

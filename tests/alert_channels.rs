@@ -64,6 +64,7 @@ fn drift_alert(heatmap: Option<&Path>) -> Alert {
             heatmap: heatmap.map(|p| p.display().to_string()),
             bad_streak: 2,
             firing_since: Some("2026-11-27T02:23:10Z".into()),
+            target: None,
         }],
     }
 }

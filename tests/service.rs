@@ -679,3 +679,60 @@ fn service_case_config_mistakes_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn a_stopping_monitor_gives_up_a_slow_request_at_once() {
+    let server = FakeService::start(Api::A1111);
+    server.set_mode(Mode::Slow(std::time::Duration::from_secs(20)));
+    let section: monitor::service::ServiceConfig = serde_yaml::from_str(&format!(
+        "{{kind: a1111, url: \"{}\", timeout: 60s}}",
+        server.url()
+    ))
+    .unwrap();
+    let service =
+        monitor::service::Service::from_config(&section, std::path::Path::new(".")).unwrap();
+    let config = monitor::config::Config::load(
+        &site("{kind: a1111, url: \"http://127.0.0.1:9\"}").path("monitor.yaml"),
+    )
+    .unwrap();
+    let req = monitor::service::ServiceRequest::of(&config.cases[0]);
+    let cancel = monitor::worker::Cancel::new();
+    let stopper = {
+        let c = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            c.cancel();
+        })
+    };
+    let start = std::time::Instant::now();
+    let e = service.generate_until(&req, &cancel).unwrap_err();
+    stopper.join().unwrap();
+    assert!(e.contains("cancelled"), "{e}");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn a_service_that_does_not_repeat_itself_is_refused_a_baseline() {
+    let server = FakeService::start(Api::A1111);
+    server.set_mode(Mode::Unstable);
+    let site = service_site(&format!("{{kind: a1111, url: \"{}\"}}", server.url()), "");
+    let o = run_with_secret(&site, &["rebaseline", "--reason", "first", "--yes"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_ne!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("svc                  error: the generation service did not return the same image twice for this case (1 of 1 repeated requests differ, max |Δ pixel| 1)"),
+        "{out}"
+    );
+    assert!(!site.path("baselines/svc").exists());
+    // --runs 1 stores what it got, as for the pipeline.
+    let o = run_with_secret(
+        &site,
+        &["rebaseline", "--reason", "first", "--runs", "1", "--yes"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(site.path("baselines/svc/v0001/image.png").is_file());
+}

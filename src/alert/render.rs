@@ -135,11 +135,18 @@ pub fn status(alert: &Alert) -> String {
     format!("{kind}: {severity}")
 }
 
-/// "sunset: DRIFT (baseline v3)".
+/// "sunset: DRIFT (baseline v3)"; "webui: DRIFT (generation service, baseline v1)".
 pub fn case_heading(case: &AlertCase) -> String {
     let mut s = format!("{}: {}", case.name, verdict_label(&case.verdict));
+    let mut notes = Vec::new();
+    if case.target.as_deref() == Some("service") {
+        notes.push("generation service".to_string());
+    }
     if let Some(v) = case.baseline_version {
-        let _ = write!(s, " (baseline v{v})");
+        notes.push(format!("baseline v{v}"));
+    }
+    if !notes.is_empty() {
+        let _ = write!(s, " ({})", notes.join(", "));
     }
     s
 }
@@ -329,6 +336,7 @@ pub(crate) mod tests {
                 heatmap: None,
                 bad_streak: 2,
                 firing_since: Some("2026-11-27T02:23:10Z".into()),
+                target: None,
             }],
         }
     }

@@ -67,8 +67,19 @@ fn generate_and_accept(
     record: &mut RunRecord,
 ) -> Result<u8> {
     let work = crate::worker::work_dir("rebaseline")?;
+    let service = cases
+        .iter()
+        .filter(|c| c.target == crate::config::Target::Service)
+        .count();
+    let asked = match (&config.service, service) {
+        (Some(s), 1..) => format!(
+            " ({service} from the generation service at {})",
+            s.url_origin()
+        ),
+        _ => String::new(),
+    };
     eprintln!(
-        "monitor: generating {} case(s) with {} ...",
+        "monitor: generating {} case(s) with {}{asked} ...",
         cases.len(),
         config.model.path.display()
     );

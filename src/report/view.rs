@@ -15,6 +15,10 @@ use crate::performance::Performance;
 pub struct CaseView {
     /// Case name (user text: escaped by the template).
     pub name: String,
+    /// True for a case the generation service made (an image, no latents).
+    pub service: bool,
+    /// The summary table's latent max |Δ| ("-" when none) and SSIM.
+    pub summary: (String, String),
     /// Verdict name.
     pub verdict: String,
     /// Baseline version compared with.
@@ -126,7 +130,12 @@ pub fn case_view(round_dir: &Path, result: &CaseResult, trend: &[HistoryEntry]) 
             .and_then(|v| v.as_f64())
     };
     let is_failed = |checks: &[&str]| checks.iter().any(|c| failed.iter().any(|f| f == c));
-    let metrics = vec![
+    let service = result
+        .details
+        .as_ref()
+        .and_then(|d| d.get("target"))
+        .is_some_and(|t| t == "service");
+    let mut metrics = vec![
         MetricRow {
             label: "latent max |Δ|",
             value: sci(result.latent_max_abs),
@@ -176,6 +185,10 @@ pub fn case_view(round_dir: &Path, result: &CaseResult, trend: &[HistoryEntry]) 
             failed: false,
         },
     ];
+    if service {
+        // A service returns no latents: rows that could only say "-".
+        metrics.retain(|m| !m.label.starts_with("latent"));
+    }
     let reasons = result
         .reasons
         .as_ref()
@@ -256,6 +269,8 @@ pub fn case_view(round_dir: &Path, result: &CaseResult, trend: &[HistoryEntry]) 
         .as_ref()
         .and_then(|t| serde_json::from_value(t.clone()).ok());
     CaseView {
+        service,
+        summary: (sci(result.latent_max_abs), fixed(result.ssim, 6)),
         name: result.case_name.clone(),
         verdict: result.verdict.to_string(),
         baseline_version: result.baseline_version,

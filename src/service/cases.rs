@@ -36,7 +36,7 @@ pub fn run(
             let outcome = if cancel.is_cancelled() {
                 Outcome::Failed("cancelled: the monitor is stopping".into())
             } else {
-                one(&service, case, &out_dir.join(&case.name))
+                one(&service, case, &out_dir.join(&case.name), cancel)
             };
             (case.name.clone(), outcome)
         })
@@ -55,9 +55,9 @@ pub fn connect(config: &Config) -> Result<Service, String> {
     Service::from_config(section, dir).map_err(|e| format!("{}: {e}", config.source.display()))
 }
 
-fn one(service: &Service, case: &Case, dir: &Path) -> Outcome {
+fn one(service: &Service, case: &Case, dir: &Path, cancel: &Cancel) -> Outcome {
     let req = ServiceRequest::of(case);
-    let answer = match service.generate(&req) {
+    let answer = match service.generate_until(&req, cancel) {
         Ok(a) => a,
         Err(e) => return Outcome::Failed(format!("generation service: {e}")),
     };
@@ -91,9 +91,12 @@ pub fn metadata(
         monitor_version: Some(env!("CARGO_PKG_VERSION").to_string()),
         created_at: Some(crate::clock::utc_now_rfc3339()),
         case: Some(case.name.clone()),
+        // The service draws its own noise: the case's noise source says nothing about it.
         parameters: Some(ParametersRecord {
             target: Some(crate::config::Target::Service.as_str().into()),
             sampler: Some(answer.sampler.clone()),
+            noise: None,
+            noise_file: None,
             ..case.spec().parameters()
         }),
         timings: Some(TimingsRecord {

@@ -107,6 +107,15 @@ pub struct ServiceConfig {
     pub info_pointer: Option<String>,
 }
 
+impl ServiceConfig {
+    /// The URL's scheme, host and port, for messages (never its credentials, path or query).
+    pub fn url_origin(&self) -> String {
+        reqwest::Url::parse(&self.url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_else(|_| "(invalid service.url)".into())
+    }
+}
+
 /// One generation asked of the service: a case's parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceRequest {
@@ -309,6 +318,16 @@ impl Service {
     /// Asks the service for one image (blocking; its own runtime, so it can be called from
     /// the check's thread).
     pub fn generate(&self, req: &ServiceRequest) -> Result<ServiceImage, String> {
+        self.generate_until(req, &crate::worker::Cancel::new())
+    }
+
+    /// [`Self::generate`], given up within 50 ms of `cancel` being set (a stopping daemon must
+    /// not wait out `service.timeout`).
+    pub fn generate_until(
+        &self,
+        req: &ServiceRequest,
+        cancel: &crate::worker::Cancel,
+    ) -> Result<ServiceImage, String> {
         let sampler = self.sampler_for(req)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -316,9 +335,21 @@ impl Service {
             .map_err(|e| format!("starting the HTTP runtime: {e}"))?;
         let start = std::time::Instant::now();
         let client = http::Client::new(self)?;
-        let work = self.exchange(&client, req, &sampler);
-        let (png, info) = rt
-            .block_on(async { tokio::time::timeout(self.timeout, work).await })
+        let answer = rt.block_on(async {
+            // Timers need the runtime: both futures are made inside it.
+            let work = tokio::time::timeout(self.timeout, self.exchange(&client, req, &sampler));
+            let stopped = async {
+                while !cancel.is_cancelled() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            tokio::select! {
+                a = work => Some(a),
+                () = stopped => None,
+            }
+        });
+        let (png, info) = answer
+            .ok_or("cancelled: the monitor is stopping")?
             .map_err(|_| {
                 format!(
                     "no image within {} (service.timeout)",

@@ -24,6 +24,9 @@ pub enum Mode {
     Perturbed,
     /// The top half of every image changed by 40 levels (what another sampler or fp16 gives).
     Drifted,
+    /// Every second request answered as `Perturbed`: a server that does not repeat itself
+    /// (non-deterministic kernels, a sampler with unseeded noise).
+    Unstable,
     /// HTTP 500 with a Python traceback's last line.
     Error500,
     /// A body that is not JSON.
@@ -179,7 +182,11 @@ fn session(stream: TcpStream, api: Api, state: &Mutex<State>) -> std::io::Result
             headers,
             body: body.clone(),
         });
-        s.mode.clone()
+        match s.mode {
+            Mode::Unstable if s.seen.len() % 2 == 0 => Mode::Perturbed,
+            Mode::Unstable => Mode::Normal,
+            _ => s.mode.clone(),
+        }
     };
     if let Mode::Slow(d) = &mode {
         thread::sleep(*d);
