@@ -214,6 +214,7 @@ pub fn run_worker(
     run_cases(
         config,
         cases,
+        &[],
         runtime,
         environment,
         out_dir,
@@ -222,11 +223,17 @@ pub fn run_worker(
     )
 }
 
+/// Suffix of the pipeline run of a service case with `parity: true` (`<case>.parity`).
+pub const PARITY_SUFFIX: &str = ".parity";
+
 /// [`run_worker`] with runtime settings the caller chose for the pipeline cases (a
-/// determinism re-run's fresh workers).
+/// determinism re-run's fresh workers), also running each of `parity` (service cases) on the
+/// pipeline as `<case>.parity`, after `cases`' outcomes.
+#[allow(clippy::too_many_arguments)]
 pub fn run_cases(
     config: &Config,
     cases: &[&Case],
+    parity: &[&Case],
     runtime: crate::sd::runtime::RuntimeSettings,
     environment: &Environment,
     out_dir: &Path,
@@ -235,14 +242,18 @@ pub fn run_cases(
 ) -> Result<WorkerRun> {
     let (service, pipeline): (Vec<&Case>, Vec<&Case>) =
         cases.iter().partition(|c| c.target == Target::Service);
-    let mut run = if pipeline.is_empty() {
+    let mut run = if pipeline.is_empty() && parity.is_empty() {
         WorkerRun {
             outcomes: Vec::new(),
             report: Default::default(),
             wall_s: 0.0,
         }
     } else {
-        let specs: Vec<CaseSpec> = pipeline.iter().map(|c| c.spec()).collect();
+        let mut specs: Vec<CaseSpec> = pipeline.iter().map(|c| c.spec()).collect();
+        specs.extend(parity.iter().map(|c| CaseSpec {
+            name: format!("{}{PARITY_SUFFIX}", c.name),
+            ..c.spec()
+        }));
         run_specs(
             config,
             specs,
@@ -259,9 +270,14 @@ pub fn run_cases(
         run.outcomes.extend(crate::service::cases::run(
             config, &service, out_dir, cancel,
         ));
-        run.outcomes
-            .sort_by_key(|(name, _)| cases.iter().position(|c| &c.name == name));
     }
+    // Cases in order, parity runs last.
+    run.outcomes.sort_by_key(|(name, _)| {
+        cases
+            .iter()
+            .position(|c| &c.name == name)
+            .unwrap_or(cases.len())
+    });
     Ok(run)
 }
 
@@ -453,9 +469,16 @@ fn run_and_compare(
         None => None,
     };
     let work = crate::worker::work_dir("check")?;
-    let run = run_worker(
+    let parity: Vec<&Case> = cases
+        .iter()
+        .copied()
+        .filter(|c| c.target == Target::Service && c.parity)
+        .collect();
+    let run = run_cases(
         config,
         cases,
+        &parity,
+        config.model.runtime_settings(),
         environment,
         work.path(),
         opts.worker_timeout,
@@ -493,9 +516,60 @@ fn run_and_compare(
             details["against"] =
                 json!({"snapshot": s.source.display().to_string(), "host": s.name()});
         }
+        if case.target == Target::Service && case.parity {
+            let pipeline = format!("{}{PARITY_SUFFIX}", case.name);
+            let details = result.details.get_or_insert_with(|| json!({}));
+            details["parity"] = parity_of(outcome, find_outcome(&run, &pipeline));
+        }
         results.push(result);
     }
     Ok((results, run))
+}
+
+/// The outcome of `name` in `run`.
+fn find_outcome<'r>(run: &'r WorkerRun, name: &str) -> Option<&'r Outcome> {
+    run.outcomes.iter().find(|(n, _)| n == name).map(|(_, o)| o)
+}
+
+/// How far a service case's image is from the pipeline's for the same parameters (SSIM, PSNR,
+/// pixel differences), or why there is no answer. Informational: another sampler or precision
+/// legitimately differs, so it never decides a verdict.
+fn parity_of(service: &Outcome, pipeline: Option<&Outcome>) -> serde_json::Value {
+    let image = |o: Option<&Outcome>, what: &str| match o {
+        Some(Outcome::Done { dir, .. }) => generation::read(dir)
+            .map(|f| f.image)
+            .map_err(|e| format!("{what}: {e}")),
+        Some(Outcome::Failed(e)) => Err(format!("{what}: {e}")),
+        None => Err(format!("{what}: did not run")),
+    };
+    let measured = image(Some(service), "the service")
+        .and_then(|s| Ok((s, image(pipeline, "the pipeline")?)))
+        .and_then(|(s, p)| compare::image_metrics(&s, &p).map_err(|e| e.to_string()));
+    match measured {
+        Ok(m) => json!(m),
+        Err(e) => json!({ "error": e }),
+    }
+}
+
+/// "parity with the pipeline (informational): SSIM 0.4123, PSNR 11.2 dB, 96% of pixels differ"
+/// from [`parity_of`]'s JSON.
+pub fn describe_parity(p: &serde_json::Value) -> String {
+    if let Some(e) = p.get("error").and_then(|e| e.as_str()) {
+        return format!("parity with the pipeline: not measured: {e}");
+    }
+    if p.get("identical").and_then(|v| v.as_bool()) == Some(true) {
+        return "parity with the pipeline: the same pixels".into();
+    }
+    let num = |k: &str| p.get(k).and_then(|v| v.as_f64());
+    let pixels = match (num("pixels_differing"), num("width"), num("height")) {
+        (Some(n), Some(w), Some(h)) if w * h > 0.0 => format!("{:.0}%", 100.0 * n / (w * h)),
+        _ => "?".into(),
+    };
+    format!(
+        "parity with the pipeline (informational, samplers and precisions differ): SSIM {}, PSNR {} dB, {pixels} of pixels differ",
+        num("ssim").map_or("?".into(), |v| format!("{v:.4}")),
+        num("psnr_db").map_or("?".into(), |v| format!("{v:.1}")),
+    )
 }
 
 /// What a check compares with: this host's baselines, or another host's snapshot.

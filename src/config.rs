@@ -815,7 +815,7 @@ impl Config {
                 }
             }
             // The host's limits and the noise sources are the pipeline's; a service brings its own.
-            let pipeline = case.target == Target::Pipeline;
+            let pipeline = case.target == Target::Pipeline || case.parity;
             if size_ok && pipeline {
                 if let Err((field, message)) = self.limits.check_size(case.width, case.height) {
                     v.error(&k(field), message);
@@ -886,6 +886,10 @@ impl Config {
                 }
                 if case.sampler.as_deref() == Some("") {
                     v.error(&k("sampler"), "sampler is empty".into());
+                }
+                let parity_run = format!("{}{}", case.name, crate::check::PARITY_SUFFIX);
+                if case.parity && self.cases.iter().any(|c| c.name == parity_run) {
+                    v.error(&k("parity"), format!("parity runs the case on the pipeline as {parity_run}, which is another case's name; rename that case"));
                 }
             }
             Target::Pipeline => {

@@ -237,6 +237,7 @@ fn run_fresh_workers(
             crate::check::run_cases(
                 config,
                 cases,
+                &[],
                 settings.clone(),
                 environment,
                 &base.join(format!("worker-{w}")),

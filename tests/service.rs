@@ -736,3 +736,46 @@ fn a_service_that_does_not_repeat_itself_is_refused_a_baseline() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(site.path("baselines/svc/v0001/image.png").is_file());
 }
+
+#[test]
+fn parity_reports_how_far_the_service_is_from_the_pipeline_and_never_decides_the_verdict() {
+    use common::site::{case, verdicts};
+    let server = FakeService::start(Api::A1111);
+    // The same parameters twice: once asked of the service (with parity), once of the pipeline
+    // alone, whose stored image is the independent reference for the parity numbers.
+    let params = "prompt: \"a red fox\", seed: 7, steps: 3, width: 64, height: 48, scheduler: euler, noise: torch-cpu";
+    let site = Site::with_cases(
+        None,
+        &[
+            &format!("{{name: svc, {params}, target: service, parity: true}}"),
+            &format!("{{name: same, {params}}}"),
+        ],
+        &format!("service: {{kind: a1111, url: \"{}\"}}\n", server.url()),
+    );
+    rebaseline(&site);
+    let (code, v, err) = check_json(&site);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(verdicts(&v), ["identical", "identical"]);
+    let parity = &case(&v, "svc")["details"]["parity"];
+    let pipeline = site.store().current("same").unwrap().unwrap().image;
+    let want =
+        monitor::compare::image_metrics(&image_for(7, 64, 48, "a red fox"), &pipeline).unwrap();
+    assert_eq!(parity["ssim"].as_f64(), Some(want.ssim), "{parity}");
+    assert_eq!(parity["psnr_db"].as_f64(), Some(want.psnr_db), "{parity}");
+    assert_eq!(parity["pixels_differing"], want.pixels_differing);
+    assert!(
+        want.ssim < 0.5,
+        "the fake service and the tiny model agree? {}",
+        want.ssim
+    );
+    // The plain output says it is informational.
+    let o = run_with_secret(&site, &["check"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(
+            "parity with the pipeline (informational, samplers and precisions differ): SSIM"
+        ),
+        "{text}"
+    );
+}

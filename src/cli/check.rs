@@ -234,6 +234,9 @@ fn print_details(c: &CaseCheck) {
     if let Some(b) = c.details.as_ref().and_then(|d| d.get("batch")) {
         println!("    {}", describe_batch(b));
     }
+    if let Some(p) = c.details.as_ref().and_then(|d| d.get("parity")) {
+        println!("    {}", crate::check::describe_parity(p));
+    }
 }
 
 /// "batch of 4: element 0 identical to the batch-1 result" (or how it differs).

@@ -17,6 +17,8 @@ pub struct CaseView {
     pub name: String,
     /// True for a case the generation service made (an image, no latents).
     pub service: bool,
+    /// How far a service case's image is from the pipeline's (`parity: true`), as a sentence.
+    pub parity: Option<String>,
     /// The summary table's latent max |Δ| ("-" when none) and SSIM.
     pub summary: (String, String),
     /// Verdict name.
@@ -269,6 +271,11 @@ pub fn case_view(round_dir: &Path, result: &CaseResult, trend: &[HistoryEntry]) 
         .as_ref()
         .and_then(|t| serde_json::from_value(t.clone()).ok());
     CaseView {
+        parity: result
+            .details
+            .as_ref()
+            .and_then(|d| d.get("parity"))
+            .map(crate::check::describe_parity),
         service,
         summary: (sci(result.latent_max_abs), fixed(result.ssim, 6)),
         name: result.case_name.clone(),
