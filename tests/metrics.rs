@@ -78,7 +78,7 @@ fn check_writes_a_valid_textfile_with_per_case_gauges() {
             value(
                 &s,
                 "monitor_case_verdict",
-                &[("case", case), ("verdict", "drift")]
+                &[("case", case), ("target", "pipeline"), ("verdict", "drift")]
             ),
             Some(1.0),
             "{text}"
@@ -87,17 +87,45 @@ fn check_writes_a_valid_textfile_with_per_case_gauges() {
             value(
                 &s,
                 "monitor_case_verdict",
-                &[("case", case), ("verdict", "identical")]
+                &[
+                    ("case", case),
+                    ("target", "pipeline"),
+                    ("verdict", "identical")
+                ]
             ),
             Some(0.0)
         );
-        assert!(value(&s, "monitor_case_latent_max_abs", &[("case", case)]).unwrap() > 0.0);
-        assert!(value(&s, "monitor_case_ssim", &[("case", case)]).unwrap() <= 1.0);
-        assert!(value(&s, "monitor_case_generation_seconds", &[("case", case)]).unwrap() > 0.0);
+        assert!(
+            value(
+                &s,
+                "monitor_case_latent_max_abs",
+                &[("case", case), ("target", "pipeline")]
+            )
+            .unwrap()
+                > 0.0
+        );
+        assert!(
+            value(
+                &s,
+                "monitor_case_ssim",
+                &[("case", case), ("target", "pipeline")]
+            )
+            .unwrap()
+                <= 1.0
+        );
+        assert!(
+            value(
+                &s,
+                "monitor_case_generation_seconds",
+                &[("case", case), ("target", "pipeline")]
+            )
+            .unwrap()
+                > 0.0
+        );
         let at = value(
             &s,
             "monitor_case_last_run_timestamp_seconds",
-            &[("case", case)],
+            &[("case", case), ("target", "pipeline")],
         )
         .unwrap();
         assert!((at - monitor::clock::unix_now()).abs() < 600.0, "{at}");
@@ -124,7 +152,7 @@ fn check_writes_a_valid_textfile_with_per_case_gauges() {
             let v = value(
                 &s,
                 "monitor_case_stage_seconds",
-                &[("case", case), ("stage", stage)],
+                &[("case", case), ("target", "pipeline"), ("stage", stage)],
             );
             assert!(v.is_some_and(|v| v > 0.0), "{case} {stage}: {v:?}");
         }
@@ -132,11 +160,18 @@ fn check_writes_a_valid_textfile_with_per_case_gauges() {
         assert!(value(
             &s,
             "monitor_case_memory_bytes",
-            &[("case", case), ("kind", "peak_rss")]
+            &[("case", case), ("target", "pipeline"), ("kind", "peak_rss")]
         )
         .is_some_and(|v| v > 1e6));
         // No performance.max_slowdown in this config: never slow.
-        assert_eq!(value(&s, "monitor_case_slow", &[("case", case)]), Some(0.0));
+        assert_eq!(
+            value(
+                &s,
+                "monitor_case_slow",
+                &[("case", case), ("target", "pipeline")]
+            ),
+            Some(0.0)
+        );
     }
     assert_eq!(
         value(&s, "monitor_worker_failures", &[("kind", "crash")]),
@@ -214,13 +249,21 @@ fn the_daemon_serves_metrics_and_health() {
             value(
                 &s,
                 "monitor_case_verdict",
-                &[("case", case), ("verdict", "identical")]
+                &[
+                    ("case", case),
+                    ("target", "pipeline"),
+                    ("verdict", "identical")
+                ]
             ),
             Some(1.0),
             "{text}"
         );
         assert_eq!(
-            value(&s, "monitor_case_latent_max_abs", &[("case", case)]),
+            value(
+                &s,
+                "monitor_case_latent_max_abs",
+                &[("case", case), ("target", "pipeline")]
+            ),
             Some(0.0)
         );
     }

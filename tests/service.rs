@@ -521,6 +521,34 @@ fn a1111_service_cases_are_baselined_checked_alerted_and_restarted_like_any_case
     let (code, v, _) = check_json(&site);
     assert_eq!((code, verdicts(&v)), (0, vec!["identical".to_string(); 2]));
     assert_eq!(case(&v, "svc")["baseline_version"], 2);
+
+    // Undo: v1 restored as v3 (image-only, verified), and the healthy service matches it.
+    let o = run_with_secret(
+        &site,
+        &[
+            "rebaseline",
+            "--case",
+            "svc",
+            "--restore",
+            "1",
+            "--reason",
+            "undo",
+            "--yes",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v3 = site.path("baselines/svc/v0003");
+    assert!(v3.join("image.png").is_file() && !v3.join("latents.npy").exists());
+    server.set_mode(Mode::Normal);
+    let (code, v, _) = check_json(&site);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        (
+            case(&v, "svc")["verdict"].as_str(),
+            case(&v, "svc")["baseline_version"].as_u64()
+        ),
+        (Some("identical"), Some(3))
+    );
 }
 
 #[test]
