@@ -183,7 +183,7 @@ fn session(stream: TcpStream, api: Api, state: &Mutex<State>) -> std::io::Result
             body: body.clone(),
         });
         match s.mode {
-            Mode::Unstable if s.seen.len() % 2 == 0 => Mode::Perturbed,
+            Mode::Unstable if s.seen.len().is_multiple_of(2) => Mode::Perturbed,
             Mode::Unstable => Mode::Normal,
             _ => s.mode.clone(),
         }
