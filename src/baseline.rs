@@ -397,13 +397,12 @@ pub struct ReadLock {
 impl Baseline {
     /// What a comparison reads of this version.
     pub fn outputs(&self) -> crate::compare::Outputs<'_> {
-        crate::compare::Outputs {
-            latents: self.latents.as_ref().map(Latents::view),
-            image: &self.image,
-            model_files: self.metadata.model_files(),
-            metadata: &self.metadata,
-            stages: self.stages.as_ref(),
-        }
+        crate::compare::Outputs::of(
+            self.latents.as_ref(),
+            &self.image,
+            &self.metadata,
+            self.stages.as_ref(),
+        )
     }
 }
 

@@ -975,6 +975,22 @@ impl CompareReport {
 }
 
 impl<'a> Outputs<'a> {
+    /// One generation's side of a comparison, its model files read from its metadata.
+    pub fn of(
+        latents: Option<&'a crate::generation::Latents>,
+        image: &'a RgbImage,
+        metadata: &'a Metadata,
+        stages: Option<&'a crate::stage_data::StoredStages>,
+    ) -> Outputs<'a> {
+        Outputs {
+            latents: latents.map(crate::generation::Latents::view),
+            image,
+            model_files: metadata.model_files(),
+            metadata,
+            stages,
+        }
+    }
+
     fn side(&self) -> crate::stage_data::Side<'a> {
         crate::stage_data::Side {
             stages: self.stages,

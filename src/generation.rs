@@ -827,13 +827,12 @@ impl Latents {
 impl GenerationFiles {
     /// What a comparison reads of this generation.
     pub fn outputs(&self) -> crate::compare::Outputs<'_> {
-        crate::compare::Outputs {
-            latents: self.latents.as_ref().map(Latents::view),
-            image: &self.image,
-            model_files: self.metadata.model_files(),
-            metadata: &self.metadata,
-            stages: self.stages.as_ref(),
-        }
+        crate::compare::Outputs::of(
+            self.latents.as_ref(),
+            &self.image,
+            &self.metadata,
+            self.stages.as_ref(),
+        )
     }
 
     /// The latents, or an error naming `dir` for an image-only generation (a service's answer)
