@@ -247,6 +247,13 @@ impl ParametersRecord {
             x.map_or(Value::Null, Into::into)
         }
         [
+            // First: a case moved between targets differs in everything the target decides.
+            (
+                "target",
+                v(Some(
+                    self.target.clone().unwrap_or_else(|| "pipeline".into()),
+                )),
+            ),
             ("prompt", v(self.prompt.clone())),
             ("negative_prompt", v(self.negative_prompt.clone())),
             ("seed", v(self.seed)),
@@ -257,12 +264,6 @@ impl ParametersRecord {
             ("scheduler", v(self.scheduler.clone())),
             ("karras_sigmas", v(self.karras_sigmas)),
             ("noise", v(self.noise.clone())),
-            (
-                "target",
-                v(Some(
-                    self.target.clone().unwrap_or_else(|| "pipeline".into()),
-                )),
-            ),
             ("sampler", v(self.sampler.clone())),
         ]
     }

@@ -544,3 +544,49 @@ fn stage_tensors_are_written_verified_kept_by_the_store_and_restored() {
     let e = store.load("lighthouse", v1).unwrap_err().to_string();
     assert!(e.contains("stages.npy"), "{e}");
 }
+
+#[test]
+fn image_only_folders_verify_their_image_and_need_a_service_block() {
+    let fixture = generation::read(&v1()).unwrap();
+    let mut meta = fixture.metadata.clone();
+    meta.baseline = None;
+    meta.service = Some(monitor::generation::ServiceRecord {
+        kind: Some("a1111".into()),
+        ..Default::default()
+    });
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("svc");
+    generation::write_image_only(&dir, &fixture.image, &meta).unwrap();
+    assert!(!dir.join("latents.npy").exists());
+    let back = generation::read(&dir).unwrap();
+    assert!(back.latents.is_none() && back.metadata.is_image_only());
+    assert_eq!(back.image, fixture.image);
+    let e = back.pipeline_latents(&dir).unwrap_err();
+    assert!(e.contains("image-only"), "{e}");
+
+    // A changed pixel is damage, named by file.
+    let mut other = fixture.image.clone();
+    other.pixels[0] ^= 1;
+    std::fs::write(dir.join("image.png"), other.to_png().unwrap()).unwrap();
+    let e = generation::read(&dir).unwrap_err().to_string();
+    assert!(
+        e.contains("image.png: baseline damaged: sha256 of its RGB pixels"),
+        "{e}"
+    );
+
+    // Without the service block it is a pipeline folder that lost its latents.
+    generation::write_image_only(&dir, &fixture.image, &meta).unwrap();
+    let mut text: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("metadata.json")).unwrap()).unwrap();
+    text.as_object_mut().unwrap().remove("service");
+    std::fs::write(dir.join("metadata.json"), text.to_string()).unwrap();
+    let e = generation::read(&dir).unwrap_err().to_string();
+    assert!(
+        e.contains("metadata.json: baseline damaged: no sha256 of latents.npy recorded"),
+        "{e}"
+    );
+    // And the writer refuses to make one.
+    meta.service = None;
+    let e = generation::write_image_only(&t.path().join("x"), &fixture.image, &meta).unwrap_err();
+    assert!(e.to_string().contains("needs a service block"), "{e}");
+}

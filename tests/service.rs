@@ -697,6 +697,26 @@ fn service_case_config_mistakes_are_named() {
         assert_eq!(o.status.code(), Some(2), "{err}");
         assert!(err.contains(want), "want {want:?}: {err}");
     }
+    // A case moved from the pipeline to the service needs a new baseline, not a drift verdict.
+    let server0 = FakeService::start(Api::A1111);
+    let site = Site::with_cases(
+        None,
+        &[CANARY],
+        &format!("service: {{kind: a1111, url: \"{}\"}}\n", server0.url()),
+    );
+    rebaseline(&site);
+    site.edit_config("noise: numpy}", "noise: numpy, target: service}");
+    let (code, v, _) = check_json(&site);
+    let e = common::site::case(&v, "canary")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(code, 2, "{v}");
+    assert!(
+        e.contains("no longer matches baseline v0001: target \"pipeline\" → \"service\"")
+            && e.contains("monitor rebaseline --case canary"),
+        "{e}"
+    );
     // Commands that replay the pipeline say a service case is not theirs.
     let server = FakeService::start(Api::A1111);
     let site = service_site(&format!("{{kind: a1111, url: \"{}\"}}", server.url()), "");
