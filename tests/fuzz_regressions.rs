@@ -111,6 +111,15 @@ fn valid_seeds_load() {
     assert!(parse_npy(&read("npy/f32_1x4x2x2.npy"), Path::new("s")).is_ok());
     assert!(RgbImage::from_png(&read("png/rgb8_2x1.png")).is_ok());
     assert!(RgbImage::from_png(&read("png/palette2_4x1.png")).is_ok());
+    // scripts/make_image_only_seed.py: a service's answer, in the generation target's layout.
+    let seed = read("generation/image_only");
+    let meta_len = usize::from(u16::from_le_bytes([seed[0], seed[1]]));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("metadata.json"), &seed[6..6 + meta_len]).unwrap();
+    std::fs::write(dir.path().join("image.png"), &seed[6 + meta_len..]).unwrap();
+    let files = monitor::generation::read(dir.path()).unwrap();
+    assert!(files.latents.is_none() && files.metadata.is_image_only());
+    assert!(monitor::metadata::validate(&files.metadata, "fox").is_ok());
     let sd15 = String::from_utf8(read("scheduler_config/sd15.json")).unwrap();
     assert!(SchedulerConfig::from_json_str(&sd15, "seed").is_ok());
     for name in ["tokenizer_json.bin", "vocab_merges.bin"] {

@@ -464,6 +464,17 @@ fn a1111_service_cases_are_baselined_checked_alerted_and_restarted_like_any_case
     assert_eq!(svc["verdict"], "within_tolerance", "{svc}");
     let kept = std::path::PathBuf::from(svc["artifacts"].as_str().unwrap());
     assert!(kept.join("diff.png").is_file() && kept.join("baseline.png").is_file());
+    // The report's section says whose image it is and shows no latent rows for it.
+    let page = v["report"]
+        .as_str()
+        .expect("a report for a non-identical round");
+    let html = std::fs::read_to_string(page).unwrap();
+    let section = &html[html.find("id=\"case-svc\"").expect("svc's section")..];
+    assert!(
+        section.contains("the generation service's image"),
+        "{section}"
+    );
+    assert!(!section.contains("latent max |Δ|"), "{section}");
 
     // A real drift: the round alerts and restarts the service, as for the pipeline.
     server.set_mode(Mode::Drifted);
