@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::sd::model::sha256_hex;
-use crate::service::{Service, ServiceRequest};
+use crate::service::ServiceRequest;
 
 /// Flags of `monitor service`.
 #[derive(Debug, Args)]
@@ -49,17 +49,8 @@ pub fn run(a: ServiceArgs) -> Result<u8> {
 }
 
 fn probe(a: ProbeArgs) -> Result<u8> {
-    let path = a.config.path();
-    let config = Config::load(&path)?;
-    let section = config.service.as_ref().with_context(|| {
-        format!(
-            "{}: no `service:` section (see the README, Watching the generation service)",
-            path.display()
-        )
-    })?;
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    let service = Service::from_config(section, dir)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let config = Config::load(&a.config.path())?;
+    let service = crate::service::cases::connect(&config).map_err(anyhow::Error::msg)?;
     let cases = crate::check::select_cases(&config, &a.cases)?;
     let mut code = super::EXIT_OK;
     let mut docs = Vec::new();

@@ -47,7 +47,7 @@ pub fn run(
 pub fn connect(config: &Config) -> Result<Service, String> {
     let section = config.service.as_ref().ok_or_else(|| {
         format!(
-            "{}: no `service:` section for the service cases",
+            "{}: no `service:` section (see the README, Watching the generation service)",
             config.source.display()
         )
     })?;
