@@ -526,6 +526,14 @@ fn run_and_compare(
     Ok((results, run))
 }
 
+/// True when a result's details mark it as the generation service's (set by `check_case`; read
+/// back by alerts and reports, from a fresh result or the history).
+pub fn is_service_result(details: Option<&serde_json::Value>) -> bool {
+    details
+        .and_then(|d| d.get("target"))
+        .is_some_and(|t| t == Target::Service.as_str())
+}
+
 /// The outcome of `name` in `run`.
 fn find_outcome<'r>(run: &'r WorkerRun, name: &str) -> Option<&'r Outcome> {
     run.outcomes.iter().find(|(n, _)| n == name).map(|(_, o)| o)
@@ -631,7 +639,7 @@ fn check_case(
     };
     if case.target == Target::Service {
         // Read by the history, reports and alerts to tell the service's results apart.
-        out.details = Some(json!({"target": "service"}));
+        out.details = Some(json!({"target": Target::Service.as_str()}));
     }
     let dir = match outcome {
         Outcome::Failed(e) => {

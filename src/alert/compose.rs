@@ -70,12 +70,8 @@ pub fn alert_case(c: &CaseCheck, st: Option<&CaseState>) -> AlertCase {
         h.exists().then(|| h.display().to_string())
     });
     AlertCase {
-        target: c
-            .details
-            .as_ref()
-            .and_then(|d| d.get("target"))
-            .and_then(|t| t.as_str())
-            .map(String::from),
+        target: crate::check::is_service_result(c.details.as_ref())
+            .then(|| crate::config::Target::Service.as_str().to_string()),
         name: c.name.clone(),
         verdict: c.verdict.to_string(),
         baseline_version: c.baseline_version,

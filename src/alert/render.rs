@@ -139,7 +139,7 @@ pub fn status(alert: &Alert) -> String {
 pub fn case_heading(case: &AlertCase) -> String {
     let mut s = format!("{}: {}", case.name, verdict_label(&case.verdict));
     let mut notes = Vec::new();
-    if case.target.as_deref() == Some("service") {
+    if case.target.as_deref() == Some(crate::config::Target::Service.as_str()) {
         notes.push("generation service".to_string());
     }
     if let Some(v) = case.baseline_version {

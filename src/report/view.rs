@@ -132,11 +132,7 @@ pub fn case_view(round_dir: &Path, result: &CaseResult, trend: &[HistoryEntry]) 
             .and_then(|v| v.as_f64())
     };
     let is_failed = |checks: &[&str]| checks.iter().any(|c| failed.iter().any(|f| f == c));
-    let service = result
-        .details
-        .as_ref()
-        .and_then(|d| d.get("target"))
-        .is_some_and(|t| t == "service");
+    let service = crate::check::is_service_result(result.details.as_ref());
     let mut metrics = vec![
         MetricRow {
             label: "latent max |Δ|",
