@@ -995,9 +995,7 @@ impl<'a> Outputs<'a> {
         crate::stage_data::Side {
             stages: self.stages,
             metadata: self.metadata,
-            // Stage divergence is only measured from stage hashes, which image-only
-            // generations do not have.
-            latents: self.latents.map_or(&[][..], |l| l.0),
+            latents: self.latents.map(|l| l.0),
             image: self.image,
         }
     }

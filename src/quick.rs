@@ -243,13 +243,13 @@ fn run(
             let replayed = crate::stage_data::Side {
                 stages: run.stages.as_ref(),
                 metadata: &run.metadata,
-                latents: run.latents.as_ref().map_or(&[][..], |l| &l.values),
+                latents: run.latents.as_ref().map(|l| l.values.as_slice()),
                 image: &run.image,
             };
             let base = crate::stage_data::Side {
                 stages: b.stages.as_ref(),
                 metadata: &b.metadata,
-                latents: b.latents.as_ref().map_or(&[][..], |l| &l.values),
+                latents: b.latents.as_ref().map(|l| l.values.as_slice()),
                 image: &b.image,
             };
             q.divergence = Some(crate::stage_data::divergence(

@@ -198,8 +198,8 @@ pub struct Side<'a> {
     pub stages: Option<&'a StoredStages>,
     /// Its metadata (token ids, timesteps).
     pub metadata: &'a Metadata,
-    /// Final latents, flat.
-    pub latents: &'a [f32],
+    /// Final latents, flat (`None`: an image-only generation, a service's answer).
+    pub latents: Option<&'a [f32]>,
     /// The image.
     pub image: &'a RgbImage,
 }
@@ -366,7 +366,10 @@ pub fn divergence(stage: &str, run: &Side<'_>, base: &Side<'_>, latent_limit: f6
                 d.set("timesteps", m, relative(m, scale));
             }
         }
-        "latents" => d.measure("latents", run.latents, base.latents),
+        "latents" => match (run.latents, base.latents) {
+            (Some(a), Some(b)) => d.measure("latents", a, b),
+            _ => d.note = Some("latents: an image-only generation has none".into()),
+        },
         "decoded_tile" => {
             d.note = Some(format!(
                 "the VAE decoder's output for the top-left {}×{} latents differs (its floats are not kept)",
@@ -513,7 +516,7 @@ mod tests {
         let side = |s| Side {
             stages: Some(s),
             metadata: &meta,
-            latents: &[],
+            latents: None,
             image: &img,
         };
         let d = divergence("step 3 noise_pred", &side(&run_t), &side(&base_t), 0.8);
