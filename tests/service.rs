@@ -731,12 +731,27 @@ fn service_case_config_mistakes_are_named() {
     // Commands that replay the pipeline say a service case is not theirs.
     let server = FakeService::start(Api::A1111);
     let site = service_site(&format!("{{kind: a1111, url: \"{}\"}}", server.url()), "");
-    let o = site.run(&["check", "--quick", "--case", "svc"]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("case svc targets the generation service; the quick check runs the monitor's own pipeline only"),
-        "{err}"
-    );
+    for (args, what) in [
+        (vec!["check", "--quick", "--case", "svc"], "the quick check"),
+        (
+            vec!["verify-determinism", "--runs", "2", "--case", "svc"],
+            "a determinism test",
+        ),
+        (
+            vec!["snapshot", "--out", "snap", "--case", "svc"],
+            "a snapshot",
+        ),
+    ] {
+        let o = site.run(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "case svc targets the generation service; {what} runs the monitor's own pipeline only"
+            )),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 #[test]
@@ -837,4 +852,43 @@ fn parity_reports_how_far_the_service_is_from_the_pipeline_and_never_decides_the
         ),
         "{text}"
     );
+}
+
+#[test]
+fn a_full_disk_during_a_service_rebaseline_writes_nothing_and_loses_nothing() {
+    use common::site::{case, verdicts};
+    let server = FakeService::start(Api::A1111);
+    let site = service_site(&format!("{{kind: a1111, url: \"{}\"}}", server.url()), "");
+    rebaseline(&site);
+    let baselines = site.path("baselines");
+    let before = common::site::snapshot(&baselines);
+    server.set_mode(Mode::Drifted);
+    // No space left: the service's image, the version's first file, cannot be written.
+    let cmd = site.command(&[
+        "rebaseline",
+        "--case",
+        "svc",
+        "--reason",
+        "accept drift",
+        "--yes",
+    ]);
+    let Some(o) = common::site::on_full_disk(&baselines, 0, cmd) else {
+        println!("FAULT | full disk under the baselines, service rebaseline | NOT RUN: no mount namespace here | - |");
+        return;
+    };
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("/svc/.tmp-v0002-")
+            && last.contains("/image.png: writing baseline file failed: No space left on device")
+            && last.contains("(no new baseline written; earlier versions untouched)"),
+        "{err}"
+    );
+    // The store is as it was: no half-written version, no temp folder, v1 still verifies.
+    assert_eq!(common::site::snapshot(&baselines), before);
+    server.set_mode(Mode::Normal);
+    let (code, v, _) = check_json(&site);
+    assert_eq!((code, verdicts(&v)), (0, vec!["identical".to_string(); 2]));
+    assert_eq!(case(&v, "svc")["baseline_version"], 1);
 }

@@ -252,6 +252,26 @@ mod tests {
     }
 
     #[test]
+    fn a_quick_schedule_needs_a_pipeline_case() {
+        let text = "model: {path: m}\nquick_schedule: \"*/10 * * * * *\"\ncases:\n  - {name: a, prompt: p, seed: 1, target: service}\n";
+        let config = Config::parse(text, std::path::Path::new("/tmp/x.yaml")).unwrap();
+        let Err(e) = Plan::from_config(&config) else {
+            panic!("quick checks of service cases only were accepted")
+        };
+        assert!(
+            e.starts_with("quick_schedule: every case targets the generation service"),
+            "{e}"
+        );
+        // One pipeline case beside it is enough.
+        let text = text.replace(
+            "target: service}",
+            "target: service}\n  - {name: b, prompt: p, seed: 2}",
+        );
+        let config = Config::parse(&text, std::path::Path::new("/tmp/x.yaml")).unwrap();
+        assert!(Plan::from_config(&config).is_ok());
+    }
+
+    #[test]
     fn no_schedule_is_an_error_and_a_bad_zone_names_the_key() {
         let Err(e) = Plan::from_config(&config_with("", false)) else {
             panic!("a config without any schedule was accepted")
